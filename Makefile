@@ -1,0 +1,42 @@
+# Set-up is part of every target: a fresh clone needs only `make quickstart` or `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# CPU wheel first, so that no CUDA build of torch is pulled in (see README).
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup quickstart test check lint typecheck format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+quickstart: setup
+	$(BIN)/fedsim run scenarios/quickstart.yaml
+
+test: setup
+	$(BIN)/pytest -n 2 tests
+
+lint: setup
+	$(BIN)/ruff check fedsim strategies clients tests benchmarks
+	$(BIN)/ruff format --check fedsim strategies clients tests benchmarks
+
+typecheck: setup
+	$(BIN)/mypy fedsim strategies clients
+
+check: lint typecheck test
+
+format: setup
+	$(BIN)/ruff format fedsim strategies clients tests benchmarks
+	$(BIN)/ruff check --fix fedsim strategies clients tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/foundation.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

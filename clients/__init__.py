@@ -1,0 +1,9 @@
+"""Workloads: models and local training, registered in ``fedsim.registry.WORKLOADS``.
+
+Importing this package registers every workload. Nothing here imports Flower or ``strategies``.
+"""
+
+from clients import classification as classification
+from clients.workload import TrainConfig, Workload, init_parameters
+
+__all__ = ["TrainConfig", "Workload", "init_parameters"]

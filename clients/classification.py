@@ -1,0 +1,131 @@
+"""Classification workload: an MLP or a small CNN trained by minibatch SGD (FedAvg / FedProx)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import Tensor, nn
+
+from clients.models import MLP, SmallCNN
+from clients.workload import TrainConfig, init_parameters
+from fedsim.registry import WORKLOADS, Params
+
+EVAL_BATCH_SIZE = 1024
+
+
+class ClassificationParams(Params):
+    """Model and local-training hyper-parameters of the classification workload."""
+
+    model: Literal["mlp", "cnn"] = "mlp"
+    hidden: PositiveInt = 128  # MLP width; unused by the CNN
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    mu: NonNegativeFloat = 0.0  # FedProx proximal weight; 0 is plain FedAvg local training
+
+
+@dataclass(frozen=True)
+class ClassificationWorkload:
+    """Cross-entropy classification; local training is SGD with an optional FedProx term."""
+
+    params: ClassificationParams
+
+    def build_model(
+        self, input_shape: tuple[int, ...], num_classes: int, generator: torch.Generator
+    ) -> nn.Module:
+        """A fresh CPU model whose parameters are drawn from ``generator`` only."""
+        # Built on the meta device so that construction draws nothing from the global RNG;
+        # init_parameters then fills every parameter from ``generator``.
+        with torch.device("meta"):
+            model: nn.Module
+            if self.params.model == "mlp":
+                model = MLP(input_shape, num_classes, hidden=self.params.hidden)
+            else:
+                model = SmallCNN(input_shape, num_classes)
+        model = model.to_empty(device="cpu")
+        return init_parameters(model, generator)
+
+    def fit(self, model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig) -> dict[str, float]:
+        """Train ``model`` in place for ``epochs`` epochs of minibatch SGD on ``(x, y)``.
+
+        With ``mu > 0`` the FedProx objective CE(w) + mu/2·||w − w₀||² is minimised, w₀ being the
+        weights at the start of the call (Li et al., 2020). Returns the per-sample mean
+        cross-entropy ``train_loss`` (without the proximal term) and ``train_accuracy`` over every
+        batch seen.
+        """
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("client has no training data")
+        if y.shape[0] != n:
+            raise ValueError(f"x and y differ in length: {n} != {y.shape[0]}")
+        p = self.params
+        model.train()
+        params = [q for q in model.parameters() if q.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+        )
+        anchor = [q.detach().clone() for q in params] if p.mu > 0 else []
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=x.device)
+        for epoch in range(p.epochs):
+            perm = torch.randperm(n, generator=config.generator).to(x.device)
+            epoch_loss = torch.zeros((), device=x.device)
+            for start in range(0, n, p.batch_size):
+                idx = perm[start : start + p.batch_size]
+                xb, yb = x[idx], y[idx]
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if anchor:
+                    # The proximal term's gradient is mu·(w − w₀); adding it directly is exact and
+                    # spares autograd a graph over every parameter at each step.
+                    with torch.no_grad():
+                        for q, q0 in zip(params, anchor, strict=True):
+                            if q.grad is not None:
+                                q.grad.add_(q - q0, alpha=p.mu)
+                optimizer.step()
+                epoch_loss += loss.detach() * idx.numel()
+                correct += (logits.detach().argmax(dim=1) == yb).sum()
+            # One host sync per epoch: a non-finite batch loss makes the epoch's sum non-finite.
+            if not torch.isfinite(epoch_loss).item():
+                raise FloatingPointError(
+                    f"round {config.round}: training loss became non-finite in epoch {epoch + 1}"
+                    f" (lr={p.lr}); the weights are unusable"
+                )
+            loss_sum += epoch_loss
+        seen = n * p.epochs
+        return {
+            "train_loss": loss_sum.item() / seen,
+            "train_accuracy": correct.item() / seen,
+        }
+
+    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` on ``(x, y)``, without grad."""
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("no evaluation data")
+        if y.shape[0] != n:
+            raise ValueError(f"x and y differ in length: {n} != {y.shape[0]}")
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=x.device)
+        with torch.inference_mode():
+            for start in range(0, n, EVAL_BATCH_SIZE):
+                xb, yb = x[start : start + EVAL_BATCH_SIZE], y[start : start + EVAL_BATCH_SIZE]
+                logits = model(xb)
+                loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == yb).sum()
+        return {"loss": loss_sum.item() / n, "accuracy": correct.item() / n}
+
+
+@WORKLOADS.register("classification", ClassificationParams)
+def classification(params: ClassificationParams) -> ClassificationWorkload:
+    """Classification with an MLP or a small CNN, trained locally by SGD (FedProx when mu > 0)."""
+    return ClassificationWorkload(params)

@@ -1,0 +1,52 @@
+"""Small classifiers cheap enough to train many clients on one CPU thread."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """Flatten → Linear(hidden) → ReLU → Linear(num_classes)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(math.prod(input_shape), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two 3×3 conv (16, 32 channels) + 2×2 max-pool blocks, then Linear(64) → Linear(classes)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"SmallCNN needs input_shape (C, H, W), got {input_shape}")
+        c, h, w = input_shape
+        # Each 2×2 pool floors the side; padding 1 keeps conv outputs the same size.
+        h_out, w_out = h // 4, w // 4
+        if h_out < 1 or w_out < 1:
+            raise ValueError(f"SmallCNN needs H, W >= 4 (two 2x2 pools), got {input_shape}")
+        self.net = nn.Sequential(
+            nn.Conv2d(c, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * h_out * w_out, 64),
+            nn.ReLU(),
+            nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -1,0 +1,296 @@
+"""The Flower app: one ServerApp and one ClientApp, whatever engine carries their Messages.
+
+The ServerApp reads the scenario named in the run config, drives the scenario's strategy round by
+round and writes the run directory. Each training or evaluation Message carries the resolved
+scenario, so a ClientApp needs nothing else: it builds (once per process) the workload, the data
+and one model that is reset in place for every client it serves.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from torch import nn
+
+from clients import TrainConfig, Workload
+from fedsim import results
+from fedsim.data import Federation, federation_for, load_dataset
+from fedsim.errors import UserError
+from fedsim.progress import RoundProgress
+from fedsim.registry import STRATEGIES, WORKLOADS
+from fedsim.scenario import Scenario, load, parse
+
+NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
+CLIENT_ERROR = 1  # Error.code of a client whose work raised
+
+
+# ---------------------------------------------------------------------------------------------
+# Server side
+# ---------------------------------------------------------------------------------------------
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point on every engine: run config keys ``scenario`` (path) and ``out`` (run dir)."""
+    scenario_path = locate_scenario(str(context.run_config.get("scenario", "")))
+    scenario = load(scenario_path)
+    out = str(context.run_config.get("out", "") or "")
+    run_dir = Path(out) if out else results.default_run_dir(scenario)
+    run_dir = run_dir.resolve()
+    if not (run_dir / "scenario.yaml").exists():  # `flwr run .`: nobody prepared the directory
+        results.prepare(run_dir, scenario, command=shlex.join(sys.argv))
+    print(f"fedsim: writing results to {run_dir}", flush=True)
+    serve(grid, scenario, run_dir, show_progress=bool(context.run_config.get("progress", True)))
+
+
+def locate_scenario(path: str) -> Path:
+    """A scenario path as given, or relative to the app's directory (``flwr run`` changes cwd)."""
+    if not path:
+        raise UserError("no scenario given: set run config 'scenario' to a YAML file")
+    candidates = [Path(path), Path(__file__).resolve().parent.parent / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"scenario file {path!r} not found (looked in: {', '.join(map(str, candidates))})")
+
+
+def serve(grid: Grid, scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
+    """Run every round of ``scenario`` on ``grid``, writing results into ``run_dir``."""
+    writer = results.RunWriter(run_dir)
+    try:
+        _serve(grid, scenario, writer, show_progress)
+    except BaseException as err:
+        writer.event("run_failed", error=f"{type(err).__name__}: {err}")
+        writer.close("failed" if not isinstance(err, KeyboardInterrupt) else "interrupted")
+        raise
+    writer.close("completed")
+
+
+def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progress: bool) -> None:
+    device = pick_device(scenario.device)
+    client_ids = identify_clients(grid, scenario.clients.num)
+    workload: Workload = WORKLOADS.build(scenario.workload)
+    dataset = load_dataset(scenario.data.dataset)
+    model = workload.build_model(dataset.input_shape, dataset.num_classes, _generator(scenario.seed))
+    model.to(device)
+    x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
+    strategy = STRATEGIES.build(scenario.strategy)(
+        per_round=scenario.clients.per_round,
+        fraction_evaluate=scenario.eval.clients,
+        seed=scenario.seed,
+        client_ids=client_ids,
+        recorder=writer,
+    )
+    arrays = ArrayRecord(model.state_dict())
+    config = ConfigRecord({"scenario": scenario.to_yaml()})
+    writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
+
+    with RoundProgress(scenario.rounds, enabled=show_progress) as progress:
+        for rnd in range(1, scenario.rounds + 1):
+            started = time.perf_counter()
+            replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid))
+            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            arrays = new_arrays if new_arrays is not None else arrays
+            writer.metrics(rnd, results.FEDERATED, None, _prefixed(train_metrics, "train_"))
+            trained = time.perf_counter()
+
+            accuracy = None
+            if rnd % scenario.eval.every == 0 or rnd == scenario.rounds:
+                replies = grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid))
+                eval_metrics = strategy.aggregate_evaluate(rnd, replies)
+                writer.metrics(rnd, results.FEDERATED, None, _prefixed(eval_metrics, "eval_"))
+                model.load_state_dict(arrays.to_torch_state_dict())
+                central = workload.evaluate(model, x_test, y_test)
+                writer.metrics(rnd, results.SERVER, None, central)
+                accuracy = central.get("accuracy")
+            finished = time.perf_counter()
+            writer.metrics(
+                rnd,
+                results.SERVER,
+                None,
+                {"train_time_s": trained - started, "round_time_s": finished - started},
+            )
+            writer.flush()
+            progress.advance(accuracy)
+
+    model.load_state_dict(arrays.to_torch_state_dict())
+    writer.save_model(model.state_dict())
+
+
+def _prefixed(record: MetricRecord | None, phase: str) -> dict[str, float]:
+    """Aggregated client metrics; the phase prefix keeps train and eval counts apart."""
+    if record is None:
+        return {}
+    renamed = {"clients": f"{phase}clients", "failures": f"{phase}failures"}
+    return {renamed.get(k, k): float(v) for k, v in record.items() if k != "num-examples"}
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA GPU is visible; use auto or cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def identify_clients(grid: Grid, num: int) -> dict[int, int]:
+    """Wait for all ``num`` nodes, then learn which partition (client id) each node holds.
+
+    Waiting first avoids Flower's round-1 under-sampling race; node ids are random per run,
+    client ids are what the scenario, the sampling and the results speak of.
+    """
+    deadline = time.monotonic() + NODE_WAIT_S
+    while len(nodes := list(grid.get_node_ids())) < num:
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"the scenario has clients.num={num} but only {len(nodes)} nodes joined in "
+                f"{NODE_WAIT_S:.0f} s; with `flwr run` pass "
+                f"--federation-config 'num-supernodes={num}'"
+            )
+        time.sleep(0.05)
+    queries = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    ids: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed: {reply.error.reason}")
+        ids[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
+    if sorted(ids.values()) != list(range(num)):
+        raise UserError(
+            f"nodes report partition ids {sorted(ids.values())[:10]}…, expected 0..{num - 1}: "
+            f"the federation must have exactly clients.num={num} nodes"
+        )
+    return ids
+
+
+def _generator(*seed: int) -> torch.Generator:
+    """A torch generator seeded from integers (no global seeding)."""
+    entropy = np.random.SeedSequence(list(seed)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(entropy))
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side
+# ---------------------------------------------------------------------------------------------
+
+client_app = ClientApp()
+
+
+@dataclass
+class ClientRuntime:
+    """What one worker process keeps for the whole run: data once, one model reset in place."""
+
+    scenario: Scenario
+    workload: Workload
+    federation: Federation
+    device: torch.device
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@lru_cache(maxsize=2)
+def runtime(scenario_text: str) -> ClientRuntime:
+    torch.set_num_threads(1)  # workers share the cores: more threads oversubscribe
+    scenario = parse(yaml.safe_load(scenario_text))
+    workload: Workload = WORKLOADS.build(scenario.workload)
+    federation = federation_for(
+        scenario.data.dataset,
+        scenario.data.partition,
+        scenario.clients.num,
+        scenario.seed,
+        scenario.data.val_fraction,
+    )
+    device = pick_device(scenario.device)
+    dataset = federation.dataset
+    model = workload.build_model(dataset.input_shape, dataset.num_classes, _generator(scenario.seed))
+    return ClientRuntime(
+        scenario,
+        workload,
+        federation,
+        device,
+        model.to(device),
+        dataset.x_train.to(device),
+        dataset.y_train.to(device),
+    )
+
+
+@client_app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds."""
+    info = MetricRecord(
+        {
+            "partition-id": int(context.node_config["partition-id"]),
+            "num-partitions": int(context.node_config["num-partitions"]),
+        }
+    )
+    return Message(RecordDict({"metrics": info}), reply_to=msg)
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    return _reply(msg, context, _train)
+
+
+@client_app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return _reply(msg, context, _evaluate)
+
+
+def _train(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> RecordDict:
+    rt.model.load_state_dict(arrays.to_torch_state_dict())
+    index = rt.federation.train[client].to(rt.device)
+    generator = _generator(rt.scenario.seed, client, rnd)
+    metrics = rt.workload.fit(rt.model, rt.x[index], rt.y[index], TrainConfig(rnd, generator, rt.device))
+    metrics["num-examples"] = len(index)
+    return RecordDict(
+        {"arrays": ArrayRecord(rt.model.state_dict()), "metrics": MetricRecord(metrics)}
+    )
+
+
+def _evaluate(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> RecordDict:
+    index = rt.federation.val[client].to(rt.device)
+    if len(index) == 0:  # no held-out data: evaluate on what it trains on
+        index = rt.federation.train[client].to(rt.device)
+    rt.model.load_state_dict(arrays.to_torch_state_dict())
+    metrics = rt.workload.evaluate(rt.model, rt.x[index], rt.y[index])
+    metrics["num-examples"] = len(index)
+    return RecordDict({"metrics": MetricRecord(metrics)})
+
+
+def _reply(
+    msg: Message,
+    context: Context,
+    work: Callable[[ClientRuntime, int, int, ArrayRecord], RecordDict],
+) -> Message:
+    """Run a client's work; an exception becomes an error reply the server records."""
+    try:
+        config = msg.content["config"]
+        rt = runtime(str(config["scenario"]))
+        client = int(context.node_config["partition-id"])
+        content = work(rt, client, int(config["server-round"]), msg.content["arrays"])
+    except Exception as err:  # the round goes on without this client
+        return Message(Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+    return Message(content, reply_to=msg)

@@ -1,0 +1,56 @@
+"""``fedsim list [KIND]``: every registered component with its parameters and defaults."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from pydantic.fields import FieldInfo
+from rich.console import Console
+from rich.table import Table
+
+from fedsim.cli import user_errors
+from fedsim.errors import UserError
+from fedsim.registry import REGISTRIES, Params, load_components, unknown_name_message
+
+
+@user_errors
+def list_components(
+    kind: Annotated[
+        str | None, typer.Argument(help="Only this kind (dataset, partitioner, aggregator, …).")
+    ] = None,
+) -> None:
+    """List registered components (datasets, partitioners, workloads, strategies, …)."""
+    load_components()
+    kinds = sorted(REGISTRIES)
+    if kind is not None and kind not in REGISTRIES:
+        raise UserError(unknown_name_message("kind", kind, kinds))
+    console = Console(highlight=False)
+    for name in [kind] if kind else kinds:
+        table = Table(title=f"{name}", title_justify="left", show_lines=False, expand=False)
+        table.add_column("name", style="bold cyan", no_wrap=True)
+        table.add_column("parameters (default)")
+        table.add_column("what it does")
+        for entry in REGISTRIES[name]:
+            table.add_row(entry.name, describe(entry.params), entry.doc)
+        console.print(table)
+
+
+def describe(params: type[Params]) -> str:
+    fields = params.model_fields
+    if not fields:
+        return "–"
+    return "\n".join(f"{key}: {_type(info)} = {_default(info)}" for key, info in fields.items())
+
+
+def _type(info: FieldInfo) -> str:
+    annotation: Any = info.annotation
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("fedsim.registry.", "")
+
+
+def _default(info: FieldInfo) -> str:
+    value = info.get_default(call_default_factory=True)
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    return repr(value)

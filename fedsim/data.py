@@ -1,0 +1,330 @@
+"""Datasets (one in-memory copy per process) and their federation: which client holds which samples."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt
+from sklearn.datasets import load_digits, make_classification
+from sklearn.model_selection import train_test_split
+
+from fedsim import partition as _partition  # noqa: F401  (registers the partitioners federate uses)
+from fedsim.errors import UserError
+from fedsim.registry import DATASETS, PARTITIONERS, Component, Params
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no boolean equality; compare by identity
+class Dataset:
+    """A train/test pair held in memory; shared by every client of a process, so never mutate it."""
+
+    name: str
+    x_train: torch.Tensor  # float32, (N, *input_shape), normalised
+    y_train: torch.Tensor  # int64, (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _dataset(
+    name: str,
+    x_train: FloatArray,
+    y_train: npt.NDArray[Any],
+    x_test: FloatArray,
+    y_test: npt.NDArray[Any],
+    num_classes: int,
+) -> Dataset:
+    def f32(a: npt.NDArray[Any]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    def i64(a: npt.NDArray[Any]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+
+    return Dataset(name, f32(x_train), i64(y_train), f32(x_test), i64(y_test), num_classes)
+
+
+def _stratified_split(
+    name: str, x: npt.NDArray[Any], y: npt.NDArray[Any], test_fraction: float, seed: int
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
+    """Train/test split keeping class proportions, from a generator seeded with ``seed`` only."""
+    num_classes = len(np.unique(y))
+    n_test = math.ceil(test_fraction * len(y))  # scikit-learn rounds the test size up
+    n_train = len(y) - n_test
+    if min(n_test, n_train) < num_classes:
+        raise UserError(
+            f"{name} needs at least one sample of each of its {num_classes} classes in both train "
+            f"and test, got {n_train} train and {n_test} test samples (test_fraction="
+            f"{test_fraction}, {len(y)} samples); move test_fraction towards 0.5 or add samples"
+        )
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=n_test, stratify=y, random_state=seed
+    )
+    return x_train, x_test, y_train, y_test
+
+
+class DigitsParams(Params):
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+@DATASETS.register("digits", DigitsParams)
+def digits(p: DigitsParams) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes); fast, bundled, offline."""
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # pixels are 0..16
+    # Seed 0, not the scenario's: every run of every scenario evaluates on the same test set.
+    x_train, x_test, y_train, y_test = _stratified_split("digits", x, bunch.target, p.test_fraction, 0)
+    mean, std = float(x_train.mean()), float(x_train.std())
+    return _dataset(
+        "digits", (x_train - mean) / std, y_train, (x_test - mean) / std, y_test, num_classes=10
+    )
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+# Of the training images scaled to [0, 1]; the usual constants for Fashion-MNIST.
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+
+
+class FashionMnistParams(Params):
+    root: str | None = None  # folder of the four IDX files; default: the Debian package's folder
+
+
+@DATASETS.register("fashion_mnist", FashionMnistParams)
+def fashion_mnist(p: FashionMnistParams) -> Dataset:
+    """Zalando's Fashion-MNIST (60,000 + 10,000 28x28 greyscale images, 10 classes), IDX files."""
+    root = Path(p.root).expanduser() if p.root is not None else FASHION_MNIST_DIR
+    paths = {key: _find_idx(root, name) for key, name in FASHION_MNIST_FILES.items()}
+    missing = [name for key, name in FASHION_MNIST_FILES.items() if paths[key] is None]
+    if missing:
+        where = "data.root" if p.root is not None else "the default folder"
+        raise UserError(
+            f"fashion_mnist: {', '.join(missing)} (.gz or plain) not found in {root} ({where}); "
+            "install the data with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
+            "or download the four IDX .gz files from https://github.com/zalandoresearch/fashion-mnist "
+            "(folder data/fashion) into a folder and set data.root to that folder"
+        )
+    arrays = {key: _read_idx(path) for key, path in paths.items() if path is not None}
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise UserError(
+                f"fashion_mnist: {split} images need shape (N, H, W) and labels (N,), got "
+                f"{images.shape} and {labels.shape} in {root}; re-download the files"
+            )
+        if labels.size and labels.max() >= 10:
+            raise UserError(
+                f"fashion_mnist: labels need to be in 0..9, got {int(labels.max())} in {split} "
+                f"labels in {root}; re-download the files"
+            )
+
+    def normalise(images: npt.NDArray[np.uint8]) -> FloatArray:
+        x = images[:, None].astype(np.float32) / 255.0
+        return (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+
+    return _dataset(
+        "fashion_mnist",
+        normalise(arrays["x_train"]),
+        arrays["y_train"],
+        normalise(arrays["x_test"]),
+        arrays["y_test"],
+        num_classes=10,
+    )
+
+
+def _find_idx(root: Path, name: str) -> Path | None:
+    """The gzipped or plain IDX file ``name`` in ``root``, if either exists."""
+    for candidate in (root / f"{name}.gz", root / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path) -> npt.NDArray[np.uint8]:
+    """An IDX file of unsigned bytes (the MNIST format), gzipped or not, as an array."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as err:
+        raise UserError(f"cannot read {path}: {err}; re-download the file") from None
+    # Header: two zero bytes, the element type (0x08: unsigned byte), the number of dimensions,
+    # then each dimension as a big-endian uint32.
+    ndim = raw[3] if len(raw) >= 4 else 0
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:3] != b"\x00\x00\x08" or ndim == 0:
+        raise UserError(
+            f"{path} needs to be an IDX file of unsigned bytes (header 00 00 08 <ndim>), got "
+            f"header {raw[:4].hex(' ')}; re-download the file"
+        )
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    if len(raw) - header != math.prod(shape):
+        raise UserError(
+            f"{path} needs {math.prod(shape)} data bytes for shape {shape}, got "
+            f"{len(raw) - header}; the file is truncated or corrupt, re-download it"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+class SyntheticParams(Params):
+    num_samples: PositiveInt = 10_000
+    num_features: PositiveInt = 32
+    num_classes: int = Field(10, ge=2)
+    class_sep: PositiveFloat = 1.0  # larger: classes further apart, easier
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)  # of the data itself; independent of the scenario's seed
+
+
+@DATASETS.register("synthetic", SyntheticParams)
+def synthetic(p: SyntheticParams) -> Dataset:
+    """Gaussian clusters from scikit-learn's make_classification: feature vectors, any size."""
+    informative, clusters = _informative_features(p.num_features, p.num_classes)
+    x, y = make_classification(
+        n_samples=p.num_samples,
+        n_features=p.num_features,
+        n_informative=informative,
+        n_redundant=0,
+        n_classes=p.num_classes,
+        n_clusters_per_class=clusters,
+        class_sep=p.class_sep,
+        random_state=p.seed,
+    )
+    x_train, x_test, y_train, y_test = _stratified_split(
+        "synthetic", x, y, p.test_fraction, p.seed
+    )
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-8
+    return _dataset(
+        "synthetic", (x_train - mean) / std, y_train, (x_test - mean) / std, y_test, p.num_classes
+    )
+
+
+def _informative_features(num_features: int, num_classes: int) -> tuple[int, int]:
+    """Informative features and clusters per class valid for make_classification.
+
+    It needs ``num_classes * clusters <= 2 ** informative``: half the features are informative
+    with two clusters per class when that fits, more features or one cluster when it does not.
+    """
+    for clusters in (2, 1):
+        needed = math.ceil(math.log2(num_classes * clusters))
+        informative = max(num_features // 2, needed, 1)
+        if informative <= num_features:
+            return informative, clusters
+    raise UserError(
+        f"synthetic needs 2 ** num_features >= num_classes, got num_features={num_features} "
+        f"for num_classes={num_classes}; raise num_features or lower num_classes"
+    )
+
+
+def load_dataset(spec: Component) -> Dataset:
+    """The dataset that ``spec`` names, built once per process and shared."""
+    params = DATASETS.params(spec)
+    # Keyed on the validated params, so `{name: digits}` and the same with defaults spelt out match.
+    return _load_dataset(spec.name, params.model_dump_json())
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset(name: str, params_json: str) -> Dataset:
+    entry = DATASETS.entry(name)
+    dataset: Dataset = entry.factory(entry.params.model_validate_json(params_json))
+    return dataset
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no boolean equality; compare by identity
+class Federation:
+    """Which samples of a dataset each client holds, for training and for its own evaluation."""
+
+    dataset: Dataset
+    train: list[torch.Tensor]  # per client: int64 indices into dataset.x_train used for training
+    val: list[torch.Tensor]  # per client: held-out indices (client-side evaluation)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train)
+
+    def client_sizes(self) -> list[int]:
+        """Training samples of each client (FedAvg's weights)."""
+        return [len(t) for t in self.train]
+
+    def train_data(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of ``client``'s training samples."""
+        idx = self.train[client]
+        return self.dataset.x_train[idx], self.dataset.y_train[idx]
+
+    def val_data(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of ``client``'s held-out samples."""
+        idx = self.val[client]
+        return self.dataset.x_train[idx], self.dataset.y_train[idx]
+
+
+def federate(
+    dataset: Dataset, partitioner: Component, num_clients: int, seed: int, val_fraction: float
+) -> Federation:
+    """Partition ``dataset``'s training set among clients, then hold out a part of each client's.
+
+    Each client keeps ``floor(val_fraction * size)`` samples for validation, but at least one
+    for training. All randomness comes from a generator derived from ``seed``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction needs to be in [0, 1), got {val_fraction}")
+    if seed < 0:
+        raise UserError(f"seed needs to be >= 0, got {seed}")
+    split = PARTITIONERS.build(partitioner)
+    # Stream 0 of the scenario seed is the data's; other layers derive their own streams.
+    rng = np.random.default_rng([seed, 0])
+    parts: list[IntArray] = split(dataset.y_train.numpy(), num_clients, rng)
+    empty = [i for i, part in enumerate(parts) if len(part) == 0]
+    if empty:
+        raise UserError(
+            f"partitioner {partitioner.name!r} needs to give every client a sample, got "
+            f"{len(empty)} of {num_clients} clients with none (first: client {empty[0]}); "
+            "use fewer clients or a partitioner option that guarantees a minimum size"
+        )
+    train, val = [], []
+    for part in parts:
+        n_val = min(math.floor(val_fraction * len(part)), len(part) - 1)
+        shuffled = rng.permutation(part)
+        val.append(torch.from_numpy(np.sort(shuffled[:n_val]).astype(np.int64)))
+        train.append(torch.from_numpy(np.sort(shuffled[n_val:]).astype(np.int64)))
+    return Federation(dataset, train, val)
+
+
+def federation_for(
+    dataset_spec: Component,
+    partitioner: Component,
+    num_clients: int,
+    seed: int,
+    val_fraction: float,
+) -> Federation:
+    """The federation of the dataset ``dataset_spec`` names, built once per process and shared."""
+    return _federation_for(
+        dataset_spec.model_dump_json(),
+        partitioner.model_dump_json(),
+        num_clients,
+        seed,
+        val_fraction,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _federation_for(
+    dataset_json: str, partitioner_json: str, num_clients: int, seed: int, val_fraction: float
+) -> Federation:
+    dataset = load_dataset(Component.model_validate_json(dataset_json))
+    partitioner = Component.model_validate_json(partitioner_json)
+    return federate(dataset, partitioner, num_clients, seed, val_fraction)

@@ -1,0 +1,172 @@
+"""Registries of named components: one per kind, each entry a factory plus its pydantic params.
+
+A scenario names a component as ``{name: krum, f: 2}``: ``name`` picks the entry, the other keys are
+validated by that entry's params model (extra keys forbidden). Adding a rule is one decorator.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+T = TypeVar("T")
+
+
+class Params(BaseModel):
+    """Base of every component's parameters: typed, frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component(BaseModel):
+    """A scenario's reference to a registered component: a ``name`` plus that entry's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Marks a params field that is itself a component of another kind (e.g. ``aggregator``)."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    params: type[Params]
+    factory: Callable[[Any], T]
+
+    @property
+    def doc(self) -> str:
+        return (self.factory.__doc__ or "").strip().split("\n")[0]
+
+
+class UnknownComponentError(LookupError):
+    """A name that no entry of the registry has; the message lists the choices."""
+
+
+class Registry(Generic[T]):
+    """Named factories of one kind of component."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+        REGISTRIES[kind] = self
+
+    def register(
+        self, name: str, params: type[Params] = Params
+    ) -> Callable[[Callable[[Any], T]], Callable[[Any], T]]:
+        def decorate(factory: Callable[[Any], T]) -> Callable[[Any], T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = Entry(name, params, factory)
+            return factory
+
+        return decorate
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entry(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownComponentError(unknown_name_message(self.kind, name, self.names())) from None
+
+    def params(self, spec: Component) -> Params:
+        """The validated params of ``spec`` (raises pydantic's ValidationError)."""
+        return self.entry(spec.name).params.model_validate(spec.options)
+
+    def build(self, spec: Component | str, **options: Any) -> T:
+        """Instantiate the component that ``spec`` names."""
+        if isinstance(spec, str):
+            spec = Component(name=spec, **options)
+        return self.entry(spec.name).factory(self.params(spec))
+
+
+def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
+    close = difflib.get_close_matches(name, available, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown {kind} {name!r}; {hint}available: {', '.join(available) or 'none'}"
+
+
+REGISTRIES: dict[str, Registry[Any]] = {}
+
+DATASETS: Registry[Any] = Registry("dataset")
+PARTITIONERS: Registry[Any] = Registry("partitioner")
+WORKLOADS: Registry[Any] = Registry("workload")
+STRATEGIES: Registry[Any] = Registry("strategy")
+AGGREGATORS: Registry[Any] = Registry("aggregator")
+SERVER_OPTIMISERS: Registry[Any] = Registry("server_optimiser")
+
+# Modules whose import registers components; imported lazily so that layers stay independent.
+_COMPONENT_MODULES = ("fedsim.data", "fedsim.partition", "clients", "strategies")
+
+
+def load_components() -> None:
+    """Import every module that registers components (idempotent)."""
+    for module in _COMPONENT_MODULES:
+        importlib.import_module(module)
+
+
+def resolve(spec: Component, kind: str, path: str) -> tuple[Component, list[str]]:
+    """Validate ``spec`` against the ``kind`` registry, filling in every default.
+
+    Returns the resolved component (all params explicit, nested components resolved) and the
+    problems found, each as ``path.to.field: message``.
+    """
+    registry = REGISTRIES[kind]
+    if spec.name not in registry:
+        msg = unknown_name_message(kind, spec.name, registry.names())
+        return spec, [f"{path}.name: {msg}"]
+    try:
+        params = registry.params(spec)
+    except ValidationError as err:
+        return spec, [f"{path}{loc}: {msg}" for loc, msg in pydantic_errors(err)]
+    resolved: dict[str, Any] = params.model_dump()
+    problems: list[str] = []
+    for field, info in type(params).model_fields.items():
+        ref = next((m for m in info.metadata if isinstance(m, Ref)), None)
+        value = getattr(params, field)
+        if ref is None or value is None:
+            continue
+        if isinstance(value, Component):
+            sub, errs = resolve(value, ref.kind, f"{path}.{field}")
+            resolved[field] = sub.model_dump()
+            problems += errs
+        else:  # a list of components, applied in order
+            resolved[field] = []
+            for i, item in enumerate(value):
+                sub, errs = resolve(item, ref.kind, f"{path}.{field}[{i}]")
+                resolved[field].append(sub.model_dump())
+                problems += errs
+    return Component(name=spec.name, **resolved), problems
+
+
+def pydantic_errors(err: ValidationError) -> list[tuple[str, str]]:
+    """Pydantic errors as (``.dotted.path``, message) pairs."""
+    out = []
+    for e in err.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a parameter of this component)"
+        out.append((loc, msg))
+    return out

@@ -1,0 +1,150 @@
+"""Scenario files: the typed, validated description of one federated experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsim.errors import ScenarioError
+from fedsim.registry import Component, load_components, pydantic_errors, resolve
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(Component):
+    """``data:`` — a dataset from the registry plus how it is split among clients."""
+
+    partition: Component = Component(name="iid")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out on each client")
+
+    @property
+    def dataset(self) -> Component:
+        return Component(name=self.name, **self.options)
+
+
+class ClientsSpec(Section):
+    num: int = Field(10, ge=1, description="clients in the federation")
+    per_round: int = Field(10, ge=1, description="clients sampled each round")
+
+    @model_validator(mode="after")
+    def _per_round_fits(self) -> ClientsSpec:
+        if self.per_round > self.num:
+            raise ValueError(
+                f"per_round ({self.per_round}) cannot exceed num ({self.num}); "
+                f"lower clients.per_round or raise clients.num"
+            )
+        return self
+
+
+class EvalSpec(Section):
+    every: int = Field(1, ge=1, description="evaluate every this many rounds (and the last)")
+    clients: float = Field(1.0, ge=0.0, le=1.0, description="fraction of clients evaluating")
+
+
+class Scenario(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    rounds: int = Field(ge=1)
+    engine: Literal["flower"] = "flower"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataSpec
+    clients: ClientsSpec = ClientsSpec()
+    workload: Component
+    strategy: Component = Component(name="fedavg")
+    eval: EvalSpec = EvalSpec()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# Where each top-level component lives and which registry validates it.
+_COMPONENTS = {
+    "data": "dataset",
+    "data.partition": "partitioner",
+    "workload": "workload",
+    "strategy": "strategy",
+}
+
+
+def parse(raw: Any, source: str = "") -> Scenario:
+    """Validate a scenario given as plain data; every default filled in, components resolved."""
+    if not isinstance(raw, dict):
+        raise ScenarioError([f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source)
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as err:
+        raise ScenarioError([f"{loc.lstrip('.')}: {msg}" for loc, msg in pydantic_errors(err)], source) from None
+    load_components()
+    problems: list[str] = []
+    resolved: dict[str, Component] = {}
+    for path, kind in _COMPONENTS.items():
+        spec = _component_at(scenario, path)
+        if path == "data":  # the dataset's own options exclude the data section's fixed keys
+            spec = scenario.data.dataset
+        resolved[path], errs = resolve(spec, kind, path)
+        problems += errs
+    if problems:
+        raise ScenarioError(problems, source)
+    data = DataSpec(
+        **resolved["data"].model_dump(),
+        partition=resolved["data.partition"],
+        val_fraction=scenario.data.val_fraction,
+    )
+    return scenario.model_copy(
+        update={"data": data, "workload": resolved["workload"], "strategy": resolved["strategy"]}
+    )
+
+
+def _component_at(scenario: Scenario, path: str) -> Component:
+    node: Any = scenario
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override (``a.b=value``) and validate a scenario file."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ScenarioError(["file not found; check the path"], source) from None
+    except OSError as err:
+        raise ScenarioError([f"cannot read the file: {err.strerror}"], source) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ScenarioError([f"(yaml) {at}{problem}"], source) from None
+    if raw is None:
+        raise ScenarioError(["(top level): the file is empty"], source)
+    for item in overrides or []:
+        apply_override(raw, item, source)
+    return parse(raw, source)
+
+
+def apply_override(raw: dict[str, Any], item: str, source: str = "") -> None:
+    """Set ``a.b.c=value`` in nested data; the value is parsed as YAML (``5``, ``true``, ``[1, 2]``)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ScenarioError([f"--set {item!r}: expected key.path=value"], source)
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            at = ".".join(parents[: i + 1])
+            raise ScenarioError([f"--set {key}: {at} is not a mapping"], source)
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ScenarioError([f"--set {key}: cannot parse value {text!r}"], source) from None

@@ -1,0 +1,5 @@
+"""Aggregators: ``(n, d)`` stacked updates -> one ``(d,)`` update. One file per rule."""
+
+from strategies.aggregators import mean
+
+__all__ = ["mean"]

@@ -1,0 +1,236 @@
+"""A Flower strategy that aggregates client updates through a fedsim pipeline.
+
+It speaks Flower's standard protocol (``arrays`` + ``config`` out; ``arrays`` + ``metrics`` with
+``num-examples`` back), so any Flower ServerApp can use it with ``strategy.start(...)`` and any
+Flower ClientApp can answer it. The server turns replies into deltas ``x_i - x``, stacks them as
+``U`` of shape ``(n, d)`` and applies the pipeline; replies that failed, or that carry NaN/Inf or
+wrongly shaped arrays, are left out and reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import Tensor
+
+from strategies.pipeline import RoundInfo, Stage
+
+NUM_EXAMPLES = "num-examples"
+
+
+class Recorder(Protocol):
+    """Where a strategy reports per-client metrics and events (fedsim's run directory)."""
+
+    def metrics(
+        self, round: int, scope: str, client: int | None, values: Mapping[str, float]
+    ) -> None: ...
+
+    def event(self, kind: str, **fields: Any) -> None: ...
+
+
+class _Silent:
+    def metrics(self, round: int, scope: str, client: int | None, values: Mapping[str, float]) -> None:
+        pass
+
+    def event(self, kind: str, **fields: Any) -> None:
+        pass
+
+
+class PipelineStrategy(Strategy):
+    """Sample clients, collect their models, aggregate the deltas with a pipeline stage.
+
+    ``per_round`` clients train each round (all when None), ``fraction_evaluate`` of them evaluate.
+    Sampling is drawn from ``seed`` and the round over clients ordered by ``client_ids`` (node id ->
+    client id, so that runs with fresh random node ids sample the same clients).
+    """
+
+    def __init__(
+        self,
+        pipeline: Stage,
+        *,
+        per_round: int | None = None,
+        fraction_evaluate: float = 1.0,
+        seed: int = 0,
+        client_ids: Mapping[int, int] | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.per_round = per_round
+        self.fraction_evaluate = fraction_evaluate
+        self.seed = seed
+        self.client_ids = dict(client_ids or {})
+        self.recorder: Recorder = recorder or _Silent()
+        self.state: Any = None
+        self._sent: ArrayRecord | None = None
+
+    # -- Flower's five methods -------------------------------------------------------------------
+
+    def summary(self) -> None:
+        print(f"{type(self).__name__}: per_round={self.per_round}, seed={self.seed}")
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self._sample(grid, self.per_round, server_round, phase=0)
+        self._sent = arrays
+        return self._messages(nodes, arrays, config, server_round, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._sent is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        template = self._sent
+        global_flat = flatten(template)
+        ok = self._accepted(server_round, replies, "train", template)
+        failures = self._failures
+        if not ok:
+            self.recorder.event("round_skipped", round=server_round, reason="no valid replies")
+            return None, MetricRecord({"clients": 0, "failures": failures})
+        updates = torch.stack([flatten(msg.content["arrays"]) for msg in ok]) - global_flat
+        info = RoundInfo(
+            round=server_round,
+            client_ids=tuple(self._client(msg.metadata.src_node_id) for msg in ok),
+            num_examples=torch.tensor([_num_examples(msg) for msg in ok], dtype=torch.float32),
+        )
+        if self.state is None:
+            self.state = self.pipeline.init(updates.shape[1])
+        step, self.state = self.pipeline.update(updates, self.state, info)
+        metrics = _weighted_means(ok)
+        metrics.update(clients=len(ok), failures=failures)
+        return unflatten(global_flat + step, template), metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.fraction_evaluate <= 0:
+            return []
+        total = len(list(grid.get_node_ids()))
+        count = max(1, math.ceil(self.fraction_evaluate * total))
+        nodes = self._sample(grid, count, server_round, phase=1)
+        return self._messages(nodes, arrays, config, server_round, MessageType.EVALUATE)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        ok = self._accepted(server_round, replies, "evaluate", None)
+        if not ok:
+            return None
+        metrics = _weighted_means(ok)
+        metrics.update(clients=len(ok), failures=self._failures)
+        return metrics
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _client(self, node_id: int) -> int:
+        return self.client_ids.get(node_id, node_id)
+
+    def _sample(self, grid: Grid, count: int | None, server_round: int, phase: int) -> list[int]:
+        nodes = sorted(grid.get_node_ids(), key=self._client)
+        if count is None or count >= len(nodes):
+            return nodes
+        rng = np.random.default_rng([self.seed, server_round, phase])
+        chosen = rng.choice(len(nodes), size=count, replace=False)
+        return [nodes[i] for i in sorted(chosen)]
+
+    def _messages(
+        self,
+        nodes: Sequence[int],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        server_round: int,
+        message_type: str,
+    ) -> list[Message]:
+        config = ConfigRecord({**config, "server-round": server_round})  # never mutate the caller's
+        content = RecordDict({"arrays": arrays, "config": config})
+        return [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
+
+    def _accepted(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        phase: str,
+        template: ArrayRecord | None,
+    ) -> list[Message]:
+        """Replies fit to aggregate; the others are reported as failures with their reason."""
+        ok, self._failures = [], 0
+        for msg in replies:
+            client = self._client(msg.metadata.src_node_id)
+            reason = _problem(msg, template)
+            if reason is None:
+                ok.append(msg)
+                values = {k: float(v) for k, v in msg.content["metrics"].items() if k != NUM_EXAMPLES}
+                self.recorder.metrics(server_round, "client", client, values)
+            else:
+                self._failures += 1
+                self.recorder.event(
+                    "client_failed", round=server_round, phase=phase, client=client, reason=reason
+                )
+        ok.sort(key=lambda m: self._client(m.metadata.src_node_id))  # arrival order is not stable
+        return ok
+
+
+def _problem(msg: Message, template: ArrayRecord | None) -> str | None:
+    """Why a reply cannot be aggregated, or None when it can."""
+    if msg.has_error():
+        return msg.error.reason or f"error code {msg.error.code}"
+    metrics = msg.content.metric_records.get("metrics")
+    if metrics is None or NUM_EXAMPLES not in metrics:
+        return f"reply has no MetricRecord 'metrics' with '{NUM_EXAMPLES}'"
+    if not all(math.isfinite(float(v)) for v in metrics.values() if isinstance(v, int | float)):
+        return "reply metrics contain NaN or Inf"
+    if template is None:
+        return None
+    arrays = msg.content.array_records.get("arrays")
+    if arrays is None:
+        return "reply has no ArrayRecord 'arrays'"
+    if list(arrays.keys()) != list(template.keys()):
+        return "reply arrays have other names than the global model's"
+    for key, sent in template.items():
+        if tuple(arrays[key].shape) != tuple(sent.shape):
+            return f"array {key!r} has shape {tuple(arrays[key].shape)}, expected {tuple(sent.shape)}"
+    if not bool(torch.isfinite(flatten(arrays)).all()):
+        return "update contains NaN or Inf"
+    return None
+
+
+def _num_examples(msg: Message) -> float:
+    return float(msg.content["metrics"][NUM_EXAMPLES])
+
+
+def _weighted_means(replies: Sequence[Message]) -> MetricRecord:
+    """Each numeric metric averaged over replies, weighted by their sample counts."""
+    weights = [_num_examples(m) for m in replies]
+    total = sum(weights)
+    sums: dict[str, float] = {}
+    for msg, w in zip(replies, weights, strict=True):
+        for key, value in msg.content["metrics"].items():
+            if key != NUM_EXAMPLES and isinstance(value, int | float):
+                sums[key] = sums.get(key, 0.0) + w * float(value)
+    record = MetricRecord({k: v / total for k, v in sums.items()} if total > 0 else {})
+    record[NUM_EXAMPLES] = int(total)
+    return record
+
+
+def flatten(arrays: ArrayRecord) -> Tensor:
+    """All arrays of a record as one float32 vector, in the record's order."""
+    parts = [torch.from_numpy(a.numpy()).reshape(-1).to(torch.float32) for a in arrays.values()]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def unflatten(flat: Tensor, template: ArrayRecord) -> ArrayRecord:
+    """The inverse of ``flatten``, shaped and typed like ``template``."""
+    out, offset = ArrayRecord(), 0
+    for key, array in template.items():
+        ref = array.numpy()
+        piece = flat[offset : offset + ref.size].reshape(ref.shape).numpy().astype(ref.dtype)
+        out[key] = Array.from_numpy_ndarray(piece)
+        offset += ref.size
+    return out

@@ -1,0 +1,308 @@
+"""Tests of the classification workload: models, init, local training, evaluation, params."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+import clients
+from clients import TrainConfig, Workload, init_parameters
+from clients.classification import ClassificationParams, ClassificationWorkload
+from fedsim.registry import WORKLOADS, Component
+
+CPU = torch.device("cpu")
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def workload(**options: object) -> ClassificationWorkload:
+    built = WORKLOADS.build("classification", **options)
+    assert isinstance(built, ClassificationWorkload)
+    return built
+
+
+def config(seed: int = 0, round: int = 1) -> TrainConfig:
+    return TrainConfig(round=round, generator=gen(seed), device=CPU)
+
+
+def blobs(n: int = 200, d: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Two well-separated Gaussian classes in ``d`` dimensions, shaped (n, 1, d)."""
+    g = gen(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    centres = torch.tensor([[-3.0] * d, [3.0] * d])
+    x = centres[y] + torch.randn(n, d, generator=g)
+    return x.unsqueeze(1), y
+
+
+def flat(model: nn.Module) -> Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+# ---- models and initialisation ----
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
+def test_build_model_is_deterministic_in_the_generator(model: str, shape: tuple[int, ...]) -> None:
+    # Prepare
+    w = workload(model=model)
+
+    # Execute
+    a = w.build_model(shape, 10, gen(1))
+    b = w.build_model(shape, 10, gen(1))
+    c = w.build_model(shape, 10, gen(2))
+    out = a(torch.zeros(3, *shape))
+
+    # Assert
+    assert torch.equal(flat(a), flat(b))
+    assert not torch.equal(flat(a), flat(c))
+    assert out.shape == (3, 10)
+    assert all(p.device == CPU for p in a.parameters())
+
+
+def test_build_model_does_not_touch_the_global_rng() -> None:
+    # Prepare
+    before = torch.random.get_rng_state()
+
+    # Execute
+    workload(model="cnn").build_model((1, 8, 8), 10, gen(0))
+
+    # Assert
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_init_parameters_matches_pytorch_defaults() -> None:
+    # Prepare: PyTorch's own init from a global RNG seeded like our generator.
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        reference = net()
+    ours = net()
+
+    # Execute
+    init_parameters(ours, gen(7))
+
+    # Assert
+    assert torch.equal(flat(ours), flat(reference))
+
+
+def test_init_parameters_refuses_modules_it_cannot_initialise() -> None:
+    with pytest.raises(TypeError, match="BatchNorm1d"):
+        init_parameters(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), gen(0))
+
+
+def test_small_cnn_refuses_inputs_too_small_or_without_channels() -> None:
+    w = workload(model="cnn")
+    with pytest.raises(ValueError, match="H, W >= 4"):
+        w.build_model((1, 3, 3), 10, gen(0))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        w.build_model((28, 28), 10, gen(0))
+
+
+def test_import_registers_the_workload_and_it_meets_the_protocol() -> None:
+    assert clients.classification.classification is WORKLOADS.entry("classification").factory
+    assert isinstance(workload(), Workload)
+
+
+# ---- fit ----
+
+
+def test_fit_learns_a_separable_problem() -> None:
+    # Prepare
+    x, y = blobs()
+    w = workload(hidden=16, epochs=1, batch_size=16, lr=0.1)
+    model = w.build_model((1, 8), 2, gen(0))
+    start = w.evaluate(model, x, y)["loss"]
+
+    # Execute
+    metrics = [w.fit(model, x, y, config(seed=r, round=r)) for r in range(3)]
+    end = w.evaluate(model, x, y)
+
+    # Assert
+    assert end["loss"] < start / 10
+    assert end["accuracy"] == 1.0
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[-1]["train_accuracy"] >= 0.99
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_fit_is_deterministic_for_the_same_generator_seed(model: str) -> None:
+    # Prepare
+    g = gen(3)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
+    w = workload(model=model, batch_size=8, momentum=0.5, weight_decay=1e-3, mu=0.1)
+    m1, m2, m3 = (w.build_model((1, 8, 8), 3, gen(0)) for _ in range(3))
+
+    # Execute
+    r1 = w.fit(m1, x, y, config(seed=5))
+    r2 = w.fit(m2, x, y, config(seed=5))
+    w.fit(m3, x, y, config(seed=6))
+
+    # Assert
+    assert r1 == r2
+    assert torch.equal(flat(m1), flat(m2))
+    assert not torch.equal(flat(m1), flat(m3))  # another seed, another batch order
+
+
+def test_proximal_term_keeps_weights_closer_to_the_start() -> None:
+    # Prepare
+    x, y = blobs(n=100)
+    plain, prox = workload(epochs=3, lr=0.1), workload(epochs=3, lr=0.1, mu=1.0)
+    m_plain = plain.build_model((1, 8), 2, gen(0))
+    m_prox = prox.build_model((1, 8), 2, gen(0))
+    start = flat(m_plain).clone()
+
+    # Execute
+    plain.fit(m_plain, x, y, config(seed=1))
+    prox.fit(m_prox, x, y, config(seed=1))
+
+    # Assert
+    assert (flat(m_prox) - start).norm() < 0.9 * (flat(m_plain) - start).norm()
+
+
+def softmax_grads(w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Hand-derived gradient of mean CE for logits x·wᵀ + b: (softmax − onehot)ᵀ·x / n."""
+    p = torch.softmax(x @ w.T + b, dim=1)
+    err = (p - F.one_hot(y, w.shape[0]).to(p.dtype)) / x.shape[0]
+    return err.T @ x, err.sum(dim=0)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_one_full_batch_step_equals_the_hand_computed_update(weight_decay: float) -> None:
+    # Prepare: a 1-layer softmax regression in float64, one step over the whole data.
+    g = gen(11)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    model = nn.Linear(4, 3).double()
+    init_parameters(model, g)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    lr = 0.5
+    w = workload(epochs=1, batch_size=6, lr=lr, weight_decay=weight_decay)
+
+    # Execute
+    metrics = w.fit(model, x, y, config())
+
+    # Assert: SGD applies weight decay as wd·θ added to the gradient (bias included).
+    gw, gb = softmax_grads(w0, b0, x, y)
+    torch.testing.assert_close(model.weight.detach(), w0 - lr * (gw + weight_decay * w0))
+    torch.testing.assert_close(model.bias.detach(), b0 - lr * (gb + weight_decay * b0))
+    loss0 = F.cross_entropy(x @ w0.T + b0, y).item()
+    assert metrics["train_loss"] == pytest.approx(loss0)
+
+
+def test_two_fedprox_steps_equal_the_hand_computed_updates() -> None:
+    # Prepare: step 1 is at the anchor (zero proximal gradient); step 2 adds mu·(θ₁ − θ₀).
+    g = gen(12)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 1])
+    model = nn.Linear(3, 2).double()
+    init_parameters(model, g)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    lr, mu = 0.3, 2.0
+    w = workload(epochs=2, batch_size=5, lr=lr, mu=mu)
+
+    # Execute
+    w.fit(model, x, y, config())
+
+    # Assert
+    gw, gb = softmax_grads(w0, b0, x, y)
+    w1, b1 = w0 - lr * gw, b0 - lr * gb
+    gw, gb = softmax_grads(w1, b1, x, y)
+    w2, b2 = w1 - lr * (gw + mu * (w1 - w0)), b1 - lr * (gb + mu * (b1 - b0))
+    torch.testing.assert_close(model.weight.detach(), w2)
+    torch.testing.assert_close(model.bias.detach(), b2)
+
+
+def test_fit_refuses_empty_data() -> None:
+    w = workload()
+    model = w.build_model((1, 8), 2, gen(0))
+    with pytest.raises(ValueError, match="client has no training data"):
+        w.fit(model, torch.zeros(0, 1, 8), torch.zeros(0, dtype=torch.int64), config())
+
+
+def test_fit_raises_naming_the_round_when_the_loss_diverges() -> None:
+    # Prepare: an absurd learning rate on large inputs overflows the logits.
+    x, y = blobs(n=64)
+    w = workload(lr=1e30, batch_size=8, epochs=2)
+    model = w.build_model((1, 8), 2, gen(0))
+
+    # Execute / Assert
+    with pytest.raises(FloatingPointError, match="round 7"):
+        w.fit(model, x * 1e6, y, config(round=7))
+
+
+# ---- evaluate ----
+
+
+def test_evaluate_matches_hand_computed_loss_and_accuracy() -> None:
+    # Prepare: logits equal the inputs, so every prediction is argmax(x).
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+    y = torch.tensor([0, 1, 0])
+
+    # Execute
+    right = workload().evaluate(model, x, y)
+    one_wrong = workload().evaluate(model, x, torch.tensor([0, 1, 1]))
+
+    # Assert: CE of logits (a, 0) for class 0 is log(1 + e^-a).
+    expected = (math.log1p(math.exp(-2)) + math.log1p(math.exp(-3)) + math.log1p(math.exp(-1))) / 3
+    assert right["accuracy"] == 1.0
+    assert right["loss"] == pytest.approx(expected, rel=1e-6)
+    assert one_wrong["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_over_several_batches_equals_one_pass() -> None:
+    # Prepare: more points than one evaluation batch.
+    g = gen(4)
+    x, y = torch.randn(2500, 1, 8, generator=g), torch.randint(0, 2, (2500,), generator=g)
+    w = workload()
+    model = w.build_model((1, 8), 2, gen(0))
+
+    # Execute
+    metrics = w.evaluate(model, x, y)
+
+    # Assert
+    with torch.no_grad():
+        logits = model(x)
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert metrics["accuracy"] == (logits.argmax(1) == y).sum().item() / 2500
+
+
+# ---- params ----
+
+
+def test_params_defaults() -> None:
+    p = ClassificationParams()
+    assert (p.model, p.hidden, p.epochs, p.batch_size, p.lr) == ("mlp", 128, 1, 32, 0.05)
+    assert (p.momentum, p.weight_decay, p.mu) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lrr": 0.1},  # typo of a known key
+        {"lr": -1},
+        {"lr": 0},
+        {"model": "resnet"},
+        {"momentum": 1.0},
+        {"momentum": -0.1},
+        {"epochs": 0},
+        {"batch_size": 0},
+        {"mu": -0.5},
+        {"weight_decay": -1e-4},
+    ],
+)
+def test_params_refuse_unknown_keys_and_bad_values(options: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        WORKLOADS.build(Component(name="classification", **options))
