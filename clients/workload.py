@@ -15,6 +15,7 @@ class TrainConfig:
     """What one local-training call needs besides the model and the data."""
 
     round: int
+    client: int  # the client's id (its partition), for workloads whose clients differ
     # Seeded by the caller from (seed, client, round); drives batch order. Must live on the CPU.
     generator: torch.Generator
     device: torch.device

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from torch import nn
 
 from clients import TrainConfig, Workload
 from fedsim import results
-from fedsim.data import Federation, federation_for, load_dataset
+from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
 from fedsim.registry import STRATEGIES, WORKLOADS
@@ -74,7 +75,8 @@ def locate_scenario(path: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise UserError(f"scenario file {path!r} not found (looked in: {', '.join(map(str, candidates))})")
+    looked = ", ".join(map(str, candidates))
+    raise UserError(f"scenario file {path!r} not found (looked in: {looked})")
 
 
 def serve(grid: Grid, scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
@@ -94,8 +96,7 @@ def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progr
     client_ids = identify_clients(grid, scenario.clients.num)
     workload: Workload = WORKLOADS.build(scenario.workload)
     dataset = load_dataset(scenario.data.dataset)
-    model = workload.build_model(dataset.input_shape, dataset.num_classes, _generator(scenario.seed))
-    model.to(device)
+    model = _initial_model(workload, scenario, dataset).to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
     strategy = STRATEGIES.build(scenario.strategy)(
         per_round=scenario.clients.per_round,
@@ -119,7 +120,9 @@ def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progr
 
             accuracy = None
             if rnd % scenario.eval.every == 0 or rnd == scenario.rounds:
-                replies = grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid))
+                replies = grid.send_and_receive(
+                    strategy.configure_evaluate(rnd, arrays, config, grid)
+                )
                 eval_metrics = strategy.aggregate_evaluate(rnd, replies)
                 writer.metrics(rnd, results.FEDERATED, None, _prefixed(eval_metrics, "eval_"))
                 model.load_state_dict(arrays.to_torch_state_dict())
@@ -145,7 +148,7 @@ def _prefixed(record: MetricRecord | None, phase: str) -> dict[str, float]:
     if record is None:
         return {}
     renamed = {"clients": f"{phase}clients", "failures": f"{phase}failures"}
-    return {renamed.get(k, k): float(v) for k, v in record.items() if k != "num-examples"}
+    return {renamed.get(k, k): float(v) for k, v in record.items() if isinstance(v, int | float)}
 
 
 def pick_device(choice: str) -> torch.device:
@@ -176,13 +179,19 @@ def identify_clients(grid: Grid, num: int) -> dict[int, int]:
     for reply in grid.send_and_receive(queries):
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed: {reply.error.reason}")
-        ids[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
+        partition = reply.content.metric_records["metrics"]["partition-id"]
+        ids[reply.metadata.src_node_id] = int(cast(int, partition))
     if sorted(ids.values()) != list(range(num)):
         raise UserError(
             f"nodes report partition ids {sorted(ids.values())[:10]}…, expected 0..{num - 1}: "
             f"the federation must have exactly clients.num={num} nodes"
         )
     return ids
+
+
+def _initial_model(workload: Workload, scenario: Scenario, dataset: Dataset) -> nn.Module:
+    """The global model before round 1, the same in every process for the same seed."""
+    return workload.build_model(dataset.input_shape, dataset.num_classes, _generator(scenario.seed))
 
 
 def _generator(*seed: int) -> torch.Generator:
@@ -225,13 +234,12 @@ def runtime(scenario_text: str) -> ClientRuntime:
     )
     device = pick_device(scenario.device)
     dataset = federation.dataset
-    model = workload.build_model(dataset.input_shape, dataset.num_classes, _generator(scenario.seed))
     return ClientRuntime(
         scenario,
         workload,
         federation,
         device,
-        model.to(device),
+        _initial_model(workload, scenario, dataset).to(device),
         dataset.x_train.to(device),
         dataset.y_train.to(device),
     )
@@ -263,10 +271,13 @@ def _train(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> Rec
     rt.model.load_state_dict(arrays.to_torch_state_dict())
     index = rt.federation.train[client].to(rt.device)
     generator = _generator(rt.scenario.seed, client, rnd)
-    metrics = rt.workload.fit(rt.model, rt.x[index], rt.y[index], TrainConfig(rnd, generator, rt.device))
-    metrics["num-examples"] = len(index)
+    config = TrainConfig(rnd, client, generator, rt.device)
+    metrics = rt.workload.fit(rt.model, rt.x[index], rt.y[index], config)
     return RecordDict(
-        {"arrays": ArrayRecord(rt.model.state_dict()), "metrics": MetricRecord(metrics)}
+        {
+            "arrays": ArrayRecord(rt.model.state_dict()),
+            "metrics": MetricRecord({**metrics, "num-examples": len(index)}),
+        }
     )
 
 
@@ -276,8 +287,7 @@ def _evaluate(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> 
         index = rt.federation.train[client].to(rt.device)
     rt.model.load_state_dict(arrays.to_torch_state_dict())
     metrics = rt.workload.evaluate(rt.model, rt.x[index], rt.y[index])
-    metrics["num-examples"] = len(index)
-    return RecordDict({"metrics": MetricRecord(metrics)})
+    return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(index)})})
 
 
 def _reply(
@@ -287,10 +297,13 @@ def _reply(
 ) -> Message:
     """Run a client's work; an exception becomes an error reply the server records."""
     try:
-        config = msg.content["config"]
+        config = msg.content.config_records["config"]
         rt = runtime(str(config["scenario"]))
         client = int(context.node_config["partition-id"])
-        content = work(rt, client, int(config["server-round"]), msg.content["arrays"])
+        rnd = int(cast(int, config["server-round"]))
+        content = work(rt, client, rnd, msg.content.array_records["arrays"])
     except Exception as err:  # the round goes on without this client
-        return Message(Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+        return Message(
+            Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg
+        )
     return Message(content, reply_to=msg)

@@ -1,4 +1,4 @@
-"""Datasets (one in-memory copy per process) and their federation: which client holds which samples."""
+"""Datasets (one in-memory copy per process) and their federation: which client holds what."""
 
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ class Dataset:
 
 def _dataset(
     name: str,
-    x_train: FloatArray,
+    x_train: npt.NDArray[Any],
     y_train: npt.NDArray[Any],
-    x_test: FloatArray,
+    x_test: npt.NDArray[Any],
     y_test: npt.NDArray[Any],
     num_classes: int,
 ) -> Dataset:
@@ -77,7 +77,7 @@ def _stratified_split(
 
 
 class DigitsParams(Params):
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
 
 @DATASETS.register("digits", DigitsParams)
@@ -86,7 +86,9 @@ def digits(p: DigitsParams) -> Dataset:
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None]  # pixels are 0..16
     # Seed 0, not the scenario's: every run of every scenario evaluates on the same test set.
-    x_train, x_test, y_train, y_test = _stratified_split("digits", x, bunch.target, p.test_fraction, 0)
+    x_train, x_test, y_train, y_test = _stratified_split(
+        "digits", x, bunch.target, p.test_fraction, 0
+    )
     mean, std = float(x_train.mean()), float(x_train.std())
     return _dataset(
         "digits", (x_train - mean) / std, y_train, (x_test - mean) / std, y_test, num_classes=10
@@ -119,8 +121,9 @@ def fashion_mnist(p: FashionMnistParams) -> Dataset:
         raise UserError(
             f"fashion_mnist: {', '.join(missing)} (.gz or plain) not found in {root} ({where}); "
             "install the data with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
-            "or download the four IDX .gz files from https://github.com/zalandoresearch/fashion-mnist "
-            "(folder data/fashion) into a folder and set data.root to that folder"
+            "or download the four IDX .gz files from "
+            "https://github.com/zalandoresearch/fashion-mnist (folder data/fashion) into a folder "
+            "and set data.root to that folder"
         )
     arrays = {key: _read_idx(path) for key, path in paths.items() if path is not None}
     for split in ("train", "test"):
@@ -185,10 +188,10 @@ def _read_idx(path: Path) -> npt.NDArray[np.uint8]:
 class SyntheticParams(Params):
     num_samples: PositiveInt = 10_000
     num_features: PositiveInt = 32
-    num_classes: int = Field(10, ge=2)
+    num_classes: int = Field(default=10, ge=2)
     class_sep: PositiveFloat = 1.0  # larger: classes further apart, easier
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0)  # of the data itself; independent of the scenario's seed
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0)  # of the data itself; independent of the scenario's seed
 
 
 @DATASETS.register("synthetic", SyntheticParams)
@@ -205,9 +208,7 @@ def synthetic(p: SyntheticParams) -> Dataset:
         class_sep=p.class_sep,
         random_state=p.seed,
     )
-    x_train, x_test, y_train, y_test = _stratified_split(
-        "synthetic", x, y, p.test_fraction, p.seed
-    )
+    x_train, x_test, y_train, y_test = _stratified_split("synthetic", x, y, p.test_fraction, p.seed)
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-8
     return _dataset(
         "synthetic", (x_train - mean) / std, y_train, (x_test - mean) / std, y_test, p.num_classes

@@ -16,8 +16,8 @@ def run_flower_simulation(scenario: Scenario, run_dir: Path, show_progress: bool
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
     from flwr.app import Context, RecordDict
-    from flwr.supercore.telemetry import EventType
     from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
 
     from fedsim.app import client_app, pick_device, server_app
 

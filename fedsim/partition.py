@@ -1,8 +1,8 @@
 """Partitioners: how a dataset's training samples are dealt out among the clients.
 
-A partitioner's factory takes its params and returns ``split(labels, num_clients, rng)``, which gives
-each client a sorted int64 array of indices into ``labels``. Every index goes to at most one client
-(the partitioners here use them all); the only randomness is ``rng``.
+A partitioner's factory takes its params and returns ``split(labels, num_clients, rng)``, which
+gives each client a sorted int64 array of indices into ``labels``. Every index goes to at most one
+client (the partitioners here use them all); the only randomness is ``rng``.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ class ShardsParams(Params):
 
 @PARTITIONERS.register("shards", ShardsParams)
 def shards(p: ShardsParams) -> Split:
-    """Pathological non-IID: each client holds exactly ``classes_per_client`` classes (McMahan 2017).
+    """Pathological non-IID: every client holds exactly ``classes_per_client`` classes.
+
+    The label-skewed split of McMahan et al. 2017, with classes rather than sorted shards dealt out.
 
     Clients take classes in turn from a random permutation of the classes, repeated round-robin,
     so every class is held by (nearly) the same number of clients; each class's samples are then

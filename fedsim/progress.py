@@ -42,5 +42,7 @@ class RoundProgress:
         self._progress.stop()
 
     def advance(self, accuracy: float | None) -> None:
-        fields = {} if accuracy is None else {"accuracy": f"accuracy {accuracy:.3f}"}
-        self._progress.update(self._task, advance=1, **fields)
+        if accuracy is None:
+            self._progress.update(self._task, advance=1)
+        else:
+            self._progress.update(self._task, advance=1, accuracy=f"accuracy {accuracy:.3f}")

@@ -88,7 +88,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownComponentError(unknown_name_message(self.kind, name, self.names())) from None
+            raise UnknownComponentError(
+                unknown_name_message(self.kind, name, self.names())
+            ) from None
 
     def params(self, spec: Component) -> Params:
         """The validated params of ``spec`` (raises pydantic's ValidationError)."""

@@ -48,7 +48,7 @@ class EvalSpec(Section):
 
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     rounds: int = Field(ge=1)
     engine: Literal["flower"] = "flower"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -74,11 +74,15 @@ _COMPONENTS = {
 def parse(raw: Any, source: str = "") -> Scenario:
     """Validate a scenario given as plain data; every default filled in, components resolved."""
     if not isinstance(raw, dict):
-        raise ScenarioError([f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source)
+        raise ScenarioError(
+            [f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source
+        )
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as err:
-        raise ScenarioError([f"{loc.lstrip('.')}: {msg}" for loc, msg in pydantic_errors(err)], source) from None
+        raise ScenarioError(
+            [f"{loc.lstrip('.')}: {msg}" for loc, msg in pydantic_errors(err)], source
+        ) from None
     load_components()
     problems: list[str] = []
     resolved: dict[str, Component] = {}
@@ -132,7 +136,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
 
 
 def apply_override(raw: dict[str, Any], item: str, source: str = "") -> None:
-    """Set ``a.b.c=value`` in nested data; the value is parsed as YAML (``5``, ``true``, ``[1, 2]``)."""
+    """Set ``a.b.c=value`` in nested data; the value is parsed as YAML (``5``, ``[1, 2]``)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ScenarioError([f"--set {item!r}: expected key.path=value"], source)

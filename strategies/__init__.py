@@ -10,7 +10,16 @@ from fedsim.registry import AGGREGATORS
 from strategies import aggregators, fedavg, server_optimisers
 from strategies.pipeline import RoundInfo, Stage, chain, stateless
 
-__all__ = ["RoundInfo", "Stage", "aggregate", "aggregators", "chain", "fedavg", "server_optimisers", "stateless"]
+__all__ = [
+    "RoundInfo",
+    "Stage",
+    "aggregate",
+    "aggregators",
+    "chain",
+    "fedavg",
+    "server_optimisers",
+    "stateless",
+]
 
 
 def aggregate(name: str, updates: Tensor, info: RoundInfo | None = None, **params: Any) -> Tensor:

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard, cast
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
@@ -36,7 +44,9 @@ class Recorder(Protocol):
 
 
 class _Silent:
-    def metrics(self, round: int, scope: str, client: int | None, values: Mapping[str, float]) -> None:
+    def metrics(
+        self, round: int, scope: str, client: int | None, values: Mapping[str, float]
+    ) -> None:
         pass
 
     def event(self, kind: str, **fields: Any) -> None:
@@ -94,7 +104,7 @@ class PipelineStrategy(Strategy):
         if not ok:
             self.recorder.event("round_skipped", round=server_round, reason="no valid replies")
             return None, MetricRecord({"clients": 0, "failures": failures})
-        updates = torch.stack([flatten(msg.content["arrays"]) for msg in ok]) - global_flat
+        updates = torch.stack([flatten(_arrays(msg)) for msg in ok]) - global_flat
         info = RoundInfo(
             round=server_round,
             client_ids=tuple(self._client(msg.metadata.src_node_id) for msg in ok),
@@ -161,19 +171,18 @@ class PipelineStrategy(Strategy):
     ) -> list[Message]:
         """Replies fit to aggregate; the others are reported as failures with their reason."""
         ok, self._failures = [], 0
-        for msg in replies:
+        # Arrival order depends on the engine's scheduling: sort so results are reproducible.
+        for msg in sorted(replies, key=lambda m: self._client(m.metadata.src_node_id)):
             client = self._client(msg.metadata.src_node_id)
             reason = _problem(msg, template)
             if reason is None:
                 ok.append(msg)
-                values = {k: float(v) for k, v in msg.content["metrics"].items() if k != NUM_EXAMPLES}
-                self.recorder.metrics(server_round, "client", client, values)
+                self.recorder.metrics(server_round, "client", client, _scalars(msg))
             else:
                 self._failures += 1
                 self.recorder.event(
                     "client_failed", round=server_round, phase=phase, client=client, reason=reason
                 )
-        ok.sort(key=lambda m: self._client(m.metadata.src_node_id))  # arrival order is not stable
         return ok
 
 
@@ -184,7 +193,7 @@ def _problem(msg: Message, template: ArrayRecord | None) -> str | None:
     metrics = msg.content.metric_records.get("metrics")
     if metrics is None or NUM_EXAMPLES not in metrics:
         return f"reply has no MetricRecord 'metrics' with '{NUM_EXAMPLES}'"
-    if not all(math.isfinite(float(v)) for v in metrics.values() if isinstance(v, int | float)):
+    if not all(math.isfinite(v) for v in metrics.values() if _is_number(v)):
         return "reply metrics contain NaN or Inf"
     if template is None:
         return None
@@ -195,14 +204,30 @@ def _problem(msg: Message, template: ArrayRecord | None) -> str | None:
         return "reply arrays have other names than the global model's"
     for key, sent in template.items():
         if tuple(arrays[key].shape) != tuple(sent.shape):
-            return f"array {key!r} has shape {tuple(arrays[key].shape)}, expected {tuple(sent.shape)}"
+            return (
+                f"array {key!r} has shape {tuple(arrays[key].shape)}, expected {tuple(sent.shape)}"
+            )
     if not bool(torch.isfinite(flatten(arrays)).all()):
         return "update contains NaN or Inf"
     return None
 
 
+def _arrays(msg: Message) -> ArrayRecord:
+    return msg.content.array_records["arrays"]
+
+
+def _scalars(msg: Message) -> dict[str, float]:
+    """A reply's numeric metrics, without its sample count."""
+    metrics = msg.content.metric_records["metrics"]
+    return {k: float(v) for k, v in metrics.items() if k != NUM_EXAMPLES and _is_number(v)}
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _num_examples(msg: Message) -> float:
-    return float(msg.content["metrics"][NUM_EXAMPLES])
+    return float(cast(float, msg.content.metric_records["metrics"][NUM_EXAMPLES]))
 
 
 def _weighted_means(replies: Sequence[Message]) -> MetricRecord:
@@ -211,9 +236,8 @@ def _weighted_means(replies: Sequence[Message]) -> MetricRecord:
     total = sum(weights)
     sums: dict[str, float] = {}
     for msg, w in zip(replies, weights, strict=True):
-        for key, value in msg.content["metrics"].items():
-            if key != NUM_EXAMPLES and isinstance(value, int | float):
-                sums[key] = sums.get(key, 0.0) + w * float(value)
+        for key, value in _scalars(msg).items():
+            sums[key] = sums.get(key, 0.0) + w * value
     record = MetricRecord({k: v / total for k, v in sums.items()} if total > 0 else {})
     record[NUM_EXAMPLES] = int(total)
     return record

@@ -29,7 +29,7 @@ def workload(**options: object) -> ClassificationWorkload:
 
 
 def config(seed: int = 0, round: int = 1) -> TrainConfig:
-    return TrainConfig(round=round, generator=gen(seed), device=CPU)
+    return TrainConfig(round=round, client=0, generator=gen(seed), device=CPU)
 
 
 def blobs(n: int = 200, d: int = 8, seed: int = 0) -> tuple[Tensor, Tensor]:

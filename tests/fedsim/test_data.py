@@ -1,4 +1,4 @@
-"""Tests of the datasets (digits, fashion_mnist, synthetic) and of their federation among clients."""
+"""Tests of the datasets (digits, fashion_mnist, synthetic) and of their federation."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ from fedsim.data import (
 )
 from fedsim.errors import UserError
 from fedsim.registry import DATASETS, PARTITIONERS, Component
+
+
+def spec(name: str, **options: object) -> Component:
+    return Component(name=name, **options)
 
 
 def test_the_documented_datasets_are_registered() -> None:
@@ -62,8 +66,8 @@ def test_digits_test_split_is_fixed_and_stratified() -> None:
 def test_load_dataset_is_cached_on_the_validated_params() -> None:
     # Execute
     implicit = load_dataset(Component(name="digits"))
-    explicit = load_dataset(Component(name="digits", test_fraction=0.2))
-    other = load_dataset(Component(name="digits", test_fraction=0.3))
+    explicit = load_dataset(spec("digits", test_fraction=0.2))
+    other = load_dataset(spec("digits", test_fraction=0.3))
 
     # Assert
     assert implicit is explicit
@@ -100,7 +104,7 @@ def test_fashion_mnist_missing_files_say_where_and_how_to_get_them(tmp_path: Pat
 
     # Execute / Assert
     with pytest.raises(UserError, match=r"train-images-idx3-ubyte") as err:
-        load_dataset(Component(name="fashion_mnist", root=str(root)))
+        load_dataset(spec("fashion_mnist", root=str(root)))
     message = str(err.value)
     assert str(root) in message
     assert "sudo apt-get install dataset-fashion-mnist" in message
@@ -127,7 +131,7 @@ def test_fashion_mnist_reads_idx_files_from_root_gzipped_or_not(tmp_path: Path) 
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([1, 2]), compress=False)
 
     # Execute
-    d = load_dataset(Component(name="fashion_mnist", root=str(tmp_path)))
+    d = load_dataset(spec("fashion_mnist", root=str(tmp_path)))
 
     # Assert
     assert d.input_shape == (1, 4, 5) and d.num_classes == 10
@@ -148,7 +152,7 @@ def test_a_corrupt_idx_file_is_a_user_error(tmp_path: Path) -> None:
 
     # Execute / Assert
     with pytest.raises(UserError, match=r"needs 10 data bytes for shape \(10,\), got 3"):
-        load_dataset(Component(name="fashion_mnist", root=str(tmp_path)))
+        load_dataset(spec("fashion_mnist", root=str(tmp_path)))
 
 
 # ---- synthetic ----
@@ -166,7 +170,7 @@ def test_synthetic_is_deterministic_in_its_seed() -> None:
 
 def test_synthetic_shapes_classes_and_standardisation() -> None:
     # Execute
-    d = load_dataset(Component(name="synthetic", num_samples=500, num_features=6, num_classes=3))
+    d = load_dataset(spec("synthetic", num_samples=500, num_features=6, num_classes=3))
 
     # Assert
     assert d.input_shape == (6,) and d.num_classes == 3
@@ -199,13 +203,13 @@ IID = Component(name="iid")
 def test_federate_train_and_val_split_the_partition(name: str) -> None:
     # Prepare
     dataset = load_dataset(Component(name="digits"))
-    spec = Component(name=name)
-    parts = PARTITIONERS.build(spec)(
+    partitioner = Component(name=name)
+    parts = PARTITIONERS.build(partitioner)(
         dataset.y_train.numpy(), 10, np.random.default_rng([7, 0])
     )
 
     # Execute
-    fed = federate(dataset, spec, num_clients=10, seed=7, val_fraction=0.25)
+    fed = federate(dataset, partitioner, num_clients=10, seed=7, val_fraction=0.25)
 
     # Assert: the documented generator reproduces the partition; val is a disjoint part of it
     assert fed.num_clients == 10 and fed.client_sizes() == [len(t) for t in fed.train]
@@ -270,11 +274,11 @@ def test_client_data_are_slices_of_the_shared_arrays() -> None:
 def test_federate_rejects_clients_without_data() -> None:
     # Prepare: at alpha=0.01 and no minimum size, some of 30 clients get nothing
     dataset = tiny_dataset(n=40)
-    spec = Component(name="dirichlet", alpha=0.01, min_size=0)
+    dirichlet = spec("dirichlet", alpha=0.01, min_size=0)
 
     # Execute / Assert
     with pytest.raises(UserError, match=r"of 30 clients with none"):
-        federate(dataset, spec, num_clients=30, seed=0, val_fraction=0.1)
+        federate(dataset, dirichlet, num_clients=30, seed=0, val_fraction=0.1)
 
 
 @pytest.mark.parametrize("val_fraction", [-0.1, 1.0])

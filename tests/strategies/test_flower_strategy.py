@@ -1,0 +1,515 @@
+"""Tests of PipelineStrategy, driven directly with hand-made reply Messages (no Ray, no app)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.registry import STRATEGIES
+from strategies.flower import PipelineStrategy, flatten, unflatten
+
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+class FakeGrid(Grid):
+    """Knows its node ids and creates Messages; the strategy under test never sends them."""
+
+    def __init__(self, node_ids: Sequence[int]) -> None:
+        self.node_ids = list(node_ids)
+        self._run = Run.create_empty(run_id=1)
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError("these tests hand the replies to the strategy themselves")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError("these tests hand the replies to the strategy themselves")
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        raise NotImplementedError("these tests hand the replies to the strategy themselves")
+
+
+class Recording:
+    """A recorder that keeps every call, to assert on."""
+
+    def __init__(self) -> None:
+        self.client_metrics: list[tuple[int, str, int | None, dict[str, float]]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def metrics(
+        self, round: int, scope: str, client: int | None, values: Mapping[str, float]
+    ) -> None:
+        self.client_metrics.append((round, scope, client, dict(values)))
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.events.append((kind, fields))
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [fields for k, fields in self.events if k == kind]
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps new Messages with the identity of the task running in this process."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+
+
+def record(arrays: Arrays) -> ArrayRecord:
+    return ArrayRecord({k: Array.from_numpy_ndarray(v) for k, v in arrays.items()})
+
+
+def as_numpy(rec: ArrayRecord) -> Arrays:
+    return {k: a.numpy() for k, a in rec.items()}
+
+
+GLOBAL: Arrays = {
+    "w": np.full((2, 2), 10.0, dtype=np.float32),
+    "b": np.zeros(2, dtype=np.float32),
+}
+NODES = {101: 1, 102: 2, 103: 3}  # node id -> client id
+
+
+def strategy(recorder: Recording, **options: Any) -> PipelineStrategy:
+    """FedAvg (mean + sgd with lr 1) as the registry builds it."""
+    make = STRATEGIES.build("fedavg")
+    options.setdefault("client_ids", NODES)
+    built: PipelineStrategy = make(recorder=recorder, **options)
+    return built
+
+
+def send(s: PipelineStrategy, server_round: int = 1) -> dict[int, Message]:
+    """configure_train on a FakeGrid; the instructions by node id, each given a message id."""
+    grid = FakeGrid(list(NODES))
+    messages = list(
+        s.configure_train(server_round, record(GLOBAL), ConfigRecord({"lr": 0.1}), grid)
+    )
+    for i, msg in enumerate(messages):
+        msg.metadata.__dict__["_message_id"] = f"instruction-{server_round}-{i}"
+    return {msg.metadata.dst_node_id: msg for msg in messages}
+
+
+def reply(
+    to: Message,
+    arrays: Arrays | None = None,
+    num_examples: int | None = None,
+    **metrics: float,
+) -> Message:
+    content = RecordDict()
+    if arrays is not None:
+        content["arrays"] = record(arrays)
+    values: dict[str, Any] = dict(metrics)
+    if num_examples is not None:
+        values["num-examples"] = num_examples
+    content["metrics"] = MetricRecord(values)
+    return Message(content, reply_to=to)
+
+
+def model(w: list[list[float]], b: list[float]) -> Arrays:
+    return {"w": np.array(w, dtype=np.float32), "b": np.array(b, dtype=np.float32)}
+
+
+M1 = model([[1, 2], [3, 4]], [1, 0])
+M2 = model([[5, 6], [7, 8]], [-1, 4])
+# Sample-weighted average of M1 (1 example) and M2 (3 examples), worked out by hand:
+# w = (1*[[1, 2], [3, 4]] + 3*[[5, 6], [7, 8]]) / 4 = [[16, 20], [24, 28]] / 4
+# b = (1*[1, 0] + 3*[-1, 4]) / 4 = [-2, 12] / 4
+M12 = model([[4, 5], [6, 7]], [-0.5, 3])
+
+
+def assert_arrays_close(got: ArrayRecord | None, expected: Arrays) -> None:
+    assert got is not None
+    assert list(got.keys()) == list(expected.keys())
+    for key, value in as_numpy(got).items():
+        assert value.dtype == expected[key].dtype
+        np.testing.assert_allclose(value, expected[key], rtol=1e-6)
+
+
+# ---- aggregate_train ----
+
+
+def test_fedavg_gives_the_sample_weighted_average_of_the_client_models() -> None:
+    # Prepare
+    rec = Recording()
+    s = strategy(rec)
+    sent = send(s)
+    replies = [
+        reply(sent[101], M1, num_examples=1, loss=1.0),
+        reply(sent[102], M2, num_examples=3, loss=3.0),
+    ]
+
+    # Execute
+    arrays, metrics = s.aggregate_train(1, replies)
+
+    # Assert
+    assert_arrays_close(arrays, M12)
+    assert metrics is not None
+    assert metrics["clients"] == 2
+    assert metrics["failures"] == 0
+    assert metrics["num-examples"] == 4
+    assert metrics["loss"] == pytest.approx((1 * 1.0 + 3 * 3.0) / 4)
+    assert rec.of_kind("client_failed") == []
+
+
+def test_arrival_order_of_replies_does_not_change_the_result() -> None:
+    # Prepare
+    s1, s2 = strategy(Recording()), strategy(Recording())
+    sent1, sent2 = send(s1), send(s2)
+
+    # Execute
+    forward, _ = s1.aggregate_train(1, [reply(sent1[101], M1, 1), reply(sent1[102], M2, 3)])
+    backward, _ = s2.aggregate_train(1, [reply(sent2[102], M2, 3), reply(sent2[101], M1, 1)])
+
+    # Assert
+    assert forward is not None and backward is not None
+    for key, value in as_numpy(forward).items():
+        np.testing.assert_array_equal(value, as_numpy(backward)[key])
+
+
+def test_pipeline_state_is_kept_across_rounds() -> None:
+    # Prepare: FedAvgM, v <- 0.5 v + g, step = v
+    make = STRATEGIES.build("fedavg", server_opt={"name": "sgd", "momentum": 0.5})
+    s: PipelineStrategy = make(client_ids=NODES)
+    target = model([[12, 12], [12, 12]], [2, 2])  # g = +2 everywhere, each round from GLOBAL
+
+    # Execute
+    steps = []
+    for rnd in (1, 2):
+        sent = send(s, rnd)
+        arrays, _ = s.aggregate_train(rnd, [reply(sent[101], target, 5)])
+        assert arrays is not None
+        steps.append(as_numpy(arrays)["b"] - GLOBAL["b"])
+
+    # Assert: v1 = 2, v2 = 0.5 * 2 + 2 = 3
+    np.testing.assert_allclose(steps[0], [2.0, 2.0])
+    np.testing.assert_allclose(steps[1], [3.0, 3.0])
+
+
+def bad_error(to: Message) -> Message:
+    return Message(Error(code=7, reason="client crashed: boom"), reply_to=to)
+
+
+def bad_nan(to: Message) -> Message:
+    return reply(to, model([[1, np.nan], [3, 4]], [1, 0]), num_examples=5)
+
+
+def bad_shape(to: Message) -> Message:
+    return reply(to, {"w": np.ones((2, 3), dtype=np.float32), "b": M1["b"]}, num_examples=5)
+
+
+def bad_count(to: Message) -> Message:
+    return reply(to, M1, num_examples=None, loss=0.5)
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "says"),
+    [
+        (bad_error, "boom"),
+        (bad_nan, "NaN"),
+        (bad_shape, "shape"),
+        (bad_count, "num-examples"),
+    ],
+    ids=["error", "nan", "shape", "no-num-examples"],
+)
+def test_a_bad_reply_is_left_out_reported_and_counted(make_bad: Any, says: str) -> None:
+    # Prepare
+    rec = Recording()
+    s = strategy(rec)
+    sent = send(s, server_round=2)
+    replies = [
+        reply(sent[101], M1, num_examples=1),
+        make_bad(sent[103]),
+        reply(sent[102], M2, num_examples=3),
+    ]
+
+    # Execute
+    arrays, metrics = s.aggregate_train(2, replies)
+
+    # Assert
+    assert_arrays_close(arrays, M12)  # the other two still aggregate, as if alone
+    assert metrics is not None
+    assert metrics["failures"] == 1
+    assert metrics["clients"] == 2
+    failed = rec.of_kind("client_failed")
+    assert len(failed) == 1
+    assert failed[0]["client"] == 3  # the client id of node 103, not the node id
+    assert failed[0]["round"] == 2
+    assert says in failed[0]["reason"]
+    assert {client for _, _, client, _ in rec.client_metrics} == {1, 2}
+
+
+def test_a_round_where_every_reply_fails_is_skipped() -> None:
+    # Prepare
+    rec = Recording()
+    s = strategy(rec)
+    sent = send(s, server_round=3)
+    replies = [bad_error(sent[101]), bad_nan(sent[102]), bad_count(sent[103])]
+
+    # Execute
+    arrays, metrics = s.aggregate_train(3, replies)
+
+    # Assert
+    assert arrays is None
+    assert metrics is not None
+    assert metrics["failures"] == 3
+    assert metrics["clients"] == 0
+    assert sorted(f["client"] for f in rec.of_kind("client_failed")) == [1, 2, 3]
+    assert [f["round"] for f in rec.of_kind("round_skipped")] == [3]
+
+
+def test_aggregate_train_before_configure_train_is_an_error() -> None:
+    # Prepare
+    s = strategy(Recording())
+
+    # Execute / Assert
+    with pytest.raises(RuntimeError, match="configure_train"):
+        s.aggregate_train(1, [])
+
+
+def test_per_client_metrics_are_recorded_under_the_client_id() -> None:
+    # Prepare
+    rec = Recording()
+    s = strategy(rec)
+    sent = send(s, server_round=4)
+    replies = [
+        reply(sent[102], M2, num_examples=3, loss=0.25, acc=0.5),
+        reply(sent[101], M1, num_examples=1, loss=0.75, acc=1.0),
+    ]
+
+    # Execute
+    s.aggregate_train(4, replies)
+
+    # Assert: num-examples is a weight, not a metric
+    assert sorted(rec.client_metrics, key=lambda m: m[2] or 0) == [
+        (4, "client", 1, {"loss": 0.75, "acc": 1.0}),
+        (4, "client", 2, {"loss": 0.25, "acc": 0.5}),
+    ]
+
+
+def test_a_list_valued_metric_does_not_break_aggregation() -> None:
+    # Prepare
+    rec = Recording()
+    s = strategy(rec)
+    sent = send(s)
+    content = RecordDict(
+        {
+            "arrays": record(M1),
+            "metrics": MetricRecord({"num-examples": 1, "loss": 0.5, "per_class": [0.1, 0.9]}),
+        }
+    )
+
+    # Execute
+    arrays, metrics = s.aggregate_train(1, [Message(content, reply_to=sent[101])])
+
+    # Assert
+    assert_arrays_close(arrays, M1)
+    assert metrics is not None and metrics["failures"] == 0
+    assert rec.client_metrics == [(1, "client", 1, {"loss": 0.5})]
+
+
+# ---- configure_train / sampling ----
+
+
+def sampled(s: PipelineStrategy, node_ids: Sequence[int], server_round: int) -> set[int]:
+    messages = s.configure_train(server_round, record(GLOBAL), ConfigRecord(), FakeGrid(node_ids))
+    nodes = [m.metadata.dst_node_id for m in messages]
+    assert len(nodes) == len(set(nodes))  # distinct
+    return set(nodes)
+
+
+def test_configure_train_sends_the_global_model_without_touching_the_callers_config() -> None:
+    # Prepare
+    s = strategy(Recording())
+    config = ConfigRecord({"lr": 0.1, "epochs": 2})
+    arrays = record(GLOBAL)
+
+    # Execute
+    messages = list(s.configure_train(5, arrays, config, FakeGrid(list(NODES))))
+
+    # Assert
+    assert dict(config) == {"lr": 0.1, "epochs": 2}
+    assert sorted(m.metadata.dst_node_id for m in messages) == sorted(NODES)
+    for msg in messages:
+        assert msg.metadata.message_type == MessageType.TRAIN
+        assert dict(msg.content["config"]) == {"lr": 0.1, "epochs": 2, "server-round": 5}
+        for key, value in as_numpy(msg.content.array_records["arrays"]).items():
+            np.testing.assert_array_equal(value, GLOBAL[key])
+
+
+def test_per_round_none_samples_every_node() -> None:
+    # Prepare
+    s = strategy(Recording(), per_round=None)
+
+    # Execute / Assert
+    assert sampled(s, list(range(20)), server_round=1) == set(range(20))
+
+
+def test_sampling_picks_k_distinct_nodes_whatever_the_order_of_the_node_ids() -> None:
+    # Prepare: node ids are fresh random numbers; client ids are what stays the same
+    clients = range(10)
+    rng = np.random.default_rng(0)
+    nodes_a = [int(x) for x in rng.choice(10**9, size=10, replace=False)]
+    nodes_b = [int(x) for x in rng.choice(10**9, size=10, replace=False)]
+    s_a = strategy(
+        Recording(), per_round=3, seed=7, client_ids=dict(zip(nodes_a, clients, strict=True))
+    )
+    s_b = strategy(
+        Recording(), per_round=3, seed=7, client_ids=dict(zip(nodes_b, clients, strict=True))
+    )
+
+    # Execute
+    picked_a = sampled(s_a, nodes_a, server_round=2)
+    picked_b = sampled(s_b, list(reversed(nodes_b)), server_round=2)
+
+    # Assert
+    assert len(picked_a) == 3
+    assert {s_a.client_ids[n] for n in picked_a} == {s_b.client_ids[n] for n in picked_b}
+
+
+def test_sampling_is_repeatable_and_changes_across_rounds() -> None:
+    # Prepare
+    nodes = list(range(500, 520))
+    s = strategy(Recording(), per_round=4, seed=3, client_ids={n: n - 500 for n in nodes})
+
+    # Execute
+    by_round = [frozenset(sampled(s, nodes, r)) for r in range(1, 7)]
+    again = [frozenset(sampled(s, list(reversed(nodes)), r)) for r in range(1, 7)]
+
+    # Assert
+    assert by_round == again
+    assert all(len(picked) == 4 for picked in by_round)
+    assert len(set(by_round)) > 1
+
+
+def test_a_different_seed_samples_differently() -> None:
+    # Prepare
+    nodes = list(range(20))
+    picks = {
+        seed: [
+            frozenset(sampled(strategy(Recording(), per_round=4, seed=seed), nodes, r))
+            for r in range(1, 4)
+        ]
+        for seed in (0, 1)
+    }
+
+    # Assert
+    assert picks[0] != picks[1]
+
+
+# ---- configure_evaluate / aggregate_evaluate ----
+
+
+def test_fraction_evaluate_zero_sends_no_messages() -> None:
+    # Prepare
+    s = strategy(Recording(), fraction_evaluate=0.0)
+
+    # Execute
+    messages = list(s.configure_evaluate(1, record(GLOBAL), ConfigRecord(), FakeGrid(range(10))))
+
+    # Assert
+    assert messages == []
+
+
+def test_fraction_evaluate_half_of_ten_nodes_sends_five_evaluate_messages() -> None:
+    # Prepare
+    s = strategy(Recording(), fraction_evaluate=0.5)
+    config = ConfigRecord({"batch": 32})
+
+    # Execute
+    messages = list(s.configure_evaluate(2, record(GLOBAL), config, FakeGrid(range(10))))
+
+    # Assert
+    assert len({m.metadata.dst_node_id for m in messages}) == 5
+    assert all(m.metadata.message_type == MessageType.EVALUATE for m in messages)
+    assert all(dict(m.content["config"]) == {"batch": 32, "server-round": 2} for m in messages)
+    assert dict(config) == {"batch": 32}
+
+
+def test_aggregate_evaluate_weights_metrics_and_reports_failures() -> None:
+    # Prepare
+    rec = Recording()
+    s = strategy(rec)
+    grid = FakeGrid(list(NODES))
+    sent = list(s.configure_evaluate(1, record(GLOBAL), ConfigRecord(), grid))
+    for i, msg in enumerate(sent):
+        msg.metadata.__dict__["_message_id"] = f"evaluate-{i}"
+    by_node = {m.metadata.dst_node_id: m for m in sent}
+    replies = [
+        reply(by_node[101], num_examples=10, accuracy=0.2),
+        reply(by_node[102], num_examples=30, accuracy=0.6),
+        bad_error(by_node[103]),
+    ]
+
+    # Execute
+    metrics = s.aggregate_evaluate(1, replies)
+
+    # Assert
+    assert metrics is not None
+    assert metrics["accuracy"] == pytest.approx((10 * 0.2 + 30 * 0.6) / 40)
+    assert metrics["clients"] == 2 and metrics["failures"] == 1
+    assert [(f["client"], f["phase"]) for f in rec.of_kind("client_failed")] == [(3, "evaluate")]
+
+
+# ---- flatten / unflatten ----
+
+
+def test_flatten_then_unflatten_keeps_names_shapes_dtypes_and_values() -> None:
+    # Prepare
+    arrays: Arrays = {
+        "conv.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) / 8,
+        "conv.bias": np.array([0.5, -1.5], dtype=np.float64),
+        "bn.num_batches_tracked": np.array(17, dtype=np.int64),
+        "fc.weight": np.array([[1.0, -2.0, 3.0]], dtype=np.float32),
+    }
+    template = record(arrays)
+
+    # Execute
+    flat = flatten(template)
+    back = unflatten(flat, template)
+
+    # Assert
+    assert flat.shape == (24 + 2 + 1 + 3,)
+    assert list(back.keys()) == list(arrays.keys())
+    for key, value in as_numpy(back).items():
+        assert value.shape == arrays[key].shape
+        assert value.dtype == arrays[key].dtype
+        np.testing.assert_array_equal(value, arrays[key])
