@@ -170,5 +170,7 @@ def pydantic_errors(err: ValidationError) -> list[tuple[str, str]]:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not a parameter of this component)"
+        elif e["type"] == "value_error":  # our own validators' messages read best unprefixed
+            msg = msg.removeprefix("Value error, ")
         out.append((loc, msg))
     return out

@@ -160,7 +160,10 @@ class PipelineStrategy(Strategy):
     ) -> list[Message]:
         config = ConfigRecord({**config, "server-round": server_round})  # never mutate the caller's
         content = RecordDict({"arrays": arrays, "config": config})
-        return [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
+        return [
+            Message(content, dst_node_id=n, message_type=message_type, group_id=str(server_round))
+            for n in nodes
+        ]
 
     def _accepted(
         self,
@@ -193,6 +196,9 @@ def _problem(msg: Message, template: ArrayRecord | None) -> str | None:
     metrics = msg.content.metric_records.get("metrics")
     if metrics is None or NUM_EXAMPLES not in metrics:
         return f"reply has no MetricRecord 'metrics' with '{NUM_EXAMPLES}'"
+    count = metrics[NUM_EXAMPLES]
+    if not _is_number(count) or count <= 0:  # its weight would be zero (0/0 when all are)
+        return f"reply reports {NUM_EXAMPLES}={count!r}; expected a positive count"
     if not all(math.isfinite(v) for v in metrics.values() if _is_number(v)):
         return "reply metrics contain NaN or Inf"
     if template is None:

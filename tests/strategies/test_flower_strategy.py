@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -21,9 +22,11 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+from torch import Tensor
 
 from fedsim.registry import STRATEGIES
 from strategies.flower import PipelineStrategy, flatten, unflatten
+from strategies.pipeline import RoundInfo, stateless
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -190,19 +193,30 @@ def test_fedavg_gives_the_sample_weighted_average_of_the_client_models() -> None
     assert rec.of_kind("client_failed") == []
 
 
-def test_arrival_order_of_replies_does_not_change_the_result() -> None:
-    # Prepare
-    s1, s2 = strategy(Recording()), strategy(Recording())
-    sent1, sent2 = send(s1), send(s2)
+def test_the_pipeline_sees_deltas_in_client_order_whatever_the_arrival_order() -> None:
+    # Prepare: a stage that keeps what it is given and steps by the first row
+    seen: list[tuple[Tensor, RoundInfo]] = []
+
+    def capture(updates: Tensor, info: RoundInfo) -> Tensor:
+        seen.append((updates.clone(), info))
+        return updates[0]
+
+    s = PipelineStrategy(stateless(capture), client_ids=NODES)
+    sent = send(s)
+    m3 = model([[0, 0], [0, 0]], [7, 7])
+    replies = [reply(sent[103], m3, 2), reply(sent[101], M1, 1), reply(sent[102], M2, 3)]
 
     # Execute
-    forward, _ = s1.aggregate_train(1, [reply(sent1[101], M1, 1), reply(sent1[102], M2, 3)])
-    backward, _ = s2.aggregate_train(1, [reply(sent2[102], M2, 3), reply(sent2[101], M1, 1)])
+    arrays, _ = s.aggregate_train(1, replies)
 
     # Assert
-    assert forward is not None and backward is not None
-    for key, value in as_numpy(forward).items():
-        np.testing.assert_array_equal(value, as_numpy(backward)[key])
+    ((updates, info),) = seen
+    assert info.round == 1
+    assert info.client_ids == (1, 2, 3)
+    assert torch.equal(info.num_examples, torch.tensor([1.0, 3.0, 2.0]))
+    expected = torch.stack([flatten(record(m)) for m in (M1, M2, m3)]) - flatten(record(GLOBAL))
+    assert torch.equal(updates, expected)  # rows are x_i - x, in client order
+    assert_arrays_close(arrays, M1)  # global + first row
 
 
 def test_pipeline_state_is_kept_across_rounds() -> None:
@@ -240,6 +254,10 @@ def bad_count(to: Message) -> Message:
     return reply(to, M1, num_examples=None, loss=0.5)
 
 
+def zero_count(to: Message) -> Message:
+    return reply(to, M1, num_examples=0, loss=0.5)
+
+
 @pytest.mark.parametrize(
     ("make_bad", "says"),
     [
@@ -247,8 +265,9 @@ def bad_count(to: Message) -> Message:
         (bad_nan, "NaN"),
         (bad_shape, "shape"),
         (bad_count, "num-examples"),
+        (zero_count, "positive count"),
     ],
-    ids=["error", "nan", "shape", "no-num-examples"],
+    ids=["error", "nan", "shape", "no-num-examples", "zero-num-examples"],
 )
 def test_a_bad_reply_is_left_out_reported_and_counted(make_bad: Any, says: str) -> None:
     # Prepare
@@ -370,6 +389,7 @@ def test_configure_train_sends_the_global_model_without_touching_the_callers_con
     assert sorted(m.metadata.dst_node_id for m in messages) == sorted(NODES)
     for msg in messages:
         assert msg.metadata.message_type == MessageType.TRAIN
+        assert msg.metadata.group_id == "5"  # the round, as Flower's own strategies set it
         assert dict(msg.content["config"]) == {"lr": 0.1, "epochs": 2, "server-round": 5}
         for key, value in as_numpy(msg.content.array_records["arrays"]).items():
             np.testing.assert_array_equal(value, GLOBAL[key])
