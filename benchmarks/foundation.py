@@ -10,6 +10,7 @@ resident memory of its whole process tree (driver, Ray daemons, actors), and pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -28,10 +29,8 @@ def tree_rss(root: psutil.Process) -> int:
     """Resident bytes of a process and all its descendants."""
     total = 0
     for proc in [root, *root.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):  # exited between listing and reading
             total += proc.memory_info().rss
-        except psutil.Error:  # exited between listing and reading
-            pass
     return total
 
 
