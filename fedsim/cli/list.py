@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -11,7 +11,7 @@ from rich.table import Table
 
 from fedsim.cli import user_errors
 from fedsim.errors import UserError
-from fedsim.registry import REGISTRIES, Params, load_components, unknown_name_message
+from fedsim.registry import REGISTRIES, Params, Ref, load_components, unknown_name_message
 
 
 @user_errors
@@ -44,7 +44,12 @@ def describe(params: type[Params]) -> str:
 
 
 def _type(info: FieldInfo) -> str:
+    ref = next((m for m in info.metadata if isinstance(m, Ref)), None)
+    if ref is not None:  # a nested component: name its kind, `fedsim list KIND` shows the choices
+        return ref.kind
     annotation: Any = info.annotation
+    if get_origin(annotation) is Literal:
+        return " | ".join(map(str, get_args(annotation)))
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("typing.", "").replace("fedsim.registry.", "")
 
