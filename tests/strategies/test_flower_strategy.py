@@ -19,11 +19,11 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 from torch import Tensor
 
+from fedsim.grid import InProcessGrid
 from fedsim.registry import STRATEGIES
 from strategies.flower import PipelineStrategy, flatten, unflatten
 from strategies.pipeline import RoundInfo, stateless
@@ -31,43 +31,15 @@ from strategies.pipeline import RoundInfo, stateless
 Arrays = dict[str, npt.NDArray[Any]]
 
 
-class FakeGrid(Grid):
-    """Knows its node ids and creates Messages; the strategy under test never sends them."""
+class FakeGrid(InProcessGrid):
+    """An in-process grid with chosen node ids; these tests hand replies to the strategy."""
 
     def __init__(self, node_ids: Sequence[int]) -> None:
+        super().__init__(ClientApp(), num_nodes=0)
         self.node_ids = list(node_ids)
-        self._run = Run.create_empty(run_id=1)
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError("these tests hand the replies to the strategy themselves")
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError("these tests hand the replies to the strategy themselves")
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        raise NotImplementedError("these tests hand the replies to the strategy themselves")
 
 
 class Recording:
