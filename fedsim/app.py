@@ -41,6 +41,7 @@ from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
 from fedsim.registry import STRATEGIES, WORKLOADS
 from fedsim.scenario import Scenario, load, parse
+from strategies.flower import with_phase
 
 NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
@@ -115,7 +116,7 @@ def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progr
             replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid))
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             arrays = new_arrays if new_arrays is not None else arrays
-            writer.metrics(rnd, results.FEDERATED, None, _prefixed(train_metrics, "train_"))
+            writer.metrics(rnd, results.FEDERATED, None, with_phase(train_metrics or {}, "train"))
             trained = time.perf_counter()
 
             accuracy = None
@@ -124,7 +125,7 @@ def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progr
                     strategy.configure_evaluate(rnd, arrays, config, grid)
                 )
                 eval_metrics = strategy.aggregate_evaluate(rnd, replies)
-                writer.metrics(rnd, results.FEDERATED, None, _prefixed(eval_metrics, "eval_"))
+                writer.metrics(rnd, results.FEDERATED, None, with_phase(eval_metrics or {}, "eval"))
                 model.load_state_dict(arrays.to_torch_state_dict())
                 central = workload.evaluate(model, x_test, y_test)
                 writer.metrics(rnd, results.SERVER, None, central)
@@ -141,14 +142,6 @@ def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progr
 
     model.load_state_dict(arrays.to_torch_state_dict())
     writer.save_model(model.state_dict())
-
-
-def _prefixed(record: MetricRecord | None, phase: str) -> dict[str, float]:
-    """Aggregated client metrics; the phase prefix keeps train and eval counts apart."""
-    if record is None:
-        return {}
-    renamed = {"clients": f"{phase}clients", "failures": f"{phase}failures"}
-    return {renamed.get(k, k): float(v) for k, v in record.items() if isinstance(v, int | float)}
 
 
 def pick_device(choice: str) -> torch.device:

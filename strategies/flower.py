@@ -130,7 +130,7 @@ class PipelineStrategy(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        ok = self._accepted(server_round, replies, "evaluate", None)
+        ok = self._accepted(server_round, replies, "eval", None)
         if not ok:
             return None
         metrics = _weighted_means(ok)
@@ -180,7 +180,8 @@ class PipelineStrategy(Strategy):
             reason = _problem(msg, template)
             if reason is None:
                 ok.append(msg)
-                self.recorder.metrics(server_round, "client", client, _scalars(msg))
+                values = {**_scalars(msg), "examples": _num_examples(msg)}
+                self.recorder.metrics(server_round, "client", client, with_phase(values, phase))
             else:
                 self._failures += 1
                 self.recorder.event(
@@ -216,6 +217,20 @@ def _problem(msg: Message, template: ArrayRecord | None) -> str | None:
     if not bool(torch.isfinite(flatten(arrays)).all()):
         return "update contains NaN or Inf"
     return None
+
+
+def with_phase(values: Mapping[str, Any], phase: str) -> dict[str, float]:
+    """Numeric metrics named as results show them: ``train_loss``, ``eval_accuracy``, …
+
+    Names the client already prefixed are kept; Flower's ``num-examples`` becomes ``examples``.
+    """
+    out = {}
+    for name, value in values.items():
+        if not _is_number(value):
+            continue
+        name = "examples" if name == NUM_EXAMPLES else name
+        out[name if name.startswith(f"{phase}_") else f"{phase}_{name}"] = float(value)
+    return out
 
 
 def _arrays(msg: Message) -> ArrayRecord:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from fedsim.grid import InProcessGrid
 from fedsim.registry import STRATEGIES
-from strategies.flower import PipelineStrategy, flatten, unflatten
+from strategies.flower import PipelineStrategy, flatten, unflatten, with_phase
 from strategies.pipeline import RoundInfo, stateless
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -309,10 +309,10 @@ def test_per_client_metrics_are_recorded_under_the_client_id() -> None:
     # Execute
     s.aggregate_train(4, replies)
 
-    # Assert: num-examples is a weight, not a metric
+    # Assert: names carry the phase; Flower's num-examples is recorded as examples
     assert sorted(rec.client_metrics, key=lambda m: m[2] or 0) == [
-        (4, "client", 1, {"loss": 0.75, "acc": 1.0}),
-        (4, "client", 2, {"loss": 0.25, "acc": 0.5}),
+        (4, "client", 1, {"train_loss": 0.75, "train_acc": 1.0, "train_examples": 1.0}),
+        (4, "client", 2, {"train_loss": 0.25, "train_acc": 0.5, "train_examples": 3.0}),
     ]
 
 
@@ -334,7 +334,7 @@ def test_a_list_valued_metric_does_not_break_aggregation() -> None:
     # Assert
     assert_arrays_close(arrays, M1)
     assert metrics is not None and metrics["failures"] == 0
-    assert rec.client_metrics == [(1, "client", 1, {"loss": 0.5})]
+    assert rec.client_metrics == [(1, "client", 1, {"train_loss": 0.5, "train_examples": 1.0})]
 
 
 # ---- configure_train / sampling ----
@@ -478,7 +478,20 @@ def test_aggregate_evaluate_weights_metrics_and_reports_failures() -> None:
     assert metrics is not None
     assert metrics["accuracy"] == pytest.approx((10 * 0.2 + 30 * 0.6) / 40)
     assert metrics["clients"] == 2 and metrics["failures"] == 1
-    assert [(f["client"], f["phase"]) for f in rec.of_kind("client_failed")] == [(3, "evaluate")]
+    assert [(f["client"], f["phase"]) for f in rec.of_kind("client_failed")] == [(3, "eval")]
+    assert [m[2:] for m in rec.client_metrics] == [
+        (1, {"eval_accuracy": 0.2, "eval_examples": 10.0}),
+        (2, {"eval_accuracy": 0.6, "eval_examples": 30.0}),
+    ]
+
+
+def test_with_phase_names_metrics_once() -> None:
+    values = {"loss": 1.0, "train_acc": 0.5, "num-examples": 5, "per_class": [0.1], "ok": True}
+    assert with_phase(values, "train") == {  # lists and booleans are not metrics to average
+        "train_loss": 1.0,
+        "train_acc": 0.5,  # already prefixed: kept as it is
+        "train_examples": 5.0,
+    }
 
 
 # ---- flatten / unflatten ----
