@@ -10,55 +10,22 @@ resident memory of its whole process tree (driver, Ray daemons, actors), and pri
 from __future__ import annotations
 
 import argparse
-import contextlib
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
+from measure import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDSIM = str(Path(sys.executable).parent / "fedsim")
 
 
-def tree_rss(root: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants."""
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):  # exited between listing and reading
-            total += proc.memory_info().rss
-    return total
-
-
 def run(scenario: str, out: Path) -> dict[str, object]:
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [FEDSIM, "run", str(ROOT / scenario), "--out", str(out), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    peak, done = 0, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        parent = psutil.Process(proc.pid)
-        while not done.is_set():
-            peak = max(peak, tree_rss(parent))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output, _ = proc.communicate()
-    done.set()
-    sampler.join()
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{scenario} failed:\n{output}")
+    command = [FEDSIM, "run", str(ROOT / scenario), "--out", str(out), "--no-progress"]
+    measured = measure(command).check(scenario)
+    wall = measured.wall_s
+    peak = measured.peak_rss
     metrics = pd.read_csv(out / "metrics.csv")
     central = metrics[(metrics.scope == "server") & (metrics.metric == "accuracy")]
     rounds = metrics[(metrics.scope == "server") & (metrics.metric == "round_time_s")]

@@ -41,7 +41,7 @@ from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
 from fedsim.registry import STRATEGIES, WORKLOADS
 from fedsim.scenario import Scenario, load, parse
-from strategies.flower import with_phase
+from strategies.flower import PipelineStrategy, with_phase
 
 NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
@@ -56,13 +56,17 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point on every engine: run config keys ``scenario`` (path) and ``out`` (run dir)."""
-    scenario_path = locate_scenario(str(context.run_config.get("scenario", "")))
-    scenario = load(scenario_path)
+    """Entry point on Flower's engines: run config ``scenario`` (path) and ``out`` (run dir).
+
+    An ``out`` that already holds a run is resumed from its checkpoint, with its own scenario.
+    """
     out = str(context.run_config.get("out", "") or "")
-    run_dir = Path(out) if out else results.default_run_dir(scenario)
-    run_dir = run_dir.resolve()
-    if not (run_dir / "scenario.yaml").exists():  # `flwr run .`: nobody prepared the directory
+    if out and (Path(out) / "scenario.yaml").exists():  # prepared by `fedsim run`, or resumed
+        run_dir = Path(out).resolve()
+        scenario = load(run_dir / "scenario.yaml")
+    else:
+        scenario = load(locate_scenario(str(context.run_config.get("scenario", ""))))
+        run_dir = (Path(out) if out else results.default_run_dir(scenario)).resolve()
         results.prepare(run_dir, scenario, command=shlex.join(sys.argv))
     print(f"fedsim: writing results to {run_dir}", flush=True)
     serve(grid, scenario, run_dir, show_progress=bool(context.run_config.get("progress", True)))
@@ -81,10 +85,17 @@ def locate_scenario(path: str) -> Path:
 
 
 def serve(grid: Grid, scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
-    """Run every round of ``scenario`` on ``grid``, writing results into ``run_dir``."""
-    writer = results.RunWriter(run_dir)
+    """Run the rounds of ``scenario`` on ``grid``, writing results into ``run_dir``.
+
+    A run directory with a checkpoint continues after its last completed round.
+    """
+    checkpoint = results.load_checkpoint(run_dir)
+    # A run killed before its first checkpoint starts over: drop whatever it wrote.
+    started = (run_dir / "metrics.csv").exists()
+    resume_after = checkpoint["round"] if checkpoint else (0 if started else None)
+    writer = results.RunWriter(run_dir, resume_after=resume_after)
     try:
-        _serve(grid, scenario, writer, show_progress)
+        _serve(grid, scenario, writer, checkpoint, show_progress)
     except BaseException as err:
         writer.event("run_failed", error=f"{type(err).__name__}: {err}")
         writer.close("failed" if not isinstance(err, KeyboardInterrupt) else "interrupted")
@@ -92,7 +103,13 @@ def serve(grid: Grid, scenario: Scenario, run_dir: Path, show_progress: bool = T
     writer.close("completed")
 
 
-def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progress: bool) -> None:
+def _serve(
+    grid: Grid,
+    scenario: Scenario,
+    writer: results.RunWriter,
+    checkpoint: results.Checkpoint | None,
+    show_progress: bool,
+) -> None:
     device = pick_device(scenario.device)
     client_ids = identify_clients(grid, scenario.clients.num)
     workload: Workload = WORKLOADS.build(scenario.workload)
@@ -106,12 +123,22 @@ def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progr
         client_ids=client_ids,
         recorder=writer,
     )
+    first = 1
+    if checkpoint is None:
+        writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
+    else:
+        first = checkpoint["round"] + 1
+        model.load_state_dict(checkpoint["model"])
+        strategy.load_state_dict(checkpoint["strategy"])
+        restore = getattr(grid, "restore_client_states", None)
+        if restore is not None:
+            restore(checkpoint["clients"])
+        writer.event("run_resumed", after_round=checkpoint["round"])
     arrays = ArrayRecord(model.state_dict())
     config = ConfigRecord({"scenario": scenario.to_yaml()})
-    writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
 
-    with RoundProgress(scenario.rounds, enabled=show_progress) as progress:
-        for rnd in range(1, scenario.rounds + 1):
+    with RoundProgress(scenario.rounds, done=first - 1, enabled=show_progress) as progress:
+        for rnd in range(first, scenario.rounds + 1):
             started = time.perf_counter()
             replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid))
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
@@ -138,10 +165,26 @@ def _serve(grid: Grid, scenario: Scenario, writer: results.RunWriter, show_progr
                 {"train_time_s": trained - started, "round_time_s": finished - started},
             )
             writer.flush()
+            every = scenario.checkpoint_every
+            if every and (rnd % every == 0 or rnd == scenario.rounds):
+                writer.save_checkpoint(_checkpoint(rnd, arrays, strategy, grid))
             progress.advance(accuracy)
 
     model.load_state_dict(arrays.to_torch_state_dict())
     writer.save_model(model.state_dict())
+
+
+def _checkpoint(
+    rnd: int, arrays: ArrayRecord, strategy: PipelineStrategy, grid: Grid
+) -> results.Checkpoint:
+    """What a resumed run needs to go on exactly as an uninterrupted one would."""
+    client_states = getattr(grid, "client_states", None)  # only the local engine can give them
+    return {
+        "round": rnd,
+        "model": arrays.to_torch_state_dict(),
+        "strategy": strategy.state_dict(),
+        "clients": client_states() if client_states is not None else {},
+    }
 
 
 def pick_device(choice: str) -> torch.device:

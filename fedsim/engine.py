@@ -1,4 +1,8 @@
-"""Run the Flower app on an engine. ``flower``: Flower's simulation engine (Ray), in-process."""
+"""Run the Flower app on an engine: ``local`` (fedsim's in-process grid) or ``flower`` (Ray).
+
+Both run the same ServerApp logic (``fedsim.app.serve``) and the same ClientApp; only the
+transport of their Messages differs.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,47 @@ import logging
 import os
 from pathlib import Path
 
+from fedsim.data import federation_for
 from fedsim.scenario import Scenario
+
+CLIENT_APP = "fedsim.app:client_app"
+
+
+def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
+    """Run (or resume) the prepared ``run_dir`` on the scenario's engine."""
+    if scenario.engine == "local":
+        run_local(scenario, run_dir, show_progress)
+    else:
+        run_flower_simulation(scenario, run_dir, show_progress)
+
+
+def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
+    """fedsim's local engine: the ClientApp in this process, or on ``resources.workers``."""
+    from fedsim.app import client_app, serve
+    from fedsim.grid import InProcessGrid
+
+    sizes = federation_for(
+        scenario.data.dataset,
+        scenario.data.partition,
+        scenario.clients.num,
+        scenario.seed,
+        scenario.data.val_fraction,
+    ).client_sizes()
+    workers = scenario.resources.workers
+    grid = InProcessGrid(
+        CLIENT_APP if workers > 1 else client_app,
+        scenario.clients.num,
+        workers=workers,
+        costs=sizes,  # local training time grows with a client's sample count
+    )
+    try:
+        serve(grid, scenario, run_dir, show_progress)
+    finally:
+        grid.close()
 
 
 def run_flower_simulation(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
-    """Run the prepared ``run_dir`` on Flower's simulation engine, one Ray actor per core."""
+    """Flower's simulation engine (Ray): an actor per ``client_cpus``, here or on a cluster."""
     # Ray workers inherit these: one thread each (the actors share the cores), no telemetry.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -22,22 +62,26 @@ def run_flower_simulation(scenario: Scenario, run_dir: Path, show_progress: bool
     from fedsim.app import client_app, pick_device, server_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # fedsim shows its own progress
+    res = scenario.resources
     cores = os.cpu_count() or 1
-    uses_gpu = pick_device(scenario.device).type == "cuda"
+    gpus = res.client_gpus
+    if gpus is None:
+        gpus = 1.0 / cores if pick_device(scenario.device).type == "cuda" else 0.0
+    init_args: dict[str, object]
+    if res.ray_address:  # an existing cluster brings its own resources
+        init_args = {"address": res.ray_address}
+    else:
+        init_args = {"num_cpus": cores, "include_dashboard": False}
     backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 1.0 / cores if uses_gpu else 0.0},
-        "init_args": {"num_cpus": cores, "include_dashboard": False, "log_to_driver": True},
+        "client_resources": {"num_cpus": res.client_cpus, "num_gpus": gpus},
+        "init_args": {**init_args, "log_to_driver": True},
     }
     context = Context(
         run_id=0,
         node_id=0,
         node_config={},
         state=RecordDict(),
-        run_config={
-            "scenario": str(run_dir / "scenario.yaml"),
-            "out": str(run_dir),
-            "progress": show_progress,
-        },
+        run_config={"out": str(run_dir), "progress": show_progress},
     )
     # The public run_simulation() takes no run config and is deprecated; its private core is the
     # same engine and lets the ServerApp read its inputs exactly as under `flwr run`.

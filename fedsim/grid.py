@@ -1,13 +1,20 @@
-"""An in-process Flower ``Grid``: each Message goes straight to the ClientApp in this process.
+"""fedsim's local engine: a Flower ``Grid`` that hands each Message straight to the ClientApp.
 
-Same ServerApp, ClientApp and strategy objects as on Flower's engines, but no Ray start-up, no
-polling floor and no serialisation. Each simulated node keeps its own ``Context`` (so
-``context.state`` persists across rounds) with Flower's ``partition-id`` / ``num-partitions``.
+Same ServerApp, ClientApp and strategy objects as on Flower's engines, but no Ray start-up and no
+polling floor. With one worker the ClientApp runs in this process and nothing is serialised; with
+``workers > 1`` a pool of processes trains clients in parallel, the heaviest clients first, each
+to the least-loaded worker. Each node keeps its own ``Context`` (so ``context.state`` persists
+across rounds), created when the node is first addressed, with Flower's ``partition-id`` and
+``num-partitions``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+import importlib
+import multiprocessing as mp
+from collections.abc import Iterable, Sequence
+from multiprocessing.connection import Connection
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -17,30 +24,38 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-_FIRST_NODE_ID = 1000  # node ids differ from partition ids, as on Flower's engines
+FIRST_NODE_ID = 1000  # node ids differ from partition ids, as on Flower's engines
 
 
 class InProcessGrid(Grid):
-    """Runs ``client_app`` for ``num_nodes`` simulated nodes, one message at a time."""
+    """Runs a ClientApp for ``num_nodes`` simulated nodes, in-process or on a worker pool.
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
-        self.client_app = client_app
+    ``client_app`` is the app itself or its import path (``"fedsim.app:client_app"``); worker
+    processes need the path. ``costs[i]`` (e.g. client i's sample count) orders the work.
+    """
+
+    def __init__(
+        self,
+        client_app: ClientApp | str,
+        num_nodes: int,
+        *,
+        workers: int = 1,
+        costs: Sequence[float] | None = None,
+        run_id: int = 1,
+    ) -> None:
+        self.num_nodes = num_nodes
+        self.costs = costs
         self._run = Run.create_empty(run_id=run_id)
         # Flower stamps new Messages with the identity of the task that runs in this process.
         TaskIdentity.run_id = run_id
         TaskIdentity.task_id = 1
         TaskIdentity.node_id = SUPERLINK_NODE_ID
-        self.contexts = {
-            _FIRST_NODE_ID + i: Context(
-                run_id=run_id,
-                node_id=_FIRST_NODE_ID + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i in range(num_nodes)
-        }
+        self._contexts: dict[int, Context] = {}
         self._replies: dict[str, Message] = {}
+        self._pool = _Pool(client_app, workers) if workers > 1 else None
+        self._app = load_app(client_app) if self._pool is None else None
+
+    # -- Grid --------------------------------------------------------------------------------
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -60,17 +75,21 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return range(FIRST_NODE_ID, FIRST_NODE_ID + self.num_nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = message_id = str(uuid4())
-            reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+        batch = list(messages)
+        for msg in batch:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+        if self._pool is None:
+            assert self._app is not None
+            replies = [self._app(msg, self._context(msg.metadata.dst_node_id)) for msg in batch]
+        else:
+            replies = self._on_pool(batch)
+        for msg, reply in zip(batch, replies, strict=True):
             reply.metadata.__dict__["_message_id"] = str(uuid4())
-            self._replies[message_id] = reply
-            ids.append(message_id)
-        return ids
+            self._replies[msg.metadata.message_id] = reply
+        return [msg.metadata.message_id for msg in batch]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
@@ -79,3 +98,126 @@ class InProcessGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+    # -- client state, for checkpoints ---------------------------------------------------------
+
+    def client_states(self) -> dict[int, RecordDict]:
+        """Each addressed client's ``context.state``, by partition id."""
+        return {_partition(ctx): ctx.state for ctx in self._contexts.values() if ctx.state}
+
+    def restore_client_states(self, states: dict[int, RecordDict]) -> None:
+        for partition, state in states.items():
+            self._context(FIRST_NODE_ID + partition).state = state
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _context(self, node_id: int) -> Context:
+        if node_id not in self._contexts:
+            partition = node_id - FIRST_NODE_ID
+            if not 0 <= partition < self.num_nodes:
+                raise ValueError(f"no node {node_id} in this grid")
+            self._contexts[node_id] = Context(
+                run_id=self._run.run_id,
+                node_id=node_id,
+                node_config={"partition-id": partition, "num-partitions": self.num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+        return self._contexts[node_id]
+
+    def _cost(self, msg: Message) -> float:
+        partition = msg.metadata.dst_node_id - FIRST_NODE_ID
+        return float(self.costs[partition]) if self.costs is not None else 1.0
+
+    def _on_pool(self, batch: list[Message]) -> list[Message]:
+        """Longest-processing-time-first: heaviest message to the least-loaded worker."""
+        assert self._pool is not None
+        shares: list[list[int]] = [[] for _ in range(self._pool.size)]
+        loads = [(0.0, w) for w in range(self._pool.size)]
+        for i in sorted(range(len(batch)), key=lambda i: -self._cost(batch[i])):
+            load, worker = heapq.heappop(loads)
+            shares[worker].append(i)
+            heapq.heappush(loads, (load + self._cost(batch[i]), worker))
+        work = [
+            [(batch[i], self._context(batch[i].metadata.dst_node_id)) for i in s] for s in shares
+        ]
+        results = self._pool.map(work)
+        replies: list[Message | None] = [None] * len(batch)
+        for share, done in zip(shares, results, strict=True):
+            for i, (reply, state) in zip(share, done, strict=True):
+                self._context(batch[i].metadata.dst_node_id).state = state  # the worker's update
+                replies[i] = reply
+        return [r for r in replies if r is not None]
+
+
+def load_app(app: ClientApp | str) -> ClientApp:
+    if isinstance(app, ClientApp):
+        return app
+    module, _, attr = app.partition(":")
+    loaded = getattr(importlib.import_module(module), attr)
+    if not isinstance(loaded, ClientApp):
+        raise TypeError(f"{app} is not a flwr ClientApp")
+    return loaded
+
+
+def _partition(ctx: Context) -> int:
+    return int(ctx.node_config["partition-id"])
+
+
+Work = tuple[Message, Context]
+Done = tuple[Message, RecordDict]
+
+
+class _Pool:
+    """Worker processes, each running the ClientApp on the (message, context) pairs it is sent."""
+
+    def __init__(self, client_app: ClientApp | str, size: int) -> None:
+        if not isinstance(client_app, str):
+            raise TypeError("worker processes need the ClientApp's import path, e.g. 'pkg.mod:app'")
+        context = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+        self.size = size
+        self._conns: list[Connection] = []
+        self._procs = []
+        for _ in range(size):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_work, args=(client_app, child), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def map(self, work: list[list[Work]]) -> list[list[Done]]:
+        """Each worker's share in; its (reply, updated client state) pairs out, in order."""
+        for conn, share in zip(self._conns, work, strict=True):
+            conn.send(share)
+        results = []
+        for conn, proc in zip(self._conns, self._procs, strict=True):
+            try:
+                results.append(conn.recv())
+            except EOFError:
+                message = f"worker process {proc.pid} died (exit code {proc.exitcode})"
+                raise RuntimeError(message) from None
+        return results
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=10)
+
+
+def _work(client_app: str, conn: Connection) -> None:
+    TaskIdentity.run_id = TaskIdentity.task_id = 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    app = load_app(client_app)
+    while (share := conn.recv()) is not None:
+        done = []
+        for msg, ctx in share:
+            reply = app(msg, ctx)
+            done.append((reply, ctx.state))
+        conn.send(done)

@@ -15,7 +15,7 @@ from rich.progress import (
 
 
 class RoundProgress:
-    def __init__(self, rounds: int, enabled: bool = True) -> None:
+    def __init__(self, rounds: int, done: int = 0, enabled: bool = True) -> None:
         self._progress = Progress(
             TextColumn("round"),
             MofNCompleteColumn(),
@@ -27,7 +27,9 @@ class RoundProgress:
             disable=not enabled,
             transient=False,
         )
-        self._task = self._progress.add_task("rounds", total=rounds, accuracy="accuracy –")
+        self._task = self._progress.add_task(
+            "rounds", total=rounds, completed=done, accuracy="accuracy –"
+        )
 
     def __enter__(self) -> RoundProgress:
         self._progress.start()

@@ -2,12 +2,15 @@
 
 ``scenario.yaml`` (resolved), ``metrics.csv`` (tidy: round, scope, client, metric, value; flushed
 each round), ``events.jsonl`` (failures, skipped rounds, timings), ``manifest.json`` (versions,
-seed, command, wall time, status) and ``model.pt`` (the final global model, written atomically).
+seed, command, wall time, status), ``checkpoint.pt`` (the state after the last completed round,
+from which ``--resume`` continues) and ``model.pt`` (the final global model). Files that are
+replaced are written to a temporary file and renamed, so a crash never leaves half of one.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -61,19 +64,37 @@ def prepare(path: Path, scenario: Scenario, command: str) -> None:
     _atomic_write(path / "manifest.json", json.dumps(manifest, indent=2).encode())
 
 
-class RunWriter:
-    """Appends a run's metrics and events to its directory (made by ``prepare``)."""
+def run_status(path: Path) -> str | None:
+    """The status a run directory's manifest records, or None if it has none."""
+    manifest = path / "manifest.json"
+    if not manifest.exists():
+        return None
+    return json.loads(manifest.read_text()).get("status")
 
-    def __init__(self, path: Path) -> None:
+
+class RunWriter:
+    """Appends a run's metrics and events to its directory (made by ``prepare``).
+
+    ``resume_after=r`` continues a run after round r: rows of later rounds (a round cut short by
+    a crash) are dropped, and so is a last line that was only half written.
+    """
+
+    def __init__(self, path: Path, resume_after: int | None = None) -> None:
         self.path = path
         self._started = time.perf_counter()
         self._rows: list[tuple[Any, ...]] = []
+        if resume_after is not None:
+            _keep_rounds(path / "metrics.csv", resume_after)
+            _drop_partial_line(path / "events.jsonl")
         new = not (path / "metrics.csv").exists()
         self._metrics_file = open(path / "metrics.csv", "a", newline="")  # noqa: SIM115
         self._csv = csv.writer(self._metrics_file)
         if new:
             self._csv.writerow(METRICS_HEADER)
         self._events = open(path / "events.jsonl", "a")  # noqa: SIM115
+        manifest = self._manifest()
+        resuming = resume_after is not None
+        self._earlier_wall = float(manifest.get("wall_time_s", 0.0)) if resuming else 0.0
         self.update_manifest(status="running")
 
     def metrics(
@@ -100,18 +121,67 @@ class RunWriter:
         torch.save(dict(state_dict), tmp)
         os.replace(tmp, self.path / "model.pt")
 
-    def update_manifest(self, **fields: Any) -> None:
+    def save_checkpoint(self, state: Checkpoint) -> None:
+        """The state after a completed round; written after that round's metrics are flushed."""
+        tmp = self.path / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.path / CHECKPOINT)
+        self.update_manifest(wall_time_s=self._wall())
+
+    def _manifest(self) -> dict[str, Any]:
         path = self.path / "manifest.json"
-        manifest = json.loads(path.read_text()) if path.exists() else {}
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def update_manifest(self, **fields: Any) -> None:
+        manifest = self._manifest()
         manifest.update(fields)
-        _atomic_write(path, json.dumps(manifest, indent=2).encode())
+        _atomic_write(self.path / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+    def _wall(self) -> float:
+        """Wall time of the run so far, over every session that ran it."""
+        return round(self._earlier_wall + time.perf_counter() - self._started, 3)
 
     def close(self, status: str, **fields: Any) -> None:
         self.flush()
-        wall = round(time.perf_counter() - self._started, 3)
-        self.update_manifest(status=status, wall_time_s=wall, **fields)
+        self.update_manifest(status=status, wall_time_s=self._wall(), **fields)
         self._metrics_file.close()
         self._events.close()
+
+
+CHECKPOINT = "checkpoint.pt"
+Checkpoint = dict[str, Any]  # round, model (state_dict), strategy state, client states
+
+
+def load_checkpoint(path: Path) -> Checkpoint | None:
+    """The last completed round's state, or None when no round completed."""
+    file = path / CHECKPOINT
+    if not file.exists():
+        return None
+    # Our own file, holding RecordDicts and pipeline states besides tensors.
+    return torch.load(file, weights_only=False)
+
+
+def _keep_rounds(path: Path, completed_rounds: int) -> None:
+    """Rewrite metrics.csv with the rows of completed rounds only (atomic)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] if rows and tuple(rows[0]) == METRICS_HEADER else [list(METRICS_HEADER)]
+    for row in rows[1:]:
+        if len(row) == len(METRICS_HEADER) and row[0].isdigit() and int(row[0]) <= completed_rounds:
+            kept.append(row)
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(kept)
+    _atomic_write(path, buffer.getvalue().encode())
+
+
+def _drop_partial_line(path: Path) -> None:
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        _atomic_write(path, data[: data.rfind(b"\n") + 1])
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

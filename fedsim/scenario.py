@@ -46,11 +46,28 @@ class EvalSpec(Section):
     clients: float = Field(1.0, ge=0.0, le=1.0, description="fraction of clients evaluating")
 
 
+class ResourcesSpec(Section):
+    """How the engine spends the machine (or cluster); results do not depend on it."""
+
+    workers: int = Field(1, ge=1, description="local engine: processes training clients")
+    client_cpus: float = Field(1.0, gt=0, description="flower engine: CPUs per client actor")
+    client_gpus: float | None = Field(
+        None, ge=0, le=1, description="flower engine: GPU share per actor (None: 1/cores on GPU)"
+    )
+    ray_address: str | None = Field(
+        None, description="flower engine: an existing Ray cluster ('auto' or 'host:port')"
+    )
+
+
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0)
     rounds: int = Field(ge=1)
-    engine: Literal["flower"] = "flower"
+    engine: Literal["local", "flower"] = "local"
+    resources: ResourcesSpec = ResourcesSpec(
+        workers=1, client_cpus=1.0, client_gpus=None, ray_address=None
+    )
+    checkpoint_every: int = Field(1, ge=0, description="rounds between checkpoints (0: never)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataSpec
     clients: ClientsSpec = ClientsSpec()

@@ -80,6 +80,15 @@ class PipelineStrategy(Strategy):
         self.state: Any = None
         self._sent: ArrayRecord | None = None
 
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy carries from round to round (the pipeline's state)."""
+        return {"pipeline": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state["pipeline"]
+
     # -- Flower's five methods -------------------------------------------------------------------
 
     def summary(self) -> None:

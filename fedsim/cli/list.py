@@ -9,7 +9,7 @@ from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.table import Table
 
-from fedsim.cli import user_errors
+from fedsim.cli.common import user_errors
 from fedsim.errors import UserError
 from fedsim.registry import REGISTRIES, Params, Ref, load_components, unknown_name_message
 

@@ -1,4 +1,4 @@
-"""``fedsim run SCENARIO``: run one experiment and write its run directory."""
+"""``fedsim run SCENARIO`` / ``fedsim run --resume DIR``: run an experiment into a run directory."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import typer
 from rich.console import Console
 
 from fedsim import results
-from fedsim.cli import user_errors
+from fedsim.cli.common import user_errors
 from fedsim.data import federation_for
+from fedsim.errors import UserError
 from fedsim.scenario import Scenario, load
 
 
 @user_errors
 def run(
-    scenario_file: Annotated[Path, typer.Argument(help="Scenario YAML file.", metavar="SCENARIO")],
+    scenario_file: Annotated[
+        Path | None, typer.Argument(help="Scenario YAML file.", metavar="SCENARIO")
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -30,20 +33,42 @@ def run(
         Path | None,
         typer.Option(help="Run directory (default: runs/<name>-<timestamp>)."),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this directory after its last completed round "
+            "(e.g. after a crash or kill); its own scenario.yaml is used.",
+            metavar="DIR",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show tracebacks for user errors.")] = False,
 ) -> None:
-    """Run a scenario on Flower's simulation engine and write metrics, events and the model."""
-    scenario = load(scenario_file, set_ or [])
+    """Run a scenario (engine local or flower) and write metrics, events and the model."""
+    if resume is not None:
+        if scenario_file is not None or set_ or out is not None:
+            raise UserError(
+                "--resume DIR continues a run as it was: give no SCENARIO, --set or --out"
+            )
+        run_dir = resume.resolve()
+        scenario = load(run_dir / "scenario.yaml")
+        if results.run_status(run_dir) == "completed":
+            raise UserError(f"{run_dir} is already complete; nothing to resume")
+    else:
+        if scenario_file is None:
+            raise UserError("give a SCENARIO file to run, or --resume DIR")
+        scenario = load(scenario_file, set_ or [])
+        run_dir = (out or results.default_run_dir(scenario)).resolve()
     check_data(scenario)  # fail before the engine starts, not inside every client
-    run_dir = (out or results.default_run_dir(scenario)).resolve()
-    results.prepare(run_dir, scenario, command=shlex.join(["fedsim", *sys.argv[1:]]))
+    if resume is None:
+        results.prepare(run_dir, scenario, command=shlex.join(["fedsim", *sys.argv[1:]]))
     console = Console(highlight=False)
-    console.print(f"fedsim: {scenario.name} → {run_dir}")
+    verb = "resuming" if resume is not None else "running"
+    console.print(f"fedsim: {verb} {scenario.name} on engine {scenario.engine} → {run_dir}")
 
-    from fedsim.engine import run_flower_simulation
+    from fedsim import engine
 
-    run_flower_simulation(scenario, run_dir, show_progress=progress)
+    engine.run(scenario, run_dir, show_progress=progress)
     console.print(f"fedsim: done; results in {run_dir}")
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedsim.cli import EXIT_USER_ERROR
+from fedsim.cli.common import EXIT_USER_ERROR
 from fedsim.errors import UserError
 from fedsim.scenario import load
 

@@ -40,7 +40,14 @@ def central_accuracy(metrics: pd.DataFrame) -> pd.Series:
 def test_run_directory_holds_every_file(tiny, tmp_path) -> None:
     metrics = run(tiny, tmp_path / "run")
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert files == {"scenario.yaml", "metrics.csv", "events.jsonl", "manifest.json", "model.pt"}
+    assert files == {
+        "scenario.yaml",
+        "metrics.csv",
+        "events.jsonl",
+        "manifest.json",
+        "checkpoint.pt",
+        "model.pt",
+    }
     assert list(metrics.columns) == ["round", "scope", "client", "metric", "value"]
     assert set(metrics.scope) == {"server", "client", "federated"}
     assert list(central_accuracy(metrics).index) == [1, 2, 3]

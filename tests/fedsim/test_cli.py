@@ -9,14 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fedsim.cli import app, main  # noqa: F401  (main registers the commands)
-from fedsim.cli import list as list_cmd
-from fedsim.cli import run as run_cmd
-from fedsim.cli import validate as validate_cmd
+from fedsim.cli import app
 
-app.command("run")(run_cmd.run)
-app.command("validate")(validate_cmd.validate)
-app.command("list")(list_cmd.list_components)
 runner = CliRunner()
 
 
@@ -93,19 +87,19 @@ def test_debug_shows_the_traceback(tiny, write_scenario) -> None:
 
 @pytest.mark.flower
 def test_run_on_flowers_simulation_engine(tiny, write_scenario, tmp_path) -> None:
-    """The real engine (Ray): same results as the in-process grid for the same seed."""
+    """Flower's engine (Ray) gives the same results as the local engine for the same seed."""
     from fedsim import results
     from fedsim.app import client_app, serve
     from fedsim.grid import InProcessGrid
     from fedsim.scenario import parse
 
-    tiny["rounds"] = 2
+    tiny["rounds"], tiny["engine"] = 2, "flower"
     result = invoke("run", write_scenario(tiny), "--out", tmp_path / "flower", "--no-progress")
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "flower" / "manifest.json").read_text())
     assert manifest["status"] == "completed"
 
-    scenario = parse(tiny)
+    scenario = parse({**tiny, "engine": "local"})
     results.prepare(tmp_path / "local", scenario, command="test")
     serve(InProcessGrid(client_app, 4), scenario, tmp_path / "local", show_progress=False)
 

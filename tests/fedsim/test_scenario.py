@@ -26,7 +26,8 @@ def test_defaults_are_filled_in_and_written_back(tiny) -> None:
     assert dumped["strategy"]["aggregator"] == {"name": "mean", "weighted": True}
     assert dumped["strategy"]["server_opt"] == {"name": "sgd", "lr": 1.0, "momentum": 0.0}
     assert dumped["data"]["partition"] == {"name": "dirichlet", "alpha": 0.5, "min_size": 2}
-    assert dumped["engine"] == "flower"
+    assert dumped["engine"] == "local"
+    assert dumped["resources"]["workers"] == 1
     assert parse(dumped) == scenario  # the resolved form is a fixed point
 
 

@@ -1,0 +1,321 @@
+"""fedsim's overhead: each engine timed side by side with the plain loop, in one run.
+
+The plain loop is the same training written as one plain PyTorch script: the same model and
+initial weights, the same data already in memory (a client's data is an index slice of it), the
+same device, the same clients sampled each round and the same (client, batch) SGD steps in the
+same order, one model reset in place for each client, a running sum of the weighted updates for
+FedAvg, and central evaluation at the same rounds. It is the limit fedsim is measured against:
+it does only the work every simulator has to do. Its final accuracy must equal fedsim's (up to
+float rounding), which also checks that fedsim trains what the scenario says.
+
+R = fedsim / plain loop, same machine, same invocation:
+  R(rounds)   time spent in rounds: fedsim's ``round_time_s`` rows summed, the plain loop's
+              round loop timed the same way; engine start-up is left out;
+  R(steady)   the same from round 2 on (round 1 also pays for workers loading the data);
+  R(wall)     the whole process, start-up included (python, imports, data, Ray).
+Targets: R(rounds) <= 1.15 for the local engine; for flower R <= 1.5 once Ray has started.
+Start-up = wall - rounds. Peak memory is the resident memory of the whole process tree
+(driver, worker processes, Ray daemons and actors), sampled every 0.2 s.
+
+The scenario is scenarios/fashion_mnist.yaml with central evaluation every 10 rounds and the last
+and no client-side evaluation (``--set eval.clients=0 --set eval.every=10``). Every run is a
+subprocess, the plain loop included, measured the same way (benchmarks/measure.py).
+
+    python benchmarks/overhead.py                       # 50 rounds, engines local, local2, flower
+    python benchmarks/overhead.py --quick               # 10 rounds
+    python benchmarks/overhead.py --engines local,flower --rounds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from measure import measure
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+FEDSIM = str(Path(sys.executable).parent / "fedsim")
+SCENARIO = ROOT / "scenarios" / "fashion_mnist.yaml"
+BASE_OVERRIDES = ["eval.clients=0", "eval.every=10"]
+ENGINES = {
+    "local": ["engine=local"],
+    "local2": ["engine=local", "resources.workers=2"],
+    "flower": ["engine=flower"],
+}
+EVAL_BATCH_SIZE = 1024
+ACCURACY_TOLERANCE = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain loop (runs in its own process: ``overhead.py --plain-loop RESULT.json``)
+# ---------------------------------------------------------------------------------------------
+
+
+def seeded_generator(*seed: int) -> torch.Generator:
+    """A torch generator seeded from integers, derived exactly as fedsim derives its own."""
+    entropy = np.random.SeedSequence(list(seed)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(entropy))
+
+
+def sampled_clients(seed: int, rnd: int, num_clients: int, per_round: int) -> list[int]:
+    """The clients that train in round ``rnd``, in client-id order (fedsim's sampling)."""
+    rng = np.random.default_rng([seed, rnd, 0])
+    return sorted(int(c) for c in rng.choice(num_clients, size=per_round, replace=False))
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(x), EVAL_BATCH_SIZE):
+            logits = model(x[start : start + EVAL_BATCH_SIZE])
+            correct += int((logits.argmax(dim=1) == y[start : start + EVAL_BATCH_SIZE]).sum())
+    return correct / len(x)
+
+
+def plain_loop(scenario_path: Path, overrides: list[str], result: Path) -> None:
+    """Train the scenario as one plain PyTorch loop; write round times and accuracies as JSON."""
+    torch.set_num_threads(1)  # as each of fedsim's clients does
+    from fedsim.data import federation_for
+    from fedsim.registry import WORKLOADS
+    from fedsim.scenario import load
+
+    scenario = load(scenario_path, overrides)
+    hp = WORKLOADS.params(scenario.workload).model_dump()
+    unsupported = {k: hp[k] for k in ("momentum", "weight_decay", "mu") if hp.get(k)}
+    strategy = scenario.strategy.model_dump()
+    if scenario.workload.name != "classification" or unsupported:
+        raise SystemExit(f"the plain loop does plain SGD only; the scenario has {unsupported}")
+    if strategy != {
+        "name": "fedavg",
+        "aggregator": {"name": "mean", "weighted": True},
+        "server_opt": {"name": "sgd", "lr": 1.0, "momentum": 0.0},
+    }:
+        raise SystemExit(f"the plain loop does plain FedAvg only; the scenario has {strategy}")
+    use_cuda = scenario.device in ("auto", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    seed, rounds = scenario.seed, scenario.rounds
+    num_clients, per_round = scenario.clients.num, scenario.clients.per_round
+    lr, batch_size, epochs = hp["lr"], hp["batch_size"], hp["epochs"]
+
+    # Data: one in-memory copy; each client's training data is an index array into it.
+    federation = federation_for(
+        scenario.data.dataset, scenario.data.partition, num_clients, seed, scenario.data.val_fraction
+    )
+    data = federation.dataset
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    client_index = [idx.to(device) for idx in federation.train]
+
+    # One model, reset in place for every client; the global weights as one flat vector.
+    workload = WORKLOADS.build(scenario.workload)
+    model = workload.build_model(data.input_shape, data.num_classes, seeded_generator(seed))
+    model = model.to(device)
+    if any(True for _ in model.buffers()):
+        raise SystemExit("the plain loop handles models without buffers only")
+    params = list(model.parameters())
+    spans, offset = [], 0
+    for p in params:
+        spans.append(slice(offset, offset + p.numel()))
+        offset += p.numel()
+    weights = torch.cat([p.detach().reshape(-1) for p in params])  # the global model
+    update_sum = torch.zeros_like(weights)  # running sum of n_i * (w_i - w)
+    optimizer = torch.optim.SGD(params, lr=lr)  # no state: one optimizer serves every client
+
+    def load_global() -> None:
+        with torch.no_grad():
+            for p, span in zip(params, spans, strict=True):
+                p.copy_(weights[span].view_as(p))
+
+    round_times: list[float] = []
+    accuracies: dict[int, float] = {}
+    for rnd in range(1, rounds + 1):
+        started = time.perf_counter()
+        update_sum.zero_()
+        examples = 0
+        for client in sampled_clients(seed, rnd, num_clients, per_round):
+            index = client_index[client]
+            n = len(index)
+            load_global()
+            model.train()
+            generator = seeded_generator(seed, client, rnd)
+            for _ in range(epochs):
+                order = index[torch.randperm(n, generator=generator).to(device)]
+                for start in range(0, n, batch_size):
+                    batch = order[start : start + batch_size]
+                    loss = F.cross_entropy(model(x[batch]), y[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+            with torch.no_grad():
+                for p, span in zip(params, spans, strict=True):
+                    update_sum[span].add_(p.reshape(-1) - weights[span], alpha=n)
+            examples += n
+        weights += update_sum / examples  # FedAvg, server learning rate 1
+        if rnd % scenario.eval.every == 0 or rnd == rounds:
+            load_global()
+            accuracies[rnd] = accuracy(model, x_test, y_test)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        round_times.append(time.perf_counter() - started)
+    load_global()
+    torch.save(model.state_dict(), result.with_suffix(".pt"))
+    result.write_text(json.dumps({"round_times": round_times, "accuracy": accuracies}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    wall_s: float
+    round_times: list[float]
+    accuracy: dict[int, float]  # central test accuracy by round
+    peak_gb: float
+
+    @property
+    def rounds_s(self) -> float:
+        return sum(self.round_times)
+
+    @property
+    def steady_s(self) -> float:
+        return sum(self.round_times[1:])
+
+
+def run_plain(scenario: Path, overrides: list[str], work: Path) -> Run:
+    result = work / "plain.json"
+    command = [sys.executable, __file__, "--plain-loop", str(result), "--scenario", str(scenario)]
+    command += [f"--set={o}" for o in overrides]
+    measured = measure(command, cwd=ROOT).check("the plain loop")
+    out = json.loads(result.read_text())
+    accuracies = {int(r): float(a) for r, a in out["accuracy"].items()}
+    return Run("plain loop", measured.wall_s, out["round_times"], accuracies, measured.peak_gb)
+
+
+def run_fedsim(engine: str, scenario: Path, overrides: list[str], work: Path) -> Run:
+    out = work / engine
+    command = [FEDSIM, "run", str(scenario), "--out", str(out), "--no-progress"]
+    for override in [*overrides, *ENGINES[engine]]:
+        command += ["--set", override]
+    measured = measure(command, cwd=ROOT).check(f"fedsim ({engine})")
+    metrics = pd.read_csv(out / "metrics.csv")
+    server = metrics[metrics.scope == "server"]
+    rounds = server[server.metric == "round_time_s"].sort_values("round")
+    central = server[server.metric == "accuracy"]
+    accuracies = {int(r): float(v) for r, v in zip(central["round"], central.value, strict=True)}
+    return Run(engine, measured.wall_s, list(rounds.value), accuracies, measured.peak_gb)
+
+
+def table(plain: Run, runs: list[Run]) -> pd.DataFrame:
+    rows = []
+    for run in [plain, *runs]:
+        final = run.accuracy[max(run.accuracy)]
+        rows.append(
+            {
+                "engine": run.name,
+                "final accuracy": f"{final:.4f}",
+                "wall s": f"{run.wall_s:.1f}",
+                "rounds s": f"{run.rounds_s:.1f}",
+                "start-up s": f"{run.wall_s - run.rounds_s:.1f}",
+                "round 1 s": f"{run.round_times[0]:.2f}",
+                "median round s": f"{statistics.median(run.round_times):.2f}",
+                "R(rounds)": f"{run.rounds_s / plain.rounds_s:.2f}",
+                "R(steady)": f"{run.steady_s / plain.steady_s:.2f}" if plain.steady_s else "-",
+                "R(wall)": f"{run.wall_s / plain.wall_s:.2f}",
+                "peak memory GB": f"{run.peak_gb:.2f}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def accuracy_check(plain: Run, runs: list[Run]) -> list[str]:
+    """One line per run: does its accuracy at every evaluated round match the plain loop's?"""
+    lines = []
+    for run in runs:
+        if sorted(run.accuracy) != sorted(plain.accuracy):
+            lines.append(
+                f"{run.name}: evaluated at rounds {sorted(run.accuracy)}, the plain loop at "
+                f"{sorted(plain.accuracy)}"
+            )
+            continue
+        gap = max(abs(run.accuracy[r] - plain.accuracy[r]) for r in plain.accuracy)
+        verdict = "matches" if gap <= ACCURACY_TOLERANCE else "DIFFERS FROM"
+        lines.append(
+            f"{run.name}: {verdict} the plain loop (largest accuracy gap {gap:.4f} over rounds "
+            f"{sorted(plain.accuracy)})"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Time fedsim's engines against the plain PyTorch loop on Fashion-MNIST "
+        "and print R = fedsim / plain loop (see the module docstring).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="R(rounds): fedsim's round time / the plain loop's; R(wall): whole processes. "
+        "Targets: R <= 1.15 for local, R <= 1.5 for flower once Ray has started.",
+    )
+    parser.add_argument("--quick", action="store_true", help="10 rounds instead of 50")
+    parser.add_argument("--rounds", type=int, help="rounds to run (default 50; 10 with --quick)")
+    parser.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help=f"comma-separated, from {', '.join(ENGINES)} (local2: local with 2 worker "
+        f"processes); default: all",
+    )
+    parser.add_argument(
+        "--scenario", type=Path, default=SCENARIO, help="scenario file (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep the run directories in DIR (must not exist)"
+    )
+    parser.add_argument("--plain-loop", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.plain_loop is not None:  # the child process that runs the plain loop
+        plain_loop(args.scenario, args.set, args.plain_loop)
+        return
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        parser.error(f"--engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
+    rounds = args.rounds if args.rounds is not None else (10 if args.quick else 50)
+    if rounds < 1:
+        parser.error("--rounds needs to be at least 1")
+    overrides = [*BASE_OVERRIDES, f"rounds={rounds}"]
+    scenario = args.scenario.resolve()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) if args.keep is None else args.keep
+        work.mkdir(parents=True, exist_ok=args.keep is None)
+        print(f"{scenario.name}, {rounds} rounds, --set {' --set '.join(overrides)}", flush=True)
+        print("plain loop …", flush=True)
+        plain = run_plain(scenario, overrides, work)
+        runs = []
+        for engine in engines:
+            print(f"fedsim {engine} ({' '.join(ENGINES[engine])}) …", flush=True)
+            runs.append(run_fedsim(engine, scenario, overrides, work))
+    print()
+    print(table(plain, runs).to_string(index=False))
+    print()
+    print("\n".join(accuracy_check(plain, runs)))
+
+
+if __name__ == "__main__":
+    main()
