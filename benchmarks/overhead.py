@@ -84,8 +84,13 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return correct / len(x)
 
 
-def plain_loop(scenario_path: Path, overrides: list[str], result: Path) -> None:
-    """Train the scenario as one plain PyTorch loop; write round times and accuracies as JSON."""
+def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: bool) -> None:
+    """Train the scenario as one plain PyTorch loop; write round times and accuracies as JSON.
+
+    The aggregate is a running sum of ``n_i * (w_i - w)``; with ``exact`` it is fedsim's
+    reduction instead (the updates stacked, one weighted matrix product), which rounds the same
+    way, so that the final weights equal fedsim's bit for bit.
+    """
     torch.set_num_threads(1)  # as each of fedsim's clients does
     from fedsim.data import federation_for
     from fedsim.registry import WORKLOADS
@@ -111,7 +116,11 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path) -> None:
 
     # Data: one in-memory copy; each client's training data is an index array into it.
     federation = federation_for(
-        scenario.data.dataset, scenario.data.partition, num_clients, seed, scenario.data.val_fraction
+        scenario.data.dataset,
+        scenario.data.partition,
+        num_clients,
+        seed,
+        scenario.data.val_fraction,
     )
     data = federation.dataset
     x, y = data.x_train.to(device), data.y_train.to(device)
@@ -131,6 +140,8 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path) -> None:
         offset += p.numel()
     weights = torch.cat([p.detach().reshape(-1) for p in params])  # the global model
     update_sum = torch.zeros_like(weights)  # running sum of n_i * (w_i - w)
+    updates = torch.zeros(per_round, len(weights), device=device) if exact else None
+    sizes = torch.zeros(per_round, device=device)  # n_i
     optimizer = torch.optim.SGD(params, lr=lr)  # no state: one optimizer serves every client
 
     def load_global() -> None:
@@ -143,8 +154,7 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path) -> None:
     for rnd in range(1, rounds + 1):
         started = time.perf_counter()
         update_sum.zero_()
-        examples = 0
-        for client in sampled_clients(seed, rnd, num_clients, per_round):
+        for i, client in enumerate(sampled_clients(seed, rnd, num_clients, per_round)):
             index = client_index[client]
             n = len(index)
             load_global()
@@ -160,9 +170,14 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path) -> None:
                     optimizer.step()
             with torch.no_grad():
                 for p, span in zip(params, spans, strict=True):
-                    update_sum[span].add_(p.reshape(-1) - weights[span], alpha=n)
-            examples += n
-        weights += update_sum / examples  # FedAvg, server learning rate 1
+                    if updates is None:
+                        update_sum[span].add_(p.reshape(-1) - weights[span], alpha=n)
+                    else:
+                        torch.sub(p.reshape(-1), weights[span], out=updates[i, span])
+            sizes[i] = n
+        if updates is not None:
+            update_sum = sizes @ updates
+        weights += update_sum / sizes.sum()  # FedAvg, server learning rate 1
         if rnd % scenario.eval.every == 0 or rnd == rounds:
             load_global()
             accuracies[rnd] = accuracy(model, x_test, y_test)
@@ -186,6 +201,7 @@ class Run:
     round_times: list[float]
     accuracy: dict[int, float]  # central test accuracy by round
     peak_gb: float
+    weights: dict[str, Tensor]  # the final global model
 
     @property
     def rounds_s(self) -> float:
@@ -196,14 +212,16 @@ class Run:
         return sum(self.round_times[1:])
 
 
-def run_plain(scenario: Path, overrides: list[str], work: Path) -> Run:
+def run_plain(scenario: Path, overrides: list[str], work: Path, exact: bool) -> Run:
     result = work / "plain.json"
     command = [sys.executable, __file__, "--plain-loop", str(result), "--scenario", str(scenario)]
-    command += [f"--set={o}" for o in overrides]
+    command += [f"--set={o}" for o in overrides] + (["--exact"] if exact else [])
     measured = measure(command, cwd=ROOT).check("the plain loop")
     out = json.loads(result.read_text())
     accuracies = {int(r): float(a) for r, a in out["accuracy"].items()}
-    return Run("plain loop", measured.wall_s, out["round_times"], accuracies, measured.peak_gb)
+    weights = torch.load(result.with_suffix(".pt"), map_location="cpu")
+    name = "plain loop" + (" (exact)" if exact else "")
+    return Run(name, measured.wall_s, out["round_times"], accuracies, measured.peak_gb, weights)
 
 
 def run_fedsim(engine: str, scenario: Path, overrides: list[str], work: Path) -> Run:
@@ -217,7 +235,8 @@ def run_fedsim(engine: str, scenario: Path, overrides: list[str], work: Path) ->
     rounds = server[server.metric == "round_time_s"].sort_values("round")
     central = server[server.metric == "accuracy"]
     accuracies = {int(r): float(v) for r, v in zip(central["round"], central.value, strict=True)}
-    return Run(engine, measured.wall_s, list(rounds.value), accuracies, measured.peak_gb)
+    weights = torch.load(out / "model.pt", map_location="cpu")
+    return Run(engine, measured.wall_s, list(rounds.value), accuracies, measured.peak_gb, weights)
 
 
 def table(plain: Run, runs: list[Run]) -> pd.DataFrame:
@@ -242,8 +261,16 @@ def table(plain: Run, runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def accuracy_check(plain: Run, runs: list[Run]) -> list[str]:
-    """One line per run: does its accuracy at every evaluated round match the plain loop's?"""
+def weight_gap(a: Run, b: Run) -> float:
+    """Largest absolute difference between two runs' final weights (inf if shaped differently)."""
+    if list(a.weights) != list(b.weights):
+        return float("inf")
+    gaps = [(a.weights[k].float() - b.weights[k].float()).abs().max().item() for k in a.weights]
+    return max(gaps, default=0.0)
+
+
+def agreement(plain: Run, runs: list[Run], exact: bool) -> list[str]:
+    """Does each run train what the plain loop trains? One line per run, then a verdict."""
     lines = []
     for run in runs:
         if sorted(run.accuracy) != sorted(plain.accuracy):
@@ -253,10 +280,24 @@ def accuracy_check(plain: Run, runs: list[Run]) -> list[str]:
             )
             continue
         gap = max(abs(run.accuracy[r] - plain.accuracy[r]) for r in plain.accuracy)
-        verdict = "matches" if gap <= ACCURACY_TOLERANCE else "DIFFERS FROM"
+        dw = weight_gap(run, plain)
+        if exact:
+            verdict = "identical to" if dw == 0 else "DIFFERS FROM"
+        else:
+            verdict = "matches" if gap <= ACCURACY_TOLERANCE else "differs from"
         lines.append(
-            f"{run.name}: {verdict} the plain loop (largest accuracy gap {gap:.4f} over rounds "
-            f"{sorted(plain.accuracy)})"
+            f"{run.name}: {verdict} the plain loop: largest accuracy gap {gap:.4f} over rounds "
+            f"{sorted(plain.accuracy)}, largest weight gap {dw:.2e}"
+        )
+    engines_agree = all(weight_gap(run, runs[0]) == 0 for run in runs[1:])
+    if len(runs) > 1:
+        lines.append(f"the engines' final weights are {'' if engines_agree else 'NOT '}identical")
+    if not exact:
+        lines.append(
+            "(the plain loop's running sum rounds differently from fedsim's aggregate, a weighted "
+            "matrix product of the stacked updates; training amplifies the last-bit differences "
+            "round after round. --exact makes the plain loop reduce as fedsim does: the weights "
+            "must then be identical.)"
         )
     return lines
 
@@ -283,12 +324,19 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep the run directories in DIR (must not exist)"
     )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="correctness check: the plain loop aggregates as fedsim does (stacked updates, one "
+        "weighted matrix product) rather than by a running sum, so its final weights must equal "
+        "fedsim's bit for bit",
+    )
     parser.add_argument("--plain-loop", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.plain_loop is not None:  # the child process that runs the plain loop
-        plain_loop(args.scenario, args.set, args.plain_loop)
+        plain_loop(args.scenario, args.set, args.plain_loop, args.exact)
         return
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -306,7 +354,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=args.keep is None)
         print(f"{scenario.name}, {rounds} rounds, --set {' --set '.join(overrides)}", flush=True)
         print("plain loop …", flush=True)
-        plain = run_plain(scenario, overrides, work)
+        plain = run_plain(scenario, overrides, work, args.exact)
         runs = []
         for engine in engines:
             print(f"fedsim {engine} ({' '.join(ENGINES[engine])}) …", flush=True)
@@ -314,7 +362,7 @@ def main() -> None:
     print()
     print(table(plain, runs).to_string(index=False))
     print()
-    print("\n".join(accuracy_check(plain, runs)))
+    print("\n".join(agreement(plain, runs, args.exact)))
 
 
 if __name__ == "__main__":

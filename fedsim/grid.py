@@ -135,24 +135,30 @@ class InProcessGrid(Grid):
         return float(self.costs[partition]) if self.costs is not None else 1.0
 
     def _on_pool(self, batch: list[Message]) -> list[Message]:
-        """Longest-processing-time-first: heaviest message to the least-loaded worker."""
         assert self._pool is not None
-        shares: list[list[int]] = [[] for _ in range(self._pool.size)]
-        loads = [(0.0, w) for w in range(self._pool.size)]
-        for i in sorted(range(len(batch)), key=lambda i: -self._cost(batch[i])):
-            load, worker = heapq.heappop(loads)
-            shares[worker].append(i)
-            heapq.heappush(loads, (load + self._cost(batch[i]), worker))
-        work = [
-            [(batch[i], self._context(batch[i].metadata.dst_node_id)) for i in s] for s in shares
-        ]
-        results = self._pool.map(work)
-        replies: list[Message | None] = [None] * len(batch)
+        contexts = [self._context(msg.metadata.dst_node_id) for msg in batch]
+        shares = schedule([self._cost(msg) for msg in batch], self._pool.size)
+        results = self._pool.map([[(batch[i], contexts[i]) for i in share] for share in shares])
+        replies: dict[int, Message] = {}
         for share, done in zip(shares, results, strict=True):
             for i, (reply, state) in zip(share, done, strict=True):
-                self._context(batch[i].metadata.dst_node_id).state = state  # the worker's update
+                contexts[i].state = state  # the worker's updated client state
                 replies[i] = reply
-        return [r for r in replies if r is not None]
+        return [replies[i] for i in range(len(batch))]
+
+
+def schedule(costs: Sequence[float], workers: int) -> list[list[int]]:
+    """Longest processing time first: each job, heaviest first, to the least-loaded worker.
+
+    Returns each worker's job indices in the order it runs them (ties go to the lower index).
+    """
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    loads = [(0.0, w) for w in range(workers)]
+    for job in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        load, worker = heapq.heappop(loads)
+        shares[worker].append(job)
+        heapq.heappush(loads, (load + costs[job], worker))
+    return shares
 
 
 def load_app(app: ClientApp | str) -> ClientApp:

@@ -1,0 +1,80 @@
+"""The local engine's grid: scheduling, client state, and the worker pool's equal results."""
+
+from __future__ import annotations
+
+import pandas as pd
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim import results
+from fedsim.engine import run_local
+from fedsim.grid import FIRST_NODE_ID, InProcessGrid, schedule
+from fedsim.scenario import parse
+
+counting_app = ClientApp()
+
+
+@counting_app.train()
+def count(msg: Message, context: Context) -> Message:
+    """Counts its calls in context.state; replies with the count and its partition."""
+    seen = context.state.metric_records.get("seen", MetricRecord({"calls": 0}))
+    calls = int(seen["calls"]) + 1  # type: ignore[call-overload]
+    context.state["seen"] = MetricRecord({"calls": calls})
+    partition = int(context.node_config["partition-id"])
+    return Message(
+        RecordDict({"metrics": MetricRecord({"calls": calls, "partition": partition})}),
+        reply_to=msg,
+    )
+
+
+def train_all(grid: InProcessGrid, nodes: list[int]) -> dict[int, int]:
+    messages = [
+        Message(
+            RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type=MessageType.TRAIN
+        )
+        for n in nodes
+    ]
+    replies = grid.send_and_receive(messages)
+    return {
+        int(r.content["metrics"]["partition"]): int(r.content["metrics"]["calls"])  # type: ignore[call-overload]
+        for r in replies
+    }
+
+
+def test_schedule_gives_the_heaviest_job_to_the_least_loaded_worker() -> None:
+    # by hand, job(cost): 1(5)→w0, 3(4)→w1, 0(3)→w1 (4<5), 4(3)→w0 (5<7), 2(1)→w1 (7<8)
+    assert schedule([3, 5, 1, 4, 3], workers=2) == [[1, 4], [3, 0, 2]]
+    assert schedule([1, 1, 1], workers=1) == [[0, 1, 2]]
+    assert schedule([], workers=3) == [[], [], []]
+
+
+def test_client_state_persists_in_process() -> None:
+    grid = InProcessGrid(counting_app, num_nodes=3)
+    first = train_all(grid, [FIRST_NODE_ID + 0, FIRST_NODE_ID + 2])
+    second = train_all(grid, list(grid.get_node_ids()))
+    assert first == {0: 1, 2: 1}
+    assert second == {0: 2, 1: 1, 2: 2}
+    assert set(grid.client_states()) == {0, 1, 2}
+
+
+def test_client_state_persists_across_worker_processes() -> None:
+    grid = InProcessGrid(
+        "tests.fedsim.test_grid:counting_app", num_nodes=4, workers=2, costs=[4, 3, 2, 1]
+    )
+    try:
+        rounds = [train_all(grid, list(grid.get_node_ids())) for _ in range(3)]
+    finally:
+        grid.close()
+    assert rounds[-1] == {0: 3, 1: 3, 2: 3, 3: 3}
+
+
+def test_worker_pool_gives_the_in_process_results(tiny, tmp_path) -> None:
+    def run(workers: int) -> pd.DataFrame:
+        scenario = parse({**tiny, "resources": {"workers": workers}})
+        out = tmp_path / f"workers{workers}"
+        results.prepare(out, scenario, command="test")
+        run_local(scenario, out, show_progress=False)
+        metrics = pd.read_csv(out / "metrics.csv")
+        return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(run(2), run(1))
