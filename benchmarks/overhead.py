@@ -304,11 +304,7 @@ def agreement(plain: Run, runs: list[Run], exact: bool) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Time fedsim's engines against the plain PyTorch loop on Fashion-MNIST "
-        "and print R = fedsim / plain loop (see the module docstring).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="R(rounds): fedsim's round time / the plain loop's; R(wall): whole processes. "
-        "Targets: R <= 1.15 for local, R <= 1.5 for flower once Ray has started.",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="10 rounds instead of 50")
     parser.add_argument("--rounds", type=int, help="rounds to run (default 50; 10 with --quick)")

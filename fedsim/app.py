@@ -36,7 +36,7 @@ from torch import nn
 
 from clients import TrainConfig, Workload
 from fedsim import results
-from fedsim.data import Dataset, Federation, federation_for, load_dataset
+from fedsim.data import Dataset, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
 from fedsim.registry import STRATEGIES, WORKLOADS
@@ -245,15 +245,20 @@ client_app = ClientApp()
 
 @dataclass
 class ClientRuntime:
-    """What one worker process keeps for the whole run: data once, one model reset in place."""
+    """What one worker process keeps for the whole run: data once, one model reset in place.
+
+    Data, client indices and the model live on the device for the whole run (on a GPU, nothing
+    of them goes back to the host per client; only each reply's weights do).
+    """
 
     scenario: Scenario
     workload: Workload
-    federation: Federation
     device: torch.device
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
+    train: list[torch.Tensor]  # per client: indices into x, y
+    val: list[torch.Tensor]
 
 
 @lru_cache(maxsize=2)
@@ -273,11 +278,12 @@ def runtime(scenario_text: str) -> ClientRuntime:
     return ClientRuntime(
         scenario,
         workload,
-        federation,
         device,
         _initial_model(workload, scenario, dataset).to(device),
         dataset.x_train.to(device),
         dataset.y_train.to(device),
+        [index.to(device) for index in federation.train],
+        [index.to(device) for index in federation.val],
     )
 
 
@@ -305,7 +311,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _train(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> RecordDict:
     rt.model.load_state_dict(arrays.to_torch_state_dict())
-    index = rt.federation.train[client].to(rt.device)
+    index = rt.train[client]
     generator = _generator(rt.scenario.seed, client, rnd)
     config = TrainConfig(rnd, client, generator, rt.device)
     metrics = rt.workload.fit(rt.model, rt.x[index], rt.y[index], config)
@@ -318,9 +324,9 @@ def _train(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> Rec
 
 
 def _evaluate(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> RecordDict:
-    index = rt.federation.val[client].to(rt.device)
+    index = rt.val[client]
     if len(index) == 0:  # no held-out data: evaluate on what it trains on
-        index = rt.federation.train[client].to(rt.device)
+        index = rt.train[client]
     rt.model.load_state_dict(arrays.to_torch_state_dict())
     metrics = rt.workload.evaluate(rt.model, rt.x[index], rt.y[index])
     return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(index)})})
