@@ -71,7 +71,14 @@ def run_flower_simulation(scenario: Scenario, run_dir: Path, show_progress: bool
     if res.ray_address:  # an existing cluster brings its own resources
         init_args = {"address": res.ray_address}
     else:
-        init_args = {"num_cpus": cores, "include_dashboard": False}
+        # A fresh Ray on loopback: a bare ray.init() would join whatever cluster `ray start`
+        # last left on this machine (and hang if that one is gone).
+        init_args = {
+            "address": "local",
+            "num_cpus": cores,
+            "include_dashboard": False,
+            "_node_ip_address": "127.0.0.1",
+        }
     backend_config = {
         "client_resources": {"num_cpus": res.client_cpus, "num_gpus": gpus},
         "init_args": {**init_args, "log_to_driver": True},
