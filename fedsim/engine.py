@@ -10,10 +10,31 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 from fedsim.data import federation_for
+from fedsim.errors import UserError
 from fedsim.scenario import Scenario
 
 CLIENT_APP = "fedsim.app:client_app"
+
+
+def preflight(scenario: Scenario) -> None:
+    """Fail now, before a run directory or an engine exists, on what would fail later.
+
+    Loads the dataset and splits it as the clients will (missing data, impossible splits), and
+    checks that Flower's engine can place a client on this machine.
+    """
+    federation_for(
+        scenario.data.dataset,
+        scenario.data.partition,
+        scenario.clients.num,
+        scenario.seed,
+        scenario.data.val_fraction,
+    )
+    res = scenario.resources
+    if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
+        _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)
 
 
 def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
@@ -47,6 +68,19 @@ def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> 
         serve(grid, scenario, run_dir, show_progress)
     finally:
         grid.close()
+
+
+def _check_fits(client_cpus: float, client_gpus: float, cores: int) -> None:
+    """Resources no actor can get leave Flower's actor pool empty, and the run waits forever."""
+    if client_cpus > cores:
+        raise UserError(
+            f"resources.client_cpus={client_cpus} exceeds this machine's {cores} CPUs: "
+            f"no client could start; use at most {cores}"
+        )
+    if client_gpus > 0 and not torch.cuda.is_available():
+        raise UserError(
+            f"resources.client_gpus={client_gpus} but no CUDA GPU is visible; set it to 0"
+        )
 
 
 def run_flower_simulation(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:

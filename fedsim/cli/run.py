@@ -10,11 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedsim import results
+from fedsim import engine, results
 from fedsim.cli.common import user_errors
-from fedsim.data import federation_for
 from fedsim.errors import UserError
-from fedsim.scenario import Scenario, load
+from fedsim.scenario import load
 
 
 @user_errors
@@ -59,25 +58,12 @@ def run(
             raise UserError("give a SCENARIO file to run, or --resume DIR")
         scenario = load(scenario_file, set_ or [])
         run_dir = (out or results.default_run_dir(scenario)).resolve()
-    check_data(scenario)  # fail before the engine starts, not inside every client
+    engine.preflight(scenario)  # fail before the engine starts, not inside every client
     if resume is None:
         results.prepare(run_dir, scenario, command=shlex.join(["fedsim", *sys.argv[1:]]))
     console = Console(highlight=False)
     verb = "resuming" if resume is not None else "running"
     console.print(f"fedsim: {verb} {scenario.name} on engine {scenario.engine} → {run_dir}")
 
-    from fedsim import engine
-
     engine.run(scenario, run_dir, show_progress=progress)
     console.print(f"fedsim: done; results in {run_dir}")
-
-
-def check_data(scenario: Scenario) -> None:
-    """Load the dataset and split it as the clients will: missing data, impossible splits."""
-    federation_for(
-        scenario.data.dataset,
-        scenario.data.partition,
-        scenario.clients.num,
-        scenario.seed,
-        scenario.data.val_fraction,
-    )

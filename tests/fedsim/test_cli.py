@@ -58,8 +58,9 @@ def test_list_unknown_kind() -> None:
             {"data": {"name": "digits", "partition": {"name": "shards", "classes_per_client": 11}}},
             "classes_per_client",
         ),
+        ({"engine": "flower", "resources": {"client_cpus": 512}}, "exceeds this machine's"),
     ],
-    ids=["per_round", "range", "missing-dataset", "impossible-partition"],
+    ids=["per_round", "range", "missing-dataset", "impossible-partition", "client-cpus"],
 )
 def test_run_refuses_bad_input_before_training(tiny, write_scenario, tmp_path, change, message):  # type: ignore[no-untyped-def]
     tiny.update(change)

@@ -56,7 +56,8 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(tiny, write_sc
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert results.run_status(killed) == "running"  # it never got to say it stopped
     at_kill = torch.load(killed / "checkpoint.pt", weights_only=False)["round"]
-    assert 5 <= at_kill < 60
+    # A kill between a round's metrics and its checkpoint leaves the checkpoint one behind.
+    assert 4 <= at_kill < 60
     resumed = subprocess.run(
         [str(fedsim), "run", "--resume", str(killed), "--no-progress"],
         capture_output=True,
