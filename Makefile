@@ -37,6 +37,8 @@ format: setup
 
 bench: setup
 	$(BIN)/python benchmarks/foundation.py --quick
+	$(BIN)/python benchmarks/overhead.py --quick
+	$(BIN)/python benchmarks/scale.py --clients 1000 --rounds 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
