@@ -4,12 +4,19 @@ The memory figure is the sum of the resident set sizes of the process and all it
 (driver, worker processes, Ray daemons and actors), sampled every ``interval`` seconds; the peak
 of that sum is reported. Pages shared between processes count once per process, so for a tree
 of many processes it is an upper bound on what the machine lost.
+
+CPU time (user + system, all processes of the tree) is less disturbed than wall time by other
+work on a shared machine. It is the larger of two lower bounds: what the operating system
+reports for the descendants that were waited for (exact for a process and the workers it joins),
+and the sum of each process's last sampled CPU time (which also sees processes that were never
+waited for, such as Ray's daemons, but misses their last ``interval``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -21,15 +28,17 @@ import psutil
 SAMPLE_INTERVAL_S = 0.2
 
 
-def tree_rss(root: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants."""
-    total = 0
-    with contextlib.suppress(psutil.Error):  # the root itself has exited
-        procs = [root, *root.children(recursive=True)]
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):  # exited between listing and reading
-                total += proc.memory_info().rss
-    return total
+def tree(root: psutil.Process) -> list[psutil.Process]:
+    """A process and all its descendants (none when it has exited)."""
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class Measured:
     output: str
     wall_s: float
     peak_rss: int  # bytes, of the whole process tree
+    cpu_s: float  # user + system seconds of the whole process tree (a lower bound, see above)
 
     @property
     def peak_gb(self) -> float:
@@ -63,7 +73,11 @@ def measure(
     cwd: str | os.PathLike[str] | None = None,
     interval: float = SAMPLE_INTERVAL_S,
 ) -> Measured:
-    """Run ``command`` to completion; its wall time and the peak RSS of its process tree."""
+    """Run ``command`` to completion; its wall time, CPU time and the peak RSS of its tree.
+
+    Not thread-safe: the operating system's CPU count covers every child of this process.
+    """
+    cpu_before = _children_cpu_s()
     started = time.perf_counter()
     proc = subprocess.Popen(
         list(command),
@@ -74,6 +88,7 @@ def measure(
         cwd=cwd,
     )
     peak, done = 0, threading.Event()
+    cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last sampled CPU seconds
 
     def sample() -> None:
         nonlocal peak
@@ -82,7 +97,14 @@ def measure(
         except psutil.Error:  # already gone
             return
         while not done.is_set():
-            peak = max(peak, tree_rss(root))
+            rss = 0
+            for p in tree(root):
+                # A process may exit between listing and reading.
+                with contextlib.suppress(psutil.Error), p.oneshot():
+                    rss += p.memory_info().rss
+                    times = p.cpu_times()
+                    cpu[(p.pid, p.create_time())] = times.user + times.system
+            peak = max(peak, rss)
             done.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -91,4 +113,5 @@ def measure(
     wall = time.perf_counter() - started
     done.set()
     sampler.join()
-    return Measured(tuple(command), proc.returncode, output, wall, peak)
+    cpu_s = max(_children_cpu_s() - cpu_before, sum(cpu.values()))
+    return Measured(tuple(command), proc.returncode, output, wall, peak, cpu_s)
