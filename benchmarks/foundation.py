@@ -1,10 +1,11 @@
-"""Foundation figures: accuracy, wall time and peak memory of the shipped scenarios on Flower.
+"""Foundation figures: accuracy, wall time and peak memory of the shipped scenarios.
 
-Runs each scenario with `fedsim run` (Flower's simulation engine) in a subprocess, samples the
-resident memory of its whole process tree (driver, Ray daemons, actors), and prints one table.
+Runs each scenario with `fedsim run` in a subprocess, on each engine asked for, samples the
+resident memory of its whole process tree (driver, workers, Ray daemons and actors), and prints
+one table.
 
-    python benchmarks/foundation.py            # quickstart + fashion_mnist (several minutes)
-    python benchmarks/foundation.py --quick    # quickstart only
+    python benchmarks/foundation.py                       # both scenarios, both engines
+    python benchmarks/foundation.py --quick --engines local
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FEDSIM = str(Path(sys.executable).parent / "fedsim")
 
 
-def run(scenario: str, out: Path) -> dict[str, object]:
+def run(scenario: str, engine: str, out: Path) -> dict[str, object]:
     command = [FEDSIM, "run", str(ROOT / scenario), "--out", str(out), "--no-progress"]
+    command += ["--set", f"engine={engine}"]
     measured = measure(command).check(scenario)
     wall = measured.wall_s
     peak = measured.peak_rss
@@ -31,6 +33,7 @@ def run(scenario: str, out: Path) -> dict[str, object]:
     rounds = metrics[(metrics.scope == "server") & (metrics.metric == "round_time_s")]
     return {
         "scenario": scenario,
+        "engine": engine,
         "final accuracy": round(float(central.value.iloc[-1]), 4),
         "best accuracy": round(float(central.value.max()), 4),
         "wall s": round(wall, 1),
@@ -43,12 +46,17 @@ def run(scenario: str, out: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="quickstart only")
+    parser.add_argument("--engines", default="local,flower", help="comma-separated engines")
     args = parser.parse_args()
     scenarios = ["scenarios/quickstart.yaml"]
     if not args.quick:
         scenarios.append("scenarios/fashion_mnist.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(s, Path(tmp) / Path(s).stem) for s in scenarios]
+        rows = [
+            run(s, engine, Path(tmp) / f"{Path(s).stem}-{engine}")
+            for s in scenarios
+            for engine in args.engines.split(",")
+        ]
     print(pd.DataFrame(rows).to_string(index=False))
 
 
