@@ -36,7 +36,7 @@ from torch import nn
 
 from clients import TrainConfig, Workload
 from fedsim import results
-from fedsim.data import Dataset, federation_for, load_dataset
+from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
 from fedsim.registry import STRATEGIES, WORKLOADS
@@ -261,18 +261,23 @@ class ClientRuntime:
     val: list[torch.Tensor]
 
 
-@lru_cache(maxsize=2)
-def runtime(scenario_text: str) -> ClientRuntime:
-    torch.set_num_threads(1)  # workers share the cores: more threads oversubscribe
-    scenario = parse(yaml.safe_load(scenario_text))
-    workload: Workload = WORKLOADS.build(scenario.workload)
-    federation = federation_for(
+def scenario_federation(scenario: Scenario) -> Federation:
+    """The scenario's data, split among its clients (one copy per process, cached)."""
+    return federation_for(
         scenario.data.dataset,
         scenario.data.partition,
         scenario.clients.num,
         scenario.seed,
         scenario.data.val_fraction,
     )
+
+
+@lru_cache(maxsize=2)
+def runtime(scenario_text: str) -> ClientRuntime:
+    torch.set_num_threads(1)  # workers share the cores: more threads oversubscribe
+    scenario = parse(yaml.safe_load(scenario_text))
+    workload: Workload = WORKLOADS.build(scenario.workload)
+    federation = scenario_federation(scenario)
     device = pick_device(scenario.device)
     dataset = federation.dataset
     return ClientRuntime(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.data import federation_for
+from fedsim.app import scenario_federation
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
 
@@ -25,13 +25,7 @@ def preflight(scenario: Scenario) -> None:
     Loads the dataset and splits it as the clients will (missing data, impossible splits), and
     checks that Flower's engine can place a client on this machine.
     """
-    federation_for(
-        scenario.data.dataset,
-        scenario.data.partition,
-        scenario.clients.num,
-        scenario.seed,
-        scenario.data.val_fraction,
-    )
+    scenario_federation(scenario)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
         _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)
@@ -50,13 +44,7 @@ def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> 
     from fedsim.app import client_app, serve
     from fedsim.grid import InProcessGrid
 
-    sizes = federation_for(
-        scenario.data.dataset,
-        scenario.data.partition,
-        scenario.clients.num,
-        scenario.seed,
-        scenario.data.val_fraction,
-    ).client_sizes()
+    sizes = scenario_federation(scenario).client_sizes()
     workers = scenario.resources.workers
     grid = InProcessGrid(
         CLIENT_APP if workers > 1 else client_app,
