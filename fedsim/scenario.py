@@ -130,6 +130,17 @@ def _component_at(scenario: Scenario, path: str) -> Component:
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override (``a.b=value``) and validate a scenario file."""
+    raw = read(path, overrides)
+    if "sweep" in raw:
+        raise ScenarioError(
+            ["sweep: this file describes a sweep of several runs; run it with `fedsim run`"],
+            str(path),
+        )
+    return parse(raw, str(path))
+
+
+def read(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A scenario file as plain data, with ``a.b=value`` overrides applied; not yet validated."""
     path = Path(path)
     source = str(path)
     try:
@@ -147,9 +158,12 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
         raise ScenarioError([f"(yaml) {at}{problem}"], source) from None
     if raw is None:
         raise ScenarioError(["(top level): the file is empty"], source)
+    if not isinstance(raw, dict):
+        got = type(raw).__name__
+        raise ScenarioError([f"(top level): expected a mapping of keys, got {got}"], source)
     for item in overrides or []:
         apply_override(raw, item, source)
-    return parse(raw, source)
+    return raw
 
 
 def apply_override(raw: dict[str, Any], item: str, source: str = "") -> None:

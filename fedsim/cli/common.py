@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedsim.errors import UserError
 
@@ -26,7 +27,7 @@ def user_errors(command: F) -> F:
         except UserError as err:
             if kwargs.get("debug"):
                 raise
-            stderr.print(f"[bold red]error:[/] {err}", markup=True, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapped  # type: ignore[return-value]

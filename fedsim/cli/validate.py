@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedsim.cli.common import EXIT_USER_ERROR
 from fedsim.errors import UserError
-from fedsim.scenario import load
+from fedsim.scenario import parse, read
+from fedsim.sweep import expand
 
 
 def validate(
@@ -21,10 +23,15 @@ def validate(
     failed = 0
     for path in files:
         try:
-            scenario = load(path)
+            raw = read(path)
+            if "sweep" in raw:
+                points = expand(raw, str(path))
+                out.print(f"[green]ok[/] {path}: a sweep of {len(points)} runs", markup=True)
+                continue
+            scenario = parse(raw, str(path))
         except UserError as problem:
             failed += 1
-            err.print(f"[bold red]invalid[/] {problem}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]invalid[/] {escape(str(problem))}", markup=True, soft_wrap=True)
             continue
         out.print(
             f"[green]ok[/] {path}: {scenario.name}, {scenario.rounds} rounds, "
