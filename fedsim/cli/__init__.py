@@ -7,7 +7,7 @@ import sys
 import typer
 
 from fedsim.cli import list as list_cmd
-from fedsim.cli import run, validate
+from fedsim.cli import report, run, validate
 
 app = typer.Typer(
     help="Federated-learning experiments on Flower, described in scenario YAML files.",
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.command("run")(run.run)
 app.command("validate")(validate.validate)
 app.command("list")(list_cmd.list_components)
+app.command("report")(report.report)
 
 
 def main() -> None:

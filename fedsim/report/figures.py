@@ -1,0 +1,204 @@
+"""The report's figures: one function per figure, returning None when the runs lack its data.
+
+Figures are made without pyplot (``Figure`` renders PNG through Agg), so building a report
+neither needs a display nor changes the caller's matplotlib backend.
+
+To add a figure (availability timelines, byzantine heat maps, …): write
+``def name(configs) -> Figure | None`` and append ``(file stem, caption, name)`` to ``FIGURES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from cycler import cycler
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fedsim.report.summary import Configuration
+from fedsim.results import CLIENT, SERVER
+
+DPI = 150
+# Okabe & Ito (2008), distinguishable with the common colour-vision deficiencies.
+OKABE_ITO = (
+    "#0072B2",  # blue
+    "#E69F00",  # orange
+    "#009E73",  # bluish green
+    "#D55E00",  # vermillion
+    "#CC79A7",  # reddish purple
+    "#56B4E9",  # sky blue
+    "#F0E442",  # yellow
+    "#000000",  # black
+)
+STYLE = {
+    "axes.prop_cycle": cycler(color=OKABE_ITO),
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "font.size": 9,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+}
+
+FigureFn = Callable[[list[Configuration]], Figure | None]
+
+
+def colour(i: int) -> str:
+    return OKABE_ITO[i % len(OKABE_ITO)]
+
+
+@contextmanager
+def style() -> Iterator[None]:
+    with matplotlib.rc_context(STYLE):  # type: ignore[arg-type]
+        yield
+
+
+def by_round(config: Configuration, scope: str, metric: str) -> pd.DataFrame:
+    """Rounds × runs of one metric (NaN where a run has no value, e.g. a killed run)."""
+    columns = {
+        str(i): run.series(scope, metric)
+        for i, run in enumerate(config.runs)
+        if run.has(scope, metric)
+    }
+    return pd.DataFrame(columns).sort_index()
+
+
+def _band_plot(ax: Axes, configs: list[Configuration], metric: str, ylabel: str) -> bool:
+    drawn = False
+    for i, config in enumerate(configs):
+        values = by_round(config, SERVER, metric)
+        if values.empty:
+            continue
+        mean, std, n = values.mean(axis=1), values.std(axis=1, ddof=1), values.count(axis=1)
+        seeds = values.shape[1]
+        label = f"C{i + 1}: {config.label} (n={seeds})"
+        ax.plot(mean.index, mean.to_numpy(), color=colour(i), label=label, linewidth=1.5)
+        band = n >= 2  # a spread needs two seeds
+        if band.any():
+            ax.fill_between(
+                mean.index[band],
+                (mean - std)[band].to_numpy(),
+                (mean + std)[band].to_numpy(),
+                color=colour(i),
+                alpha=0.2,
+                linewidth=0,
+            )
+        drawn = True
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    ax.set_ylabel(ylabel)
+    return drawn
+
+
+def accuracy_loss(configs: list[Configuration]) -> Figure | None:
+    """Central test accuracy and loss by round: mean over seeds, ±1 std band (≥2 seeds)."""
+    with style():
+        fig = Figure(figsize=(9, 3.6), layout="constrained")
+        acc, loss = fig.subplots(1, 2)
+        drew_acc = _band_plot(acc, configs, "accuracy", "test accuracy")
+        drew_loss = _band_plot(loss, configs, "loss", "test loss (cross-entropy)")
+        if not (drew_acc or drew_loss):
+            return None
+        acc.set_title("central test accuracy")
+        loss.set_title("central test loss")
+        handles, labels = (acc if drew_acc else loss).get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center")
+    return fig
+
+
+def final_client_accuracy(config: Configuration) -> np.ndarray:
+    """Each run's per-client eval accuracy at its last evaluated round, pooled over seeds."""
+    pooled: list[np.ndarray] = []
+    for run in config.runs:
+        rows = run.metrics[(run.metrics.scope == CLIENT) & (run.metrics.metric == "eval_accuracy")]
+        if len(rows):
+            pooled.append(rows[rows["round"] == rows["round"].max()].value.to_numpy())
+    return np.concatenate(pooled) if pooled else np.array([])
+
+
+def fairness(configs: list[Configuration]) -> Figure | None:
+    """Distribution of the final round's per-client eval accuracy, a box per configuration."""
+    data = [(i, c, final_client_accuracy(c)) for i, c in enumerate(configs)]
+    data = [(i, c, values) for i, c, values in data if values.size]
+    if not data:
+        return None
+    with style():
+        fig = Figure(figsize=(max(4.5, 1.2 * len(data) + 2), 3.6), layout="constrained")
+        ax = fig.subplots()
+        boxes = ax.boxplot(
+            [values for _, _, values in data],
+            patch_artist=True,
+            medianprops={"color": "black"},
+            widths=0.6,
+        )
+        for patch, (i, _, _) in zip(boxes["boxes"], data, strict=True):
+            patch.set_facecolor(colour(i))
+            patch.set_alpha(0.6)
+        ax.set_xticks(range(1, len(data) + 1), [f"C{i + 1}" for i, _, _ in data])
+        ax.set_xlabel("configuration (see the table)")
+        ax.set_ylabel("client eval accuracy, final round")
+        ax.set_title("per-client accuracy (clients of all seeds pooled)")
+        ax.grid(axis="x", visible=False)
+    return fig
+
+
+def timing(configs: list[Configuration]) -> Figure | None:
+    """Mean time per round: server-side training (clients' fit) vs the rest of the round."""
+    bars = []
+    for i, config in enumerate(configs):
+        train = by_round(config, SERVER, "train_time_s")
+        total = by_round(config, SERVER, "round_time_s")
+        if train.empty or total.empty:
+            continue
+        train_mean = float(np.nanmean(train.to_numpy()))
+        rest = max(0.0, float(np.nanmean(total.to_numpy())) - train_mean)
+        bars.append((i, train_mean, rest))
+    if not bars:
+        return None
+    with style():
+        fig = Figure(figsize=(max(4.5, 1.2 * len(bars) + 2), 3.6), layout="constrained")
+        ax = fig.subplots()
+        ax.grid(axis="x", visible=False)
+        x = np.arange(len(bars))
+        train_s = [b[1] for b in bars]
+        ax.bar(x, train_s, color=OKABE_ITO[0], label="training (train_time_s)", width=0.6)
+        ax.bar(
+            x,
+            [b[2] for b in bars],
+            bottom=train_s,
+            color=OKABE_ITO[1],
+            label="rest of the round (aggregation, evaluation)",
+            width=0.6,
+        )
+        ax.set_xticks(x, [f"C{b[0] + 1}" for b in bars])
+        ax.set_xlabel("configuration (see the table)")
+        ax.set_ylabel("time per round (s)")
+        ax.set_title("mean time per round (over rounds and seeds)")
+        fig.legend(loc="outside lower center")
+    return fig
+
+
+FIGURES: list[tuple[str, str, FigureFn]] = [
+    (
+        "accuracy_loss",
+        "Central test accuracy and loss by round (mean over seeds, band ±1 std)",
+        accuracy_loss,
+    ),
+    ("fairness", "Per-client eval accuracy in the final round", fairness),
+    ("timing", "Mean time per round: training vs the rest", timing),
+]
+
+
+def save(fig: Figure, path: Path) -> Path:
+    with matplotlib.rc_context(STYLE):  # type: ignore[arg-type]
+        fig.savefig(path, format="png", dpi=DPI)
+    return path
