@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/foundation.py --quick
 	$(BIN)/python benchmarks/overhead.py --quick
 	$(BIN)/python benchmarks/scale.py --clients 1000 --rounds 3
+	$(BIN)/python benchmarks/suites/run.py quickstart_aggregators --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
