@@ -151,17 +151,27 @@ def fairness(configs: list[Configuration]) -> Figure | None:
     return fig
 
 
+# Server-timed phases of a round (scope server), in the order they are stacked.
+TIMED_PHASES = [
+    ("train_time_s", "client training (incl. transport)"),
+    ("aggregate_time_s", "aggregation"),
+    ("eval_time_s", "evaluation (clients + central)"),
+]
+
+
 def timing(configs: list[Configuration]) -> Figure | None:
-    """Mean time per round: server-side training (clients' fit) vs the rest of the round."""
+    """Mean time per round, split into the phases the server timed (stacked bars)."""
     bars = []
     for i, config in enumerate(configs):
-        train = by_round(config, SERVER, "train_time_s")
         total = by_round(config, SERVER, "round_time_s")
-        if train.empty or total.empty:
+        if total.empty:
             continue
-        train_mean = float(np.nanmean(train.to_numpy()))
-        rest = max(0.0, float(np.nanmean(total.to_numpy())) - train_mean)
-        bars.append((i, train_mean, rest))
+        parts = {}
+        for metric, _ in TIMED_PHASES:
+            values = by_round(config, SERVER, metric)
+            parts[metric] = 0.0 if values.empty else float(np.nanmean(values.to_numpy()))
+        parts["other"] = max(0.0, float(np.nanmean(total.to_numpy())) - sum(parts.values()))
+        bars.append((i, parts))
     if not bars:
         return None
     with style():
@@ -169,16 +179,13 @@ def timing(configs: list[Configuration]) -> Figure | None:
         ax = fig.subplots()
         ax.grid(axis="x", visible=False)
         x = np.arange(len(bars))
-        train_s = [b[1] for b in bars]
-        ax.bar(x, train_s, color=OKABE_ITO[0], label="training (train_time_s)", width=0.6)
-        ax.bar(
-            x,
-            [b[2] for b in bars],
-            bottom=train_s,
-            color=OKABE_ITO[1],
-            label="rest of the round (aggregation, evaluation)",
-            width=0.6,
-        )
+        bottom = np.zeros(len(bars))
+        for j, (metric, label) in enumerate([*TIMED_PHASES, ("other", "other (bookkeeping)")]):
+            heights = np.array([parts[metric] for _, parts in bars])
+            if not heights.any():
+                continue
+            ax.bar(x, heights, bottom=bottom, color=OKABE_ITO[j], label=label, width=0.6)
+            bottom += heights
         ax.set_xticks(x, [f"C{b[0] + 1}" for b in bars])
         ax.set_xlabel("configuration (see the table)")
         ax.set_ylabel("time per round (s)")
