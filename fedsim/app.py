@@ -39,8 +39,9 @@ from fedsim import results
 from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
-from fedsim.registry import STRATEGIES, WORKLOADS
+from fedsim.registry import AVAILABILITY, STRATEGIES, WORKLOADS
 from fedsim.scenario import Scenario, load, parse
+from strategies.availability import Population
 from strategies.flower import PipelineStrategy, with_phase
 
 NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
@@ -122,6 +123,7 @@ def _serve(
         seed=scenario.seed,
         client_ids=client_ids,
         recorder=writer,
+        online=availability(scenario),
     )
     first = 1
     if checkpoint is None:
@@ -174,6 +176,25 @@ def _serve(
 
     model.load_state_dict(arrays.to_torch_state_dict())
     writer.save_model(model.state_dict())
+
+
+def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
+    """The scenario's availability schedule: round -> which clients are online."""
+    federation = scenario_federation(scenario)
+    labels = federation.dataset.y_train.numpy()
+    classes = federation.dataset.num_classes
+    counts = np.stack(
+        [np.bincount(labels[idx.numpy()], minlength=classes) for idx in federation.train]
+    )
+    population = Population(scenario.clients.num, scenario.seed, scenario.rounds, counts)
+    schedule: Callable[[int], np.ndarray] = AVAILABILITY.build(scenario.clients.availability)(
+        population
+    )
+    return schedule
+
+
+class ClientDropout(RuntimeError):
+    """A simulated failure mid-round (``clients.dropout``), not a fault of the client's code."""
 
 
 def _checkpoint(
@@ -317,6 +338,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _train(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> RecordDict:
+    dropout = rt.scenario.clients.dropout
+    if dropout and np.random.default_rng([rt.scenario.seed, client, rnd, 11]).random() < dropout:
+        raise ClientDropout(f"simulated dropout (clients.dropout={dropout})")
     rt.model.load_state_dict(arrays.to_torch_state_dict())
     index = rt.train[client]
     generator = _generator(rt.scenario.seed, client, rnd)

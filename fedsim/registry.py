@@ -117,6 +117,7 @@ WORKLOADS: Registry[Any] = Registry("workload")
 STRATEGIES: Registry[Any] = Registry("strategy")
 AGGREGATORS: Registry[Any] = Registry("aggregator")
 SERVER_OPTIMISERS: Registry[Any] = Registry("server_optimiser")
+AVAILABILITY: Registry[Any] = Registry("availability")
 
 # Modules whose import registers components; imported lazily so that layers stay independent.
 _COMPONENT_MODULES = ("fedsim.data", "fedsim.partition", "clients", "strategies")

@@ -30,6 +30,8 @@ class DataSpec(Component):
 class ClientsSpec(Section):
     num: int = Field(10, ge=1, description="clients in the federation")
     per_round: int = Field(10, ge=1, description="clients sampled each round")
+    availability: Component = Component(name="always")  # who is online each round
+    dropout: float = Field(0.0, ge=0, lt=1, description="a sampled client fails mid-round")
 
     @model_validator(mode="after")
     def _per_round_fits(self) -> ClientsSpec:
@@ -83,6 +85,7 @@ class Scenario(Section):
 _COMPONENTS = {
     "data": "dataset",
     "data.partition": "partitioner",
+    "clients.availability": "availability",
     "workload": "workload",
     "strategy": "strategy",
 }
@@ -116,8 +119,14 @@ def parse(raw: Any, source: str = "") -> Scenario:
         partition=resolved["data.partition"],
         val_fraction=scenario.data.val_fraction,
     )
+    clients = scenario.clients.model_copy(update={"availability": resolved["clients.availability"]})
     return scenario.model_copy(
-        update={"data": data, "workload": resolved["workload"], "strategy": resolved["strategy"]}
+        update={
+            "data": data,
+            "clients": clients,
+            "workload": resolved["workload"],
+            "strategy": resolved["strategy"],
+        }
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from fedsim.registry import AGGREGATORS
-from strategies import aggregators, fedavg, server_optimisers
+from strategies import aggregators, availability, fedavg, server_optimisers
 from strategies.pipeline import RoundInfo, Stage, chain, stateless
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Stage",
     "aggregate",
     "aggregators",
+    "availability",
     "chain",
     "fedavg",
     "server_optimisers",

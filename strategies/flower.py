@@ -10,7 +10,7 @@ wrongly shaped arrays, are left out and reported.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeGuard, cast
 
 import numpy as np
@@ -31,6 +31,7 @@ from torch import Tensor
 from strategies.pipeline import RoundInfo, Stage
 
 NUM_EXAMPLES = "num-examples"
+ONLINE_IDS_LIMIT = 2000  # events.jsonl lists the online clients' ids for federations up to this
 
 
 class Recorder(Protocol):
@@ -58,7 +59,8 @@ class PipelineStrategy(Strategy):
 
     ``per_round`` clients train each round (all when None), ``fraction_evaluate`` of them evaluate.
     Sampling is drawn from ``seed`` and the round over clients ordered by ``client_ids`` (node id ->
-    client id, so that runs with fresh random node ids sample the same clients).
+    client id, so that runs with fresh random node ids sample the same clients). With ``online``
+    (round -> bool mask over client ids) only clients online that round are sampled.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class PipelineStrategy(Strategy):
         seed: int = 0,
         client_ids: Mapping[int, int] | None = None,
         recorder: Recorder | None = None,
+        online: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.per_round = per_round
@@ -77,6 +80,7 @@ class PipelineStrategy(Strategy):
         self.seed = seed
         self.client_ids = dict(client_ids or {})
         self.recorder: Recorder = recorder or _Silent()
+        self.online = online
         self.state: Any = None
         self._sent: ArrayRecord | None = None
 
@@ -153,11 +157,31 @@ class PipelineStrategy(Strategy):
 
     def _sample(self, grid: Grid, count: int | None, server_round: int, phase: int) -> list[int]:
         nodes = sorted(grid.get_node_ids(), key=self._client)
+        if self.online is not None:
+            mask = self.online(server_round)
+            nodes = [n for n in nodes if mask[self._client(n)]]
+            if phase == 0:
+                self._record_online(server_round, nodes, count)
         if count is None or count >= len(nodes):
             return nodes
         rng = np.random.default_rng([self.seed, server_round, phase])
         chosen = rng.choice(len(nodes), size=count, replace=False)
         return [nodes[i] for i in sorted(chosen)]
+
+    def _record_online(self, server_round: int, nodes: list[int], wanted: int | None) -> None:
+        clients = [self._client(n) for n in nodes]
+        self.recorder.event(
+            "online",
+            round=server_round,
+            count=len(clients),
+            clients=clients if len(clients) <= ONLINE_IDS_LIMIT else None,
+        )
+        if not clients:
+            self.recorder.event("no_clients_online", round=server_round)
+        elif wanted is not None and len(clients) < wanted:
+            self.recorder.event(
+                "few_clients_online", round=server_round, online=len(clients), wanted=wanted
+            )
 
     def _messages(
         self,

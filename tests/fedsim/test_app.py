@@ -148,3 +148,37 @@ def test_an_existing_run_is_never_overwritten(tiny, tmp_path) -> None:
     with pytest.raises(UserError, match="already holds a run"):
         results.prepare(tmp_path / "run", parse(tiny), command="again")
     assert (tmp_path / "run" / "metrics.csv").read_bytes() == before
+
+
+def test_only_online_clients_train_and_short_rounds_are_recorded(tiny, tmp_path) -> None:
+    # one class per client; diurnal: classes 0-4 online in rounds 1-2, the others in round 3
+    tiny["data"]["partition"] = {"name": "shards", "classes_per_client": 1}
+    tiny["clients"] = {
+        "num": 10,
+        "per_round": 6,
+        "availability": {"name": "diurnal", "rounds_on": 2, "alpha": 0.5},
+    }
+    metrics = run(tiny, tmp_path / "run")
+    online = {e["round"]: e["clients"] for e in events(tmp_path / "run") if e["event"] == "online"}
+    trained = metrics[(metrics.scope == "client") & (metrics.metric == "train_loss")]
+    for rnd in (1, 2, 3):
+        assert sorted(trained[trained["round"] == rnd].client.astype(int)) == online[rnd]
+    assert online[1] == online[2] and set(online[1]).isdisjoint(online[3])
+    assert sorted(online[1] + online[3]) == list(range(10))
+    short = [e for e in events(tmp_path / "run") if e["event"] == "few_clients_online"]
+    assert [(e["round"], e["online"], e["wanted"]) for e in short] == [(r, 5, 6) for r in (1, 2, 3)]
+
+
+def test_dropout_fails_sampled_clients_mid_round_reproducibly(tiny, tmp_path) -> None:
+    tiny["clients"] = {"num": 4, "per_round": 4, "dropout": 0.5}
+
+    def dropped(name: str) -> list[tuple[int, int]]:
+        run(tiny, tmp_path / name)
+        return [
+            (e["round"], e["client"])
+            for e in events(tmp_path / name)
+            if e["event"] == "client_failed" and "simulated dropout" in e["reason"]
+        ]
+
+    first, again = dropped("a"), dropped("b")
+    assert first == again and 0 < len(first) < 12  # 12 client-rounds, each dropped w.p. 0.5
