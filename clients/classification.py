@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -23,6 +25,8 @@ class ClassificationParams(Params):
     model: Literal["mlp", "cnn"] = "mlp"
     hidden: PositiveInt = 128  # MLP width; unused by the CNN
     epochs: PositiveInt = 1
+    # Exactly this many minibatch steps instead of whole epochs (FedLaAvg's C local iterations).
+    steps: PositiveInt | None = None
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
@@ -52,7 +56,7 @@ class ClassificationWorkload:
         return init_parameters(model, generator)
 
     def fit(self, model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig) -> dict[str, float]:
-        """Train ``model`` in place for ``epochs`` epochs of minibatch SGD on ``(x, y)``.
+        """Train ``model`` in place by minibatch SGD: ``epochs`` passes, or ``steps`` batches.
 
         With ``mu > 0`` the FedProx objective CE(w) + mu/2·||w − w₀||² is minimised, w₀ being the
         weights at the start of the call (Li et al., 2020). Returns the per-sample mean
@@ -73,11 +77,10 @@ class ClassificationWorkload:
         anchor = [q.detach().clone() for q in params] if p.mu > 0 else []
         loss_sum = torch.zeros((), device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
-        for epoch in range(p.epochs):
-            perm = torch.randperm(n, generator=config.generator).to(x.device)
-            epoch_loss = torch.zeros((), device=x.device)
-            for start in range(0, n, p.batch_size):
-                idx = perm[start : start + p.batch_size]
+        seen = 0
+        for epoch, batches in enumerate(self._passes(n, config.generator, x.device)):
+            pass_loss = torch.zeros((), device=x.device)
+            for idx in batches:
                 xb, yb = x[idx], y[idx]
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
@@ -91,20 +94,35 @@ class ClassificationWorkload:
                             if q.grad is not None:
                                 q.grad.add_(q - q0, alpha=p.mu)
                 optimizer.step()
-                epoch_loss += loss.detach() * idx.numel()
+                pass_loss += loss.detach() * idx.numel()
                 correct += (logits.detach().argmax(dim=1) == yb).sum()
-            # One host sync per epoch: a non-finite batch loss makes the epoch's sum non-finite.
-            if not torch.isfinite(epoch_loss).item():
+                seen += idx.numel()
+            # One host sync per pass: a non-finite batch loss makes the pass's sum non-finite.
+            if not torch.isfinite(pass_loss).item():
                 raise FloatingPointError(
-                    f"round {config.round}: training loss became non-finite in epoch {epoch + 1}"
-                    f" (lr={p.lr}); the weights are unusable"
+                    f"round {config.round}: training loss became non-finite in pass {epoch + 1}"
+                    f" over the data (lr={p.lr}); the weights are unusable"
                 )
-            loss_sum += epoch_loss
-        seen = n * p.epochs
+            loss_sum += pass_loss
         return {
             "train_loss": loss_sum.item() / seen,
             "train_accuracy": correct.item() / seen,
         }
+
+    def _passes(
+        self, n: int, generator: torch.Generator, device: torch.device
+    ) -> Iterator[list[Tensor]]:
+        """Minibatch indices, one list per pass over a fresh permutation of the ``n`` samples.
+
+        ``epochs`` whole passes, or with ``steps`` just enough passes for that many batches.
+        """
+        batch, steps = self.params.batch_size, self.params.steps
+        remaining = steps if steps is not None else self.params.epochs * math.ceil(n / batch)
+        while remaining > 0:
+            perm = torch.randperm(n, generator=generator).to(device)
+            batches = list(perm.split(batch))[:remaining]
+            remaining -= len(batches)
+            yield batches
 
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
         """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` on ``(x, y)``, without grad."""

@@ -60,7 +60,8 @@ class PipelineStrategy(Strategy):
     ``per_round`` clients train each round (all when None), ``fraction_evaluate`` of them evaluate.
     Sampling is drawn from ``seed`` and the round over clients ordered by ``client_ids`` (node id ->
     client id, so that runs with fresh random node ids sample the same clients). With ``online``
-    (round -> bool mask over client ids) only clients online that round are sampled.
+    (round -> bool mask over client ids) only clients online that round are sampled for training;
+    evaluation measures the model on all clients, online or not.
     """
 
     def __init__(
@@ -156,14 +157,18 @@ class PipelineStrategy(Strategy):
         return self.client_ids.get(node_id, node_id)
 
     def _sample(self, grid: Grid, count: int | None, server_round: int, phase: int) -> list[int]:
+        """Training (phase 0) samples among the clients online this round; evaluation, all."""
         nodes = sorted(grid.get_node_ids(), key=self._client)
-        if self.online is not None:
+        if self.online is not None and phase == 0:
             mask = self.online(server_round)
             nodes = [n for n in nodes if mask[self._client(n)]]
-            if phase == 0:
-                self._record_online(server_round, nodes, count)
+            self._record_online(server_round, nodes, count)
         if count is None or count >= len(nodes):
             return nodes
+        return self._choose(nodes, count, server_round, phase)
+
+    def _choose(self, nodes: list[int], count: int, server_round: int, phase: int) -> list[int]:
+        """``count`` of ``nodes`` uniformly at random, drawn from the seed, round and phase."""
         rng = np.random.default_rng([self.seed, server_round, phase])
         chosen = rng.choice(len(nodes), size=count, replace=False)
         return [nodes[i] for i in sorted(chosen)]

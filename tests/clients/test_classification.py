@@ -222,6 +222,35 @@ def test_two_fedprox_steps_equal_the_hand_computed_updates() -> None:
     torch.testing.assert_close(model.bias.detach(), b2)
 
 
+def test_steps_takes_exactly_that_many_batches_across_passes() -> None:
+    # Prepare: 5 samples in batches of 2 -> 3 batches per pass; 4 steps run into a second pass,
+    # each pass over a fresh permutation drawn from the same generator.
+    g = gen(13)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 1])
+    model = nn.Linear(3, 2).double()
+    init_parameters(model, g)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    lr = 0.2
+    w = workload(steps=4, batch_size=2, lr=lr, epochs=9)  # steps wins over epochs
+
+    # Execute
+    metrics = w.fit(model, x, y, config(seed=5))
+
+    # Assert: the same four batches by hand.
+    perms = gen(5)
+    batches = list(torch.randperm(5, generator=perms).split(2))
+    batches += list(torch.randperm(5, generator=perms).split(2))[:1]
+    wt, bt, seen = w0, b0, 0
+    for idx in batches:
+        gw, gb = softmax_grads(wt, bt, x[idx], y[idx])
+        wt, bt = wt - lr * gw, bt - lr * gb
+        seen += len(idx)
+    torch.testing.assert_close(model.weight.detach(), wt)
+    torch.testing.assert_close(model.bias.detach(), bt)
+    assert seen == 7 and 0 < metrics["train_loss"]
+
+
 def test_fit_refuses_empty_data() -> None:
     w = workload()
     model = w.build_model((1, 8), 2, gen(0))
