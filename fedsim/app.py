@@ -41,8 +41,10 @@ from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
 from fedsim.registry import AVAILABILITY, STRATEGIES, WORKLOADS
 from fedsim.scenario import Scenario, load, parse
+from strategies import fedlaavg
 from strategies.availability import Population
-from strategies.flower import PipelineStrategy, with_phase
+from strategies.client_memory import ClientMemory
+from strategies.flower import PipelineStrategy, flatten, unflatten, with_phase
 
 NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
@@ -137,7 +139,9 @@ def _serve(
             restore(checkpoint["clients"])
         writer.event("run_resumed", after_round=checkpoint["round"])
     arrays = ArrayRecord(model.state_dict())
-    config = ConfigRecord({"scenario": scenario.to_yaml()})
+    # Client memory (FedLaAvg's latest updates) lives in the run directory, so it resumes with it.
+    memory = str(writer.path / "client_memory")
+    config = ConfigRecord({"scenario": scenario.to_yaml(), fedlaavg.MEMORY_DIR: memory})
 
     with RoundProgress(scenario.rounds, done=first - 1, enabled=show_progress) as progress:
         for rnd in range(first, scenario.rounds + 1):
@@ -337,24 +341,40 @@ def evaluate(msg: Message, context: Context) -> Message:
     return _reply(msg, context, _evaluate)
 
 
-def _train(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> RecordDict:
+def _train(rt: ClientRuntime, client: int, msg: RecordDict) -> RecordDict:
+    config, arrays = msg.config_records["config"], msg.array_records["arrays"]
+    rnd = int(cast(int, config["server-round"]))
     dropout = rt.scenario.clients.dropout
     if dropout and np.random.default_rng([rt.scenario.seed, client, rnd, 11]).random() < dropout:
         raise ClientDropout(f"simulated dropout (clients.dropout={dropout})")
     rt.model.load_state_dict(arrays.to_torch_state_dict())
     index = rt.train[client]
     generator = _generator(rt.scenario.seed, client, rnd)
-    config = TrainConfig(rnd, client, generator, rt.device)
-    metrics = rt.workload.fit(rt.model, rt.x[index], rt.y[index], config)
+    train_config = TrainConfig(rnd, client, generator, rt.device)
+    metrics = rt.workload.fit(rt.model, rt.x[index], rt.y[index], train_config)
+    reply = ArrayRecord(rt.model.state_dict())
+    if fedlaavg.is_latest_averaging(config):
+        reply = _latest_difference(rt, client, config, arrays, reply)
     return RecordDict(
-        {
-            "arrays": ArrayRecord(rt.model.state_dict()),
-            "metrics": MetricRecord({**metrics, "num-examples": len(index)}),
-        }
+        {"arrays": reply, "metrics": MetricRecord({**metrics, "num-examples": len(index)})}
     )
 
 
-def _evaluate(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> RecordDict:
+def _latest_difference(
+    rt: ClientRuntime, client: int, config: ConfigRecord, sent: ArrayRecord, trained: ArrayRecord
+) -> ArrayRecord:
+    """FedLaAvg's reply: the change in this client's latest update, which it keeps on disk."""
+    directory = config.get(fedlaavg.MEMORY_DIR)
+    if not directory:
+        raise UserError(f"latest averaging needs the train config entry {fedlaavg.MEMORY_DIR!r}")
+    update = (flatten(trained) - flatten(sent)).numpy()
+    memory = ClientMemory(str(directory), rt.scenario.clients.num, update.size)
+    diff = fedlaavg.latest_difference(memory, client, config, update)
+    return unflatten(torch.from_numpy(diff), sent)
+
+
+def _evaluate(rt: ClientRuntime, client: int, msg: RecordDict) -> RecordDict:
+    arrays = msg.array_records["arrays"]
     index = rt.val[client]
     if len(index) == 0:  # no held-out data: evaluate on what it trains on
         index = rt.train[client]
@@ -366,15 +386,12 @@ def _evaluate(rt: ClientRuntime, client: int, rnd: int, arrays: ArrayRecord) -> 
 def _reply(
     msg: Message,
     context: Context,
-    work: Callable[[ClientRuntime, int, int, ArrayRecord], RecordDict],
+    work: Callable[[ClientRuntime, int, RecordDict], RecordDict],
 ) -> Message:
     """Run a client's work; an exception becomes an error reply the server records."""
     try:
-        config = msg.content.config_records["config"]
-        rt = runtime(str(config["scenario"]))
-        client = int(context.node_config["partition-id"])
-        rnd = int(cast(int, config["server-round"]))
-        content = work(rt, client, rnd, msg.content.array_records["arrays"])
+        rt = runtime(str(msg.content.config_records["config"]["scenario"]))
+        content = work(rt, int(context.node_config["partition-id"]), msg.content)
     except Exception as err:  # the round goes on without this client
         return Message(
             Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg

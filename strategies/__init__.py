@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from fedsim.registry import AGGREGATORS
-from strategies import aggregators, availability, fedavg, server_optimisers
+from strategies import aggregators, availability, fedavg, fedlaavg, server_optimisers
 from strategies.pipeline import RoundInfo, Stage, chain, stateless
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "availability",
     "chain",
     "fedavg",
+    "fedlaavg",
     "server_optimisers",
     "stateless",
 ]

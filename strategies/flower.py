@@ -118,7 +118,7 @@ class PipelineStrategy(Strategy):
         if not ok:
             self.recorder.event("round_skipped", round=server_round, reason="no valid replies")
             return None, MetricRecord({"clients": 0, "failures": failures})
-        updates = torch.stack([flatten(_arrays(msg)) for msg in ok]) - global_flat
+        updates = self._updates(ok, global_flat)
         info = RoundInfo(
             round=server_round,
             client_ids=tuple(self._client(msg.metadata.src_node_id) for msg in ok),
@@ -127,6 +127,7 @@ class PipelineStrategy(Strategy):
         if self.state is None:
             self.state = self.pipeline.init(updates.shape[1])
         step, self.state = self.pipeline.update(updates, self.state, info)
+        self._folded_in(server_round, info.client_ids)
         metrics = _weighted_means(ok)
         metrics.update(clients=len(ok), failures=failures)
         return unflatten(global_flat + step, template), metrics
@@ -150,6 +151,19 @@ class PipelineStrategy(Strategy):
         metrics = _weighted_means(ok)
         metrics.update(clients=len(ok), failures=self._failures)
         return metrics
+
+    # -- what subclasses change -----------------------------------------------------------------
+
+    def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
+        """The pipeline's input ``U`` (n, d): each reply's model minus the global model."""
+        return torch.stack([flatten(_arrays(msg)) for msg in replies]) - global_flat
+
+    def _folded_in(self, server_round: int, clients: Sequence[int]) -> None:
+        """Called once these clients' updates are part of the new global model."""
+
+    def _client_config(self, client: int, server_round: int) -> dict[str, Any]:
+        """What the train Message to this sampled client carries besides the caller's config."""
+        return {}
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -198,10 +212,17 @@ class PipelineStrategy(Strategy):
     ) -> list[Message]:
         config = ConfigRecord({**config, "server-round": server_round})  # never mutate the caller's
         content = RecordDict({"arrays": arrays, "config": config})
-        return [
-            Message(content, dst_node_id=n, message_type=message_type, group_id=str(server_round))
-            for n in nodes
-        ]
+        messages = []
+        for node in nodes:
+            training = message_type == MessageType.TRAIN
+            extra = self._client_config(self._client(node), server_round) if training else {}
+            if extra:
+                own = ConfigRecord({**config, **extra})
+                node_content = RecordDict({"arrays": arrays, "config": own})
+            else:
+                node_content = content
+            messages.append(Message(node_content, node, message_type, group_id=str(server_round)))
+        return messages
 
     def _accepted(
         self,
