@@ -125,7 +125,7 @@ def _serve(
         seed=scenario.seed,
         client_ids=client_ids,
         recorder=writer,
-        online=availability(scenario),
+        online=None if scenario.clients.availability.name == "always" else availability(scenario),
     )
     first = 1
     if checkpoint is None:

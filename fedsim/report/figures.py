@@ -12,15 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
 import pandas as pd
 from cycler import cycler
 from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedsim.report.runs import Run
 from fedsim.report.summary import Configuration
 from fedsim.results import CLIENT, SERVER
 
@@ -194,6 +197,68 @@ def timing(configs: list[Configuration]) -> Figure | None:
     return fig
 
 
+TIMELINE_ROUNDS = 120  # the availability timeline shows at most this many rounds, legibly
+
+
+def availability(configs: list[Configuration]) -> Figure | None:
+    """Who was online and who trained, round by round, in the first run with an availability
+    schedule (the schedule depends on the seed only, so every configuration of a seed shares it).
+    """
+    for i, config in enumerate(configs):
+        for run in config.runs:
+            online = [e for e in run.events("online") if e.get("clients") is not None]
+            if online:
+                return _timeline(f"C{i + 1}, seed {run.seed}", run, online)
+    return None
+
+
+def _timeline(label: str, run: Run, online: list[dict[str, Any]]) -> Figure:
+    clients = run.scenario.get("clients", {}).get("num") or 1 + max(
+        max(e["clients"], default=0) for e in online
+    )
+    last = min(max(e["round"] for e in online), TIMELINE_ROUNDS)
+    grid = np.zeros((clients, last), dtype=float)
+    for event in online:
+        if event["round"] <= last:
+            grid[event["clients"], event["round"] - 1] = 1
+    # Rows ordered by availability pattern, so that groups that come and go together show as bands.
+    order = np.lexsort(grid.T[::-1])
+    row_of = np.empty(clients, dtype=int)
+    row_of[order] = np.arange(clients)
+    trained = run.metrics[
+        (run.metrics.scope == CLIENT)
+        & (run.metrics.metric == "train_examples")
+        & (run.metrics["round"] <= last)
+    ]
+    with style():
+        fig = Figure(figsize=(9, 3.8), layout="constrained")
+        ax = fig.subplots()
+        ax.grid(False)
+        ax.imshow(
+            grid[order],
+            aspect="auto",
+            interpolation="nearest",
+            cmap=ListedColormap(["white", "#CFE3F2"]),
+            extent=(0.5, last + 0.5, clients - 0.5, -0.5),
+        )
+        ax.scatter(
+            trained["round"],
+            row_of[trained.client.astype(int).to_numpy()],
+            s=4,
+            marker="s",
+            color=OKABE_ITO[3],
+            label="trained",
+        )
+        ax.scatter([], [], s=12, marker="s", color="#CFE3F2", label="online")
+        ax.set_xlabel("round")
+        ax.set_ylabel("client (ordered by availability)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        shown = f"first {last} rounds" if last < run.rounds_done else f"{last} rounds"
+        ax.set_title(f"availability and participation ({label}, {shown})")
+        fig.legend(loc="outside lower center", ncols=2)
+    return fig
+
+
 FIGURES: list[tuple[str, str, FigureFn]] = [
     (
         "accuracy_loss",
@@ -202,6 +267,11 @@ FIGURES: list[tuple[str, str, FigureFn]] = [
     ),
     ("fairness", "Per-client eval accuracy in the final round", fairness),
     ("timing", "Mean time per round: training vs the rest", timing),
+    (
+        "availability",
+        "Which clients were online (shaded) and which trained, by round",
+        availability,
+    ),
 ]
 
 

@@ -82,6 +82,26 @@ class Run:
     def has(self, scope: str, metric: str) -> bool:
         return (scope, metric) in self._series
 
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        """The run's events of one kind from events.jsonl (read on first use; bad lines skipped)."""
+        return [e for e in self._events if e.get("event") == kind]
+
+    @cached_property
+    def _events(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.path / "events.jsonl").read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        parsed = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if isinstance(event, dict):
+                parsed.append(event)
+        return parsed
+
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings as dotted keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""

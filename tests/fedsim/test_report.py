@@ -18,7 +18,7 @@ from fedsim import results
 from fedsim.cli import app
 from fedsim.engine import run_local
 from fedsim.report import build_report
-from fedsim.report.runs import load_run
+from fedsim.report.runs import Run, load_run
 from fedsim.scenario import parse
 
 SCENARIO: dict[str, Any] = {
@@ -264,6 +264,23 @@ def test_figure_hooks_return_none_without_their_data(tmp_path: Path) -> None:
 
     assert [p.name for p in result.figures] == ["accuracy_loss.png"]
     assert "## Figures" in result.markdown.read_text()
+
+
+def test_the_availability_timeline_draws_online_events_and_skips_cut_lines(tmp_path: Path) -> None:
+    # Prepare: two clients taking turns, each training when online; the last line cut by a kill
+    rows = [(r, "client", (r + 1) % 2, "train_examples", 10) for r in (1, 2)]
+    run = write_run(tmp_path / "a", [0.5, 0.6], extra_rows=rows)
+    lines = [json.dumps({"event": "online", "round": r, "clients": [(r + 1) % 2]}) for r in (1, 2)]
+    (run / "events.jsonl").write_text("\n".join(lines) + '\n{"event": "onl')
+
+    # Execute
+    result = build_report([run], tmp_path / "out")
+    loaded = load_run(run)
+
+    # Assert
+    assert "availability.png" in [p.name for p in result.figures]
+    assert isinstance(loaded, Run)
+    assert [e["clients"] for e in loaded.events("online")] == [[0], [1]]
 
 
 def test_load_run_rejects_a_foreign_header(tmp_path: Path) -> None:
