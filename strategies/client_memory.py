@@ -68,13 +68,12 @@ class ClientMemory:
         # A retried round reuses its slot; otherwise the oldest stale one, so that a third slot
         # (and its disk) is touched only while a checkpoint holds on to an older update.
         slot = min(free, key=lambda s: (slots[s] != round, slots[s] == _EMPTY, slots[s], s))
-        slots[slot] = _EMPTY  # a write cut short leaves no slot that claims a round
-        rounds.flush()
-        values = self._map_values()
-        values[client, slot] = vector
-        values.flush()
+        # A write cut short leaves no slot that claims a round. Stores to a shared mapping reach
+        # the page cache in program order and outlive a killed process, so no msync is needed
+        # (it would cost more than the write; only a power cut could lose them).
+        slots[slot] = _EMPTY
+        self._map_values()[client, slot] = vector
         slots[slot] = round
-        rounds.flush()
 
     def _map_rounds(self) -> np.memmap:
         return np.memmap(self._rounds, dtype=np.int64, mode="r+", shape=(self.num_clients, SLOTS))
