@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.app import scenario_federation
+from fedsim.app import availability, scenario_federation
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
 
@@ -22,10 +22,11 @@ CLIENT_APP = "fedsim.app:client_app"
 def preflight(scenario: Scenario) -> None:
     """Fail now, before a run directory or an engine exists, on what would fail later.
 
-    Loads the dataset and splits it as the clients will (missing data, impossible splits), and
-    checks that Flower's engine can place a client on this machine.
+    Loads the dataset and splits it as the clients will (missing data, impossible splits),
+    builds the availability schedule (e.g. a trace file's shape), and checks that Flower's
+    engine can place a client on this machine.
     """
-    scenario_federation(scenario)
+    availability(scenario)(1)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
         _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)

@@ -40,7 +40,12 @@ def describe(params: type[Params]) -> str:
     fields = params.model_fields
     if not fields:
         return "–"
-    return "\n".join(f"{key}: {_type(info)} = {_default(info)}" for key, info in fields.items())
+    return "\n".join(
+        f"{key}: {_type(info)} {_default(info)}"
+        if info.is_required()
+        else f"{key}: {_type(info)} = {_default(info)}"
+        for key, info in fields.items()
+    )
 
 
 def _type(info: FieldInfo) -> str:
@@ -55,6 +60,8 @@ def _type(info: FieldInfo) -> str:
 
 
 def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "(required)"
     value = info.get_default(call_default_factory=True)
     if hasattr(value, "model_dump"):
         value = value.model_dump()

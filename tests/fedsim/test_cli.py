@@ -42,6 +42,12 @@ def test_list_shows_parameters_and_defaults() -> None:
     assert "dirichlet" in result.output and "alpha" in result.output and "0.5" in result.output
 
 
+def test_list_marks_required_parameters() -> None:
+    result = invoke("list", "availability")
+    assert result.exit_code == 0
+    assert "path: str (required)" in result.output and "Undefined" not in result.output
+
+
 def test_list_unknown_kind() -> None:
     result = invoke("list", "aggregators")
     assert result.exit_code == 2
@@ -58,9 +64,26 @@ def test_list_unknown_kind() -> None:
             {"data": {"name": "digits", "partition": {"name": "shards", "classes_per_client": 11}}},
             "classes_per_client",
         ),
+        (
+            {
+                "clients": {
+                    "num": 4,
+                    "per_round": 2,
+                    "availability": {"name": "trace", "path": "/no"},
+                }
+            },
+            "availability trace /no: No such file",
+        ),
         ({"engine": "flower", "resources": {"client_cpus": 512}}, "exceeds this machine's"),
     ],
-    ids=["per_round", "range", "missing-dataset", "impossible-partition", "client-cpus"],
+    ids=[
+        "per_round",
+        "range",
+        "missing-dataset",
+        "impossible-partition",
+        "missing-trace",
+        "client-cpus",
+    ],
 )
 def test_run_refuses_bad_input_before_training(tiny, write_scenario, tmp_path, change, message):  # type: ignore[no-untyped-def]
     tiny.update(change)
