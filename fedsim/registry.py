@@ -116,6 +116,8 @@ PARTITIONERS: Registry[Any] = Registry("partitioner")
 WORKLOADS: Registry[Any] = Registry("workload")
 STRATEGIES: Registry[Any] = Registry("strategy")
 AGGREGATORS: Registry[Any] = Registry("aggregator")
+PREAGGREGATORS: Registry[Any] = Registry("preaggregator")
+ATTACKS: Registry[Any] = Registry("attack")
 SERVER_OPTIMISERS: Registry[Any] = Registry("server_optimiser")
 AVAILABILITY: Registry[Any] = Registry("availability")
 

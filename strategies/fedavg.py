@@ -1,4 +1,4 @@
-"""FedAvg (McMahan et al., 2017) as a pipeline: mean of the deltas, then a server step."""
+"""FedAvg (McMahan et al., 2017) as a pipeline: pre-aggregators, an aggregator, a server step."""
 
 from __future__ import annotations
 
@@ -6,18 +6,33 @@ from collections.abc import Callable
 from functools import partial
 from typing import Annotated
 
-from fedsim.registry import AGGREGATORS, SERVER_OPTIMISERS, STRATEGIES, Component, Params, Ref
+from pydantic import Field
+
+from fedsim.registry import (
+    AGGREGATORS,
+    PREAGGREGATORS,
+    SERVER_OPTIMISERS,
+    STRATEGIES,
+    Component,
+    Params,
+    Ref,
+)
 from strategies.flower import PipelineStrategy
 from strategies.pipeline import chain
 
 
 class FedAvgParams(Params):
+    preagg: list[Annotated[Component, Ref("preaggregator")]] = Field(default_factory=list)
     aggregator: Annotated[Component, Ref("aggregator")] = Component(name="mean")
     server_opt: Annotated[Component, Ref("server_optimiser")] = Component(name="sgd")
 
 
 @STRATEGIES.register("fedavg", FedAvgParams)
 def fedavg(p: FedAvgParams) -> Callable[..., PipelineStrategy]:
-    """Sample clients, aggregate their deltas (any aggregator), apply a server optimiser."""
-    pipeline = chain(AGGREGATORS.build(p.aggregator), SERVER_OPTIMISERS.build(p.server_opt))
+    """Sample clients; pre-aggregate, aggregate (any rule) and apply a server optimiser."""
+    pipeline = chain(
+        *(PREAGGREGATORS.build(spec) for spec in p.preagg),
+        AGGREGATORS.build(p.aggregator),
+        SERVER_OPTIMISERS.build(p.server_opt),
+    )
     return partial(PipelineStrategy, pipeline)

@@ -21,6 +21,9 @@ class RoundInfo(NamedTuple):
     round: int
     client_ids: tuple[int, ...]
     num_examples: Tensor  # (n,) float, samples each client trained on
+    # (n,) bool: which rows come from simulated byzantine clients (for the attack stage only;
+    # a defence never looks at it). None when the scenario has none.
+    byzantine: Tensor | None = None
 
     @classmethod
     def uniform(cls, n: int, round: int = 1) -> RoundInfo:
