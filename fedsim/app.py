@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,15 +39,17 @@ from fedsim import results
 from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
-from fedsim.registry import AVAILABILITY, STRATEGIES, WORKLOADS
+from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES, WORKLOADS
 from fedsim.scenario import Scenario, load, parse
 from strategies import fedlaavg
+from strategies.attacks.base import DataAttack, Poison
 from strategies.availability import Population
 from strategies.client_memory import ClientMemory
 from strategies.flower import PipelineStrategy, flatten, unflatten, with_phase
 
 NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
+BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,17 +121,16 @@ def _serve(
     dataset = load_dataset(scenario.data.dataset)
     model = _initial_model(workload, scenario, dataset).to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
-    strategy = STRATEGIES.build(scenario.strategy)(
-        per_round=scenario.clients.per_round,
-        fraction_evaluate=scenario.eval.clients,
-        seed=scenario.seed,
-        client_ids=client_ids,
-        recorder=writer,
-        online=None if scenario.clients.availability.name == "always" else availability(scenario),
-    )
+    strategy = build_strategy(scenario, client_ids=client_ids, recorder=writer)
     first = 1
     if checkpoint is None:
         writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
+        if scenario.byzantine.num:
+            writer.event(
+                "byzantine_clients",
+                clients=sorted(byzantine_clients(scenario)),
+                attack=scenario.byzantine.attack.model_dump(),
+            )
     else:
         first = checkpoint["round"] + 1
         model.load_state_dict(checkpoint["model"])
@@ -180,6 +181,31 @@ def _serve(
 
     model.load_state_dict(arrays.to_torch_state_dict())
     writer.save_model(model.state_dict())
+
+
+def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
+    """The scenario's strategy with its sampling, availability and byzantine clients."""
+    attack = None
+    if scenario.byzantine.num:
+        built = ATTACKS.build(scenario.byzantine.attack)
+        attack = None if isinstance(built, DataAttack) else built  # data attacks act in clients
+    strategy: PipelineStrategy = STRATEGIES.build(scenario.strategy)(
+        per_round=scenario.clients.per_round,
+        fraction_evaluate=scenario.eval.clients,
+        seed=scenario.seed,
+        online=None if scenario.clients.availability.name == "always" else availability(scenario),
+        byzantine=byzantine_clients(scenario),
+        attack=attack,
+        **options,
+    )
+    return strategy
+
+
+def byzantine_clients(scenario: Scenario) -> frozenset[int]:
+    """The ids of the ``byzantine.num`` attacking clients, drawn from the seed."""
+    rng = np.random.default_rng([scenario.seed, BYZANTINE_STREAM])
+    chosen = rng.choice(scenario.clients.num, size=scenario.byzantine.num, replace=False)
+    return frozenset(int(c) for c in chosen)
 
 
 def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
@@ -286,6 +312,9 @@ class ClientRuntime:
     y: torch.Tensor
     train: list[torch.Tensor]  # per client: indices into x, y
     val: list[torch.Tensor]
+    num_classes: int
+    byzantine: frozenset[int]
+    poison: Poison | None  # a data-poisoning attack's change to a byzantine client's data
 
 
 def scenario_federation(scenario: Scenario) -> Federation:
@@ -316,7 +345,17 @@ def runtime(scenario_text: str) -> ClientRuntime:
         dataset.y_train.to(device),
         [index.to(device) for index in federation.train],
         [index.to(device) for index in federation.val],
+        dataset.num_classes,
+        byzantine_clients(scenario),
+        _poison(scenario),
     )
+
+
+def _poison(scenario: Scenario) -> Poison | None:
+    if not scenario.byzantine.num:
+        return None
+    attack = ATTACKS.build(scenario.byzantine.attack)
+    return attack.poison if isinstance(attack, DataAttack) else None
 
 
 @client_app.query()
@@ -350,8 +389,11 @@ def _train(rt: ClientRuntime, client: int, msg: RecordDict) -> RecordDict:
     rt.model.load_state_dict(arrays.to_torch_state_dict())
     index = rt.train[client]
     generator = _generator(rt.scenario.seed, client, rnd)
+    x, y = rt.x[index], rt.y[index]
+    if rt.poison is not None and client in rt.byzantine:
+        x, y = rt.poison(x, y, rt.num_classes, _generator(rt.scenario.seed, client, rnd, 1))
     train_config = TrainConfig(rnd, client, generator, rt.device)
-    metrics = rt.workload.fit(rt.model, rt.x[index], rt.y[index], train_config)
+    metrics = rt.workload.fit(rt.model, x, y, train_config)
     reply = ArrayRecord(rt.model.state_dict())
     if fedlaavg.is_latest_averaging(config):
         reply = _latest_difference(rt, client, config, arrays, reply)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from fedsim.app import availability, scenario_federation
+from fedsim.app import availability, build_strategy, scenario_federation
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
+from strategies.pipeline import RoundInfo
 
 CLIENT_APP = "fedsim.app:client_app"
 
@@ -23,13 +24,34 @@ def preflight(scenario: Scenario) -> None:
     """Fail now, before a run directory or an engine exists, on what would fail later.
 
     Loads the dataset and splits it as the clients will (missing data, impossible splits),
-    builds the availability schedule (e.g. a trace file's shape), and checks that Flower's
-    engine can place a client on this machine.
+    builds the availability schedule (e.g. a trace file's shape), aggregates a round of random
+    updates through the strategy's pipeline (impossible ``f``), and checks that Flower's engine
+    can place a client on this machine.
     """
     availability(scenario)(1)
+    _dry_run_pipeline(scenario)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
         _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)
+
+
+def _dry_run_pipeline(scenario: Scenario) -> None:
+    """Aggregate one round of random updates from ``per_round`` clients, as a full round would.
+
+    A rule whose condition cannot hold (e.g. Krum's n > 2f + 2) says so before anything runs.
+    """
+    strategy = build_strategy(scenario)
+    n = scenario.clients.per_round
+    generator = torch.Generator().manual_seed(0)
+    updates = torch.randn(n, 8, generator=generator)
+    info = RoundInfo.uniform(n)
+    try:
+        strategy.pipeline.update(updates, strategy.pipeline.init(8), info)
+    except ValueError as err:
+        raise UserError(
+            f"strategy: {err} (a round aggregates up to clients.per_round={n} updates); "
+            f"change the rule's parameters or clients.per_round"
+        ) from None
 
 
 def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:

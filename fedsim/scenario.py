@@ -48,6 +48,13 @@ class EvalSpec(Section):
     clients: float = Field(1.0, ge=0.0, le=1.0, description="fraction of clients evaluating")
 
 
+class ByzantineSpec(Section):
+    """``byzantine:`` — how many clients attack, and how; the clients are chosen by the seed."""
+
+    num: int = Field(0, ge=0, description="byzantine clients in the federation")
+    attack: Component = Component(name="sign_flip")
+
+
 class ResourcesSpec(Section):
     """How the engine spends the machine (or cluster); results do not depend on it."""
 
@@ -75,7 +82,17 @@ class Scenario(Section):
     clients: ClientsSpec = ClientsSpec()
     workload: Component
     strategy: Component = Component(name="fedavg")
+    byzantine: ByzantineSpec = ByzantineSpec()
     eval: EvalSpec = EvalSpec()
+
+    @model_validator(mode="after")
+    def _byzantine_fit(self) -> Scenario:
+        if self.byzantine.num > self.clients.num:
+            raise ValueError(
+                f"byzantine.num ({self.byzantine.num}) cannot exceed clients.num "
+                f"({self.clients.num}); lower byzantine.num"
+            )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -88,6 +105,7 @@ _COMPONENTS = {
     "clients.availability": "availability",
     "workload": "workload",
     "strategy": "strategy",
+    "byzantine.attack": "attack",
 }
 
 
@@ -101,7 +119,8 @@ def parse(raw: Any, source: str = "") -> Scenario:
         scenario = Scenario.model_validate(raw)
     except ValidationError as err:
         raise ScenarioError(
-            [f"{loc.lstrip('.')}: {msg}" for loc, msg in pydantic_errors(err)], source
+            [f"{loc.lstrip('.')}: {msg}" if loc else msg for loc, msg in pydantic_errors(err)],
+            source,
         ) from None
     load_components()
     problems: list[str] = []
@@ -120,10 +139,12 @@ def parse(raw: Any, source: str = "") -> Scenario:
         val_fraction=scenario.data.val_fraction,
     )
     clients = scenario.clients.model_copy(update={"availability": resolved["clients.availability"]})
+    byzantine = scenario.byzantine.model_copy(update={"attack": resolved["byzantine.attack"]})
     return scenario.model_copy(
         update={
             "data": data,
             "clients": clients,
+            "byzantine": byzantine,
             "workload": resolved["workload"],
             "strategy": resolved["strategy"],
         }

@@ -10,7 +10,7 @@ wrongly shaped arrays, are left out and reported.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeGuard, cast
 
 import numpy as np
@@ -61,7 +61,9 @@ class PipelineStrategy(Strategy):
     Sampling is drawn from ``seed`` and the round over clients ordered by ``client_ids`` (node id ->
     client id, so that runs with fresh random node ids sample the same clients). With ``online``
     (round -> bool mask over client ids) only clients online that round are sampled for training;
-    evaluation measures the model on all clients, online or not.
+    evaluation measures the model on all clients, online or not. ``attack`` (a stage) replaces the
+    updates of the ``byzantine`` client ids before the pipeline sees them. A round the pipeline
+    refuses (e.g. fewer replies than its ``f`` needs) is skipped and the model kept.
     """
 
     def __init__(
@@ -74,6 +76,8 @@ class PipelineStrategy(Strategy):
         client_ids: Mapping[int, int] | None = None,
         recorder: Recorder | None = None,
         online: Callable[[int], np.ndarray] | None = None,
+        byzantine: Collection[int] = (),
+        attack: Stage | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.per_round = per_round
@@ -82,6 +86,8 @@ class PipelineStrategy(Strategy):
         self.client_ids = dict(client_ids or {})
         self.recorder: Recorder = recorder or _Silent()
         self.online = online
+        self.byzantine = frozenset(byzantine)
+        self.attack = attack
         self.state: Any = None
         self._sent: ArrayRecord | None = None
 
@@ -119,14 +125,23 @@ class PipelineStrategy(Strategy):
             self.recorder.event("round_skipped", round=server_round, reason="no valid replies")
             return None, MetricRecord({"clients": 0, "failures": failures})
         updates = self._updates(ok, global_flat)
+        clients = tuple(self._client(msg.metadata.src_node_id) for msg in ok)
         info = RoundInfo(
             round=server_round,
-            client_ids=tuple(self._client(msg.metadata.src_node_id) for msg in ok),
+            client_ids=clients,
             num_examples=torch.tensor([_num_examples(msg) for msg in ok], dtype=torch.float32),
+            byzantine=torch.tensor([c in self.byzantine for c in clients], dtype=torch.bool),
         )
+        if self.attack is not None:  # what the byzantine clients send instead
+            updates, _ = self.attack.update(updates, self.attack.init(updates.shape[1]), info)
         if self.state is None:
             self.state = self.pipeline.init(updates.shape[1])
-        step, self.state = self.pipeline.update(updates, self.state, info)
+        try:
+            step, state = self.pipeline.update(updates, self.state, info)
+        except ValueError as err:  # e.g. too few replies for the rule's f: keep the model
+            self.recorder.event("round_skipped", round=server_round, reason=str(err))
+            return None, MetricRecord({"clients": 0, "failures": failures})
+        self.state = state
         self._folded_in(server_round, info.client_ids)
         metrics = _weighted_means(ok)
         metrics.update(clients=len(ok), failures=failures)

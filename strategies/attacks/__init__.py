@@ -2,4 +2,29 @@
 clients' rows of ``U`` (omniscient ones see the honest rows of the round); data-poisoning attacks
 change what a byzantine client trains on. One file per attack."""
 
-__all__: list[str] = []
+from strategies.attacks import (
+    alie,
+    gaussian,
+    ipm,
+    label_flip,
+    mimic,
+    min_max,
+    noisy_data,
+    scale,
+    sign_flip,
+)
+from strategies.attacks.base import DataAttack, model_attack
+
+__all__ = [
+    "DataAttack",
+    "alie",
+    "gaussian",
+    "ipm",
+    "label_flip",
+    "mimic",
+    "min_max",
+    "model_attack",
+    "noisy_data",
+    "scale",
+    "sign_flip",
+]
