@@ -29,6 +29,11 @@ class RoundInfo(NamedTuple):
     def uniform(cls, n: int, round: int = 1) -> RoundInfo:
         return cls(round, tuple(range(n)), torch.ones(n))
 
+    def anonymous(self, n: int) -> RoundInfo:
+        """The info of ``n`` rows that no longer belong to one client each (e.g. bucket means):
+        equal weights, ids 0..n-1."""
+        return RoundInfo.uniform(n, self.round)
+
 
 class Stage(NamedTuple):
     init: Callable[[int], Any]
@@ -45,7 +50,10 @@ def stateless(fn: Callable[[Tensor, RoundInfo], Tensor]) -> Stage:
 
 
 def chain(*stages: Stage) -> Stage:
-    """Apply stages in order; the state is the tuple of their states."""
+    """Apply stages in order; the state is the tuple of their states.
+
+    A stage that changes the number of rows (bucketing) hands the next ones anonymous rows.
+    """
 
     def init(d: int) -> tuple[Any, ...]:
         return tuple(stage.init(d) for stage in stages)
@@ -53,8 +61,11 @@ def chain(*stages: Stage) -> Stage:
     def update(x: Tensor, states: Sequence[Any], info: RoundInfo) -> tuple[Tensor, Any]:
         new_states = []
         for stage, state in zip(stages, states, strict=True):
+            rows = x.shape[0] if x.dim() == 2 else None
             x, state = stage.update(x, state, info)
             new_states.append(state)
+            if x.dim() == 2 and x.shape[0] != rows:
+                info = info.anonymous(x.shape[0])
         return x, tuple(new_states)
 
     return Stage(init, update)

@@ -1,5 +1,28 @@
 """Aggregators: ``(n, d)`` stacked updates -> one ``(d,)`` update. One file per rule."""
 
+# One import per line, so that rules added side by side do not collide.
+# isort: off
+from strategies.aggregators import bulyan
+from strategies.aggregators import centered_clipping
+from strategies.aggregators import flag
+from strategies.aggregators import geometric_median
+from strategies.aggregators import krum
+from strategies.aggregators import meamed
 from strategies.aggregators import mean
+from strategies.aggregators import median
+from strategies.aggregators import multi_krum
+from strategies.aggregators import trimmed_mean
+# isort: on
 
-__all__ = ["mean"]
+__all__ = [
+    "bulyan",
+    "centered_clipping",
+    "flag",
+    "geometric_median",
+    "krum",
+    "meamed",
+    "mean",
+    "median",
+    "multi_krum",
+    "trimmed_mean",
+]

@@ -54,7 +54,7 @@ def test_unknown_name_suggests_the_closest(tiny) -> None:
     (problem,) = problems(tiny)
     assert problem.startswith("strategy.aggregator.name: unknown aggregator 'meen'")
     assert "did you mean 'mean'?" in problem
-    assert "available: mean" in problem
+    assert "available: bulyan, " in problem and ", mean, median," in problem
 
 
 def test_every_problem_is_reported_at_once(tiny) -> None:

@@ -1,0 +1,191 @@
+"""Robustness benchmark: final accuracy of every aggregator under every attack, f ∈ {0, 1, 3}.
+
+    python benchmarks/byzantine/robustness.py            # the full grid (hours on 2 cores)
+    python benchmarks/byzantine/robustness.py --quick    # 1 seed, Dirichlet only, 15 rounds
+
+Fashion-MNIST, 15 clients all training every round, Dirichlet α=1 and IID splits, 2 seeds. Each
+rule is told the true f (rules with an ``f`` parameter); "none" runs f = 0 attackers with the
+rule still set for f, which prices robustness when nobody attacks. One sweep per (f, attack), so
+every point is an ordinary fedsim run (resumable, reportable). Output in
+benchmarks/out/byzantine/: the runs, ``robustness.csv`` (mean and std over seeds), a heat map
+per split (``heatmap_<split>.png``) and ``claim.md``: where Flag is at least as robust as the best
+of Krum, Multi-Krum, Bulyan and median at equal f, and where it is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from fedsim.registry import AGGREGATORS, load_components  # noqa: E402  (needs ROOT on the path)
+
+OUT = ROOT / "benchmarks" / "out" / "byzantine"
+FEDSIM = str(Path(sys.executable).parent / "fedsim")
+ATTACKS = ["none", "sign_flip", "alie", "ipm", "gaussian", "label_flip"]
+BASELINES = ["krum", "multi_krum", "bulyan", "median"]
+SPLITS = {"dirichlet": {"name": "dirichlet", "alpha": 1.0}, "iid": {"name": "iid"}}
+CLIENTS = 15
+
+
+def base(rounds: int) -> dict[str, Any]:
+    return {
+        "rounds": rounds,
+        "data": {"name": "fashion_mnist", "val_fraction": 0.0},
+        "clients": {"num": CLIENTS, "per_round": CLIENTS},
+        "workload": {
+            "name": "classification",
+            "model": "mlp",
+            "hidden": 128,
+            "steps": 10,
+            "batch_size": 32,
+            "lr": 0.05,
+        },
+        "eval": {"every": rounds, "clients": 0.0},
+        "checkpoint_every": 0,
+    }
+
+
+def aggregator(name: str, f: int) -> dict[str, Any]:
+    """The rule, told the true f when it takes one."""
+    fields = AGGREGATORS.entry(name).params.model_fields
+    return {"name": name, "f": f} if "f" in fields else {"name": name}
+
+
+def sweep(f: int, attack: str, args: argparse.Namespace) -> dict[str, Any]:
+    scenario = base(args.rounds)
+    scenario["name"] = f"byz_f{f}_{attack}"
+    scenario["byzantine"] = {
+        "num": 0 if attack == "none" else f,
+        "attack": {"name": "sign_flip" if attack == "none" else attack},
+    }
+    scenario["strategy"] = {"name": "fedavg", "aggregator": {"name": "mean"}}
+    scenario["sweep"] = {
+        "strategy.aggregator": [aggregator(a, f) for a in args.aggregators],
+        "data.partition": [SPLITS[s] for s in args.splits],
+        "seed": list(range(args.seeds)),
+    }
+    return scenario
+
+
+def collect(directory: Path) -> pd.DataFrame:
+    """One row per finished run: f, attack, split, aggregator, seed, final accuracy."""
+    rows = []
+    for index in sorted(directory.glob("f*_*/sweep.json")):
+        f_part, attack = index.parent.name.split("_", 1)
+        for point in json.loads(index.read_text())["points"]:
+            metrics_file = index.parent / point["dir"] / "metrics.csv"
+            if point["status"] != "completed" or not metrics_file.exists():
+                continue
+            metrics = pd.read_csv(metrics_file)
+            acc = metrics[(metrics.scope == "server") & (metrics.metric == "accuracy")]
+            values = point["values"]
+            rows.append(
+                {
+                    "f": int(f_part[1:]),
+                    "attack": attack,
+                    "split": values["data.partition"]["name"],
+                    "aggregator": values["strategy.aggregator"]["name"],
+                    "seed": values["seed"],
+                    "accuracy": float(acc.value.iloc[-1]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def heatmap(table: pd.DataFrame, split: str, path: Path) -> None:
+    """Rows: aggregators; columns: (f, attack); colour and text: mean final accuracy."""
+    part = table[table.split == split].pivot_table(
+        index="aggregator", columns=["f", "attack"], values="mean"
+    )
+    with matplotlib.rc_context({"font.size": 8}):
+        fig = Figure(figsize=(1.0 + 0.55 * part.shape[1], 0.8 + 0.4 * part.shape[0]))
+        ax = fig.subplots()
+        image = ax.imshow(part.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(part.to_numpy()):
+            if np.isfinite(value):
+                colour = "black" if value > 0.6 else "white"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour)
+        ax.set_xticks(range(part.shape[1]), [f"f={f}\n{a}" for f, a in part.columns])
+        ax.set_yticks(range(part.shape[0]), part.index)
+        ax.set_title(f"final test accuracy, Fashion-MNIST, {CLIENTS} clients, {split} split")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+
+
+def claim(table: pd.DataFrame) -> str:
+    """Flag vs the best of the baselines, cell by cell (f > 0 attacks)."""
+    lines = [
+        "| split | f | attack | flag | best baseline | flag − best | holds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    held = total = 0
+    for (split, f, attack), cell in table[table.f > 0].groupby(["split", "f", "attack"]):
+        means = cell.set_index("aggregator")["mean"]
+        if "flag" not in means or not means.index.isin(BASELINES).any():
+            continue
+        best = means[means.index.isin(BASELINES)]
+        gap = means["flag"] - best.max()
+        holds = gap >= -0.01  # within one point counts as "at least as robust"
+        held, total = held + holds, total + 1
+        lines.append(
+            f"| {split} | {f} | {attack} | {means['flag']:.3f} | {best.idxmax()} "
+            f"{best.max():.3f} | {gap:+.3f} | {'yes' if holds else 'no'} |"
+        )
+    return f"Flag ≥ best baseline − 0.01 in {held} of {total} cells.\n\n" + "\n".join(lines)
+
+
+def main() -> None:
+    load_components()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, Dirichlet, 15 rounds")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--f", type=int, nargs="+", default=[0, 1, 3])
+    parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    parser.add_argument("--aggregators", nargs="+", default=AGGREGATORS.names())
+    args = parser.parse_args()
+    out = OUT / "quick" if args.quick else OUT  # delete a folder to start it over
+    if args.quick:
+        args.rounds, args.seeds, args.splits = 15, 1, ["dirichlet"]
+    out.mkdir(parents=True, exist_ok=True)
+    for f in args.f:
+        for attack in ["none"] if f == 0 else args.attacks:
+            directory = out / f"f{f}_{attack}"
+            file = out / f"f{f}_{attack}.yaml"
+            file.write_text(yaml.safe_dump(sweep(f, attack, args), sort_keys=False))
+            command = (
+                [FEDSIM, "run", "--resume", str(directory)]
+                if directory.exists()
+                else [FEDSIM, "run", str(file), "--out", str(directory)]
+            )
+            print(f"f={f} {attack}", flush=True)
+            subprocess.run([*command, "--no-progress"], check=True)
+    runs = collect(out)
+    table = (
+        runs.groupby(["split", "f", "attack", "aggregator"])
+        .accuracy.agg(["mean", "std", "count"])
+        .reset_index()
+    )
+    table.to_csv(out / "robustness.csv", index=False)
+    for split in table.split.unique():
+        heatmap(table, split, out / f"heatmap_{split}.png")
+    (out / "claim.md").write_text(claim(table) + "\n")
+    print(claim(table))
+    print(f"table: {out / 'robustness.csv'}; heat maps: {out}/heatmap_*.png")
+
+
+if __name__ == "__main__":
+    main()
