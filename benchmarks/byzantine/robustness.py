@@ -3,13 +3,13 @@
     python benchmarks/byzantine/robustness.py            # the full grid (hours on 2 cores)
     python benchmarks/byzantine/robustness.py --quick    # 1 seed, Dirichlet only, 15 rounds
 
-Fashion-MNIST, 15 clients all training every round, Dirichlet α=1 and IID splits, 2 seeds. Each
-rule is told the true f (rules with an ``f`` parameter); "none" runs f = 0 attackers with the
-rule still set for f, which prices robustness when nobody attacks. One sweep per (f, attack), so
-every point is an ordinary fedsim run (resumable, reportable). Output in
-benchmarks/out/byzantine/: the runs, ``robustness.csv`` (mean and std over seeds), a heat map
-per split (``heatmap_<split>.png``) and ``claim.md``: where Flag is at least as robust as the best
-of Krum, Multi-Krum, Bulyan and median at equal f, and where it is not.
+Fashion-MNIST, 15 clients all training every round, Dirichlet α=1 and IID splits, 2 seeds.
+Each rule is told the true f (rules with an ``f`` parameter); "none" runs f = 0 attackers with
+the rule still set for f, which prices robustness when nobody attacks. One sweep per (split, f,
+attack), so every point is an ordinary fedsim run (resumable, reportable). Output in
+benchmarks/out/byzantine/: the runs (a folder per split), ``robustness.csv`` (mean and std over
+seeds), a heat map per split (``heatmap_<split>.png``) and ``claim.md``: where Flag is at least
+as robust as the best of Krum, Multi-Krum, Bulyan and median at equal f, and where it is not.
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def aggregator(name: str, f: int) -> dict[str, Any]:
     return {"name": name, "f": f} if "f" in fields else {"name": name}
 
 
-def sweep(f: int, attack: str, args: argparse.Namespace) -> dict[str, Any]:
+def sweep(split: str, f: int, attack: str, args: argparse.Namespace) -> dict[str, Any]:
     scenario = base(args.rounds)
+    scenario["data"]["partition"] = SPLITS[split]
     scenario["name"] = f"byz_f{f}_{attack}"
     scenario["byzantine"] = {
         "num": 0 if attack == "none" else f,
@@ -73,7 +74,6 @@ def sweep(f: int, attack: str, args: argparse.Namespace) -> dict[str, Any]:
     scenario["strategy"] = {"name": "fedavg", "aggregator": {"name": "mean"}}
     scenario["sweep"] = {
         "strategy.aggregator": [aggregator(a, f) for a in args.aggregators],
-        "data.partition": [SPLITS[s] for s in args.splits],
         "seed": list(range(args.seeds)),
     }
     return scenario
@@ -82,8 +82,9 @@ def sweep(f: int, attack: str, args: argparse.Namespace) -> dict[str, Any]:
 def collect(directory: Path) -> pd.DataFrame:
     """One row per finished run: f, attack, split, aggregator, seed, final accuracy."""
     rows = []
-    for index in sorted(directory.glob("f*_*/sweep.json")):
+    for index in sorted(directory.glob("*/f*_*/sweep.json")):
         f_part, attack = index.parent.name.split("_", 1)
+        split = index.parent.parent.name
         for point in json.loads(index.read_text())["points"]:
             metrics_file = index.parent / point["dir"] / "metrics.csv"
             if point["status"] != "completed" or not metrics_file.exists():
@@ -95,7 +96,7 @@ def collect(directory: Path) -> pd.DataFrame:
                 {
                     "f": int(f_part[1:]),
                     "attack": attack,
-                    "split": values["data.partition"]["name"],
+                    "split": split,
                     "aggregator": values["strategy.aggregator"]["name"],
                     "seed": values["seed"],
                     "accuracy": float(acc.value.iloc[-1]),
@@ -146,6 +147,19 @@ def claim(table: pd.DataFrame) -> str:
     return f"Flag ≥ best baseline − 0.01 in {held} of {total} cells.\n\n" + "\n".join(lines)
 
 
+def run_sweep(out: Path, split: str, f: int, attack: str, args: argparse.Namespace) -> None:
+    """One (split, f, attack) sweep over aggregators and seeds; an existing one is resumed."""
+    out.mkdir(parents=True, exist_ok=True)
+    directory, file = out / f"f{f}_{attack}", out / f"f{f}_{attack}.yaml"
+    file.write_text(yaml.safe_dump(sweep(split, f, attack, args), sort_keys=False))
+    if directory.exists():
+        command = [FEDSIM, "run", "--resume", str(directory)]
+    else:
+        command = [FEDSIM, "run", str(file), "--out", str(directory)]
+    print(f"{split} f={f} {attack}", flush=True)
+    subprocess.run([*command, "--no-progress"], check=True)
+
+
 def main() -> None:
     load_components()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -161,18 +175,10 @@ def main() -> None:
     if args.quick:
         args.rounds, args.seeds, args.splits = 15, 1, ["dirichlet"]
     out.mkdir(parents=True, exist_ok=True)
-    for f in args.f:
-        for attack in ["none"] if f == 0 else args.attacks:
-            directory = out / f"f{f}_{attack}"
-            file = out / f"f{f}_{attack}.yaml"
-            file.write_text(yaml.safe_dump(sweep(f, attack, args), sort_keys=False))
-            command = (
-                [FEDSIM, "run", "--resume", str(directory)]
-                if directory.exists()
-                else [FEDSIM, "run", str(file), "--out", str(directory)]
-            )
-            print(f"f={f} {attack}", flush=True)
-            subprocess.run([*command, "--no-progress"], check=True)
+    for split in args.splits:
+        for f in args.f:
+            for attack in ["none"] if f == 0 else args.attacks:
+                run_sweep(out / split, split, f, attack, args)
     runs = collect(out)
     table = (
         runs.groupby(["split", "f", "attack", "aggregator"])

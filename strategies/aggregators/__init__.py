@@ -3,6 +3,7 @@
 # One import per line, so that rules added side by side do not collide.
 # isort: off
 from strategies.aggregators import bulyan
+from strategies.aggregators import cagrad
 from strategies.aggregators import centered_clipping
 from strategies.aggregators import flag
 from strategies.aggregators import geometric_median
@@ -10,12 +11,14 @@ from strategies.aggregators import krum
 from strategies.aggregators import meamed
 from strategies.aggregators import mean
 from strategies.aggregators import median
+from strategies.aggregators import mgda
 from strategies.aggregators import multi_krum
 from strategies.aggregators import trimmed_mean
 # isort: on
 
 __all__ = [
     "bulyan",
+    "cagrad",
     "centered_clipping",
     "flag",
     "geometric_median",
@@ -23,6 +26,7 @@ __all__ = [
     "meamed",
     "mean",
     "median",
+    "mgda",
     "multi_krum",
     "trimmed_mean",
 ]
