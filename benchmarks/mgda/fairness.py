@@ -1,0 +1,81 @@
+"""FedMGDA+ vs FedAvg: mean, worst-10% and spread of the clients' accuracies, 3 seeds.
+
+    python benchmarks/mgda/fairness.py            # 3 aggregators x 3 seeds, 100 rounds
+    python benchmarks/mgda/fairness.py --rounds 20
+
+Runs the sweep in fairness.yaml, builds its report (accuracy curves, per-client accuracy boxes)
+and prints, from each run's last evaluation of every client, the mean, the mean of the worst
+10% and the standard deviation of the client accuracies (mean ± std over seeds).
+Output: benchmarks/out/mgda_fairness/ (runs, report/, fairness.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "out" / "mgda_fairness"
+BIN = Path(sys.executable).parent
+
+
+def client_accuracy(sweep: Path) -> pd.DataFrame:
+    """One row per run: its aggregator, seed and the statistics of its clients' accuracies."""
+    rows = []
+    for point in json.loads((sweep / "sweep.json").read_text())["points"]:
+        metrics = pd.read_csv(sweep / point["dir"] / "metrics.csv")
+        acc = metrics[(metrics.scope == "client") & (metrics.metric == "eval_accuracy")]
+        last = np.sort(acc[acc["round"] == acc["round"].max()].value.to_numpy())
+        worst = last[: max(1, len(last) // 10)]
+        spec = point["values"]["strategy.aggregator"]
+        label = spec["name"] + (f" ε={spec['epsilon']}" if "epsilon" in spec else "")
+        rows.append(
+            {
+                "aggregator": label,
+                "seed": point["values"]["seed"],
+                "mean": last.mean(),
+                "worst 10%": worst.mean(),
+                "std": last.std(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def table(runs: pd.DataFrame) -> str:
+    lines = ["| aggregator | mean | worst 10% | std over clients |", "|---|---|---|---|"]
+    for name, group in runs.groupby("aggregator", sort=False):
+        cells = [
+            f"{100 * group[c].mean():.2f} ± {100 * group[c].std():.2f}"
+            for c in ("mean", "worst 10%", "std")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, help="override the suite's rounds")
+    args = parser.parse_args()
+    if OUT.exists():
+        shutil.rmtree(OUT)  # regenerated output, never committed
+    command = [str(BIN / "fedsim"), "run", str(HERE / "fairness.yaml"), "--out", str(OUT)]
+    if args.rounds:
+        command += ["--set", f"rounds={args.rounds}"]
+    subprocess.run([*command, "--no-progress"], check=True)
+    subprocess.run(
+        [str(BIN / "fedsim"), "report", str(OUT), "--out", str(OUT / "report")], check=True
+    )
+    text = table(client_accuracy(OUT))
+    (OUT / "fairness.md").write_text(text + "\n")
+    print(f"{text}\nreport: {OUT / 'report' / 'report.html'}")
+
+
+if __name__ == "__main__":
+    main()
