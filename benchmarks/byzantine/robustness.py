@@ -110,15 +110,25 @@ def heatmap(table: pd.DataFrame, split: str, path: Path) -> None:
     part = table[table.split == split].pivot_table(
         index="aggregator", columns=["f", "attack"], values="mean"
     )
+    order = sorted(part.columns, key=lambda c: (c[0], ATTACKS.index(c[1])))
+    part = part[order]
+    # Colours span the observed range (to the tenth), for contrast where the rules differ.
+    low = np.floor(np.nanmin(part.to_numpy()) * 10) / 10
+    high = np.ceil(np.nanmax(part.to_numpy()) * 10) / 10
     with matplotlib.rc_context({"font.size": 8}):
         fig = Figure(figsize=(1.0 + 0.55 * part.shape[1], 0.8 + 0.4 * part.shape[0]))
         ax = fig.subplots()
-        image = ax.imshow(part.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        image = ax.imshow(part.to_numpy(), vmin=low, vmax=high, cmap="viridis", aspect="auto")
         for (i, j), value in np.ndenumerate(part.to_numpy()):
             if np.isfinite(value):
-                colour = "black" if value > 0.6 else "white"
+                colour = "black" if value > (low + high) / 2 else "white"
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour)
-        ax.set_xticks(range(part.shape[1]), [f"f={f}\n{a}" for f, a in part.columns])
+        ax.set_xticks(
+            range(part.shape[1]),
+            [f"f={f} {a}" for f, a in part.columns],
+            rotation=45,
+            ha="right",
+        )
         ax.set_yticks(range(part.shape[0]), part.index)
         ax.set_title(f"final test accuracy, Fashion-MNIST, {CLIENTS} clients, {split} split")
         fig.colorbar(image, ax=ax, shrink=0.8)
