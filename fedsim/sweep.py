@@ -48,8 +48,17 @@ class Point:
 
     @property
     def dirname(self) -> str:
-        parts = "_".join(f"{key.split('.')[-1]}={value}" for key, value in self.values.items())
+        parts = "_".join(f"{key.split('.')[-1]}={_short(v)}" for key, v in self.values.items())
         return f"{self.id}-{re.sub(r'[^A-Za-z0-9_.=-]+', '-', parts)}"[:120]
+
+
+def _short(value: Any) -> str:
+    """A value as a directory name shows it: a component ``{name: krum, f: 2}`` as krum-f2."""
+    if isinstance(value, dict):
+        name = str(value.get("name", ""))
+        rest = "-".join(f"{k}{_short(v)}" for k, v in value.items() if k != "name")
+        return "-".join(part for part in (name, rest) if part)
+    return str(value)
 
 
 def expand(raw: dict[str, Any], source: str = "") -> list[Point]:

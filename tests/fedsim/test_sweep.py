@@ -33,6 +33,12 @@ def test_expand_is_the_product_in_key_order(grid) -> None:
     assert points[3].dirname == "0003-weighted=False_seed=0"
 
 
+def test_a_component_value_names_its_point_directory_briefly(tiny) -> None:
+    tiny["sweep"] = {"strategy.aggregator": [{"name": "mean"}, {"name": "trimmed_mean", "f": 1}]}
+    names = [p.dirname for p in sweep.expand(tiny)]
+    assert names == ["0000-aggregator=mean", "0001-aggregator=trimmed_mean-f1"]
+
+
 def test_a_list_outside_sweep_is_never_a_grid(tiny) -> None:
     tiny["seed"] = [0, 1]
     with pytest.raises(ScenarioError, match="seed: Input should be a valid integer"):
