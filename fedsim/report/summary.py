@@ -47,7 +47,8 @@ def configurations(runs: list[Run]) -> tuple[list[Configuration], dict[str, Any]
     """Group runs by scenario minus seed and name; also the settings all configurations share.
 
     A configuration's label lists the keys whose values differ between configurations
-    (``strategy.aggregator.weighted=false``); a key absent from one scenario counts as differing.
+    (``strategy.aggregator.weighted=false``); a key absent from one scenario counts as differing,
+    unless a differing component name above it explains its absence.
     """
     groups: dict[str, tuple[dict[str, Any], list[Run]]] = {}
     for run in runs:
@@ -63,18 +64,37 @@ def configurations(runs: list[Run]) -> tuple[list[Configuration], dict[str, Any]
         if len({json.dumps(s.get(k, missing), default=str) for s, _ in groups.values()}) > 1
     ]
     shared = {k: v for k, v in next(iter(groups.values()))[0].items() if k not in differing}
+    settings_list = [settings for settings, _ in groups.values()]
+    labelled = [k for k in differing if not _explained_by_name(k, differing, settings_list)]
+    if len({json.dumps([s.get(k) for k in labelled], default=str) for s in settings_list}) < len(
+        settings_list
+    ):  # the names alone do not tell every configuration apart: label with every key
+        labelled = differing
     configs = []
     for settings, members in groups.values():
-        if differing:
+        if labelled:
             label = ", ".join(
                 f"{k}={format_value(settings[k]) if k in settings else '(absent)'}"
-                for k in differing
+                for k in labelled
             )
         else:
             names = sorted({str(r.scenario.get("name", "")) for r in members})
             label = ", ".join(n for n in names if n) or "all runs"
         configs.append(Configuration(label, settings, tuple(members)))
     return configs, shared
+
+
+def _explained_by_name(key: str, differing: list[str], settings: list[dict[str, Any]]) -> bool:
+    """A parameter some configurations lack because an enclosing component's name differs
+    (fedavg's ``strategy.aggregator.name`` against fedlaavg's ``strategy.beta``): the name
+    already tells the configurations apart, so the label leaves the parameter out."""
+    if all(key in s for s in settings):
+        return False
+    parts = key.split(".")
+    return any(
+        ".".join([*parts[:i], "name"]) in differing and ".".join([*parts[:i], "name"]) != key
+        for i in range(len(parts))
+    )
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from fedsim.cli import app
 from fedsim.engine import run_local
 from fedsim.report import build_report
 from fedsim.report.runs import Run, load_run
+from fedsim.report.summary import configurations
 from fedsim.scenario import parse
 
 SCENARIO: dict[str, Any] = {
@@ -92,6 +93,29 @@ def test_configurations_are_labelled_by_the_keys_that_differ(tmp_path: Path) -> 
         "strategy.aggregator.weighted=true": 2,
     }
     assert list(summary(result.out).seeds) == [1, 2]
+
+
+def test_parameters_of_differently_named_components_stay_out_of_labels(tmp_path: Path) -> None:
+    # Prepare: mean (no f), krum f=1 and krum f=3: f is absent for mean, yet tells the krums apart
+    for i, aggregator in enumerate(
+        [{"name": "mean"}, {"name": "krum", "f": 1}, {"name": "krum", "f": 3}]
+    ):
+        write_run(tmp_path / f"r{i}", [0.5], set_={"strategy.aggregator": aggregator})
+    write_run(tmp_path / "m", [0.5], set_={"strategy.aggregator": {"name": "median"}})
+
+    configs, _ = configurations([load_run(p) for p in sorted(tmp_path.iterdir())])
+    labels = sorted(c.label for c in configs)
+    assert len(set(labels)) == 4 and any("strategy.aggregator.f=3" in label for label in labels)
+
+    # Execute: without the second krum, the name alone is enough
+    configs, _ = configurations([load_run(tmp_path / p) for p in ("r0", "r1", "m")])
+
+    # Assert
+    assert sorted(c.label for c in configs) == [
+        "strategy.aggregator.name=krum",
+        "strategy.aggregator.name=mean",
+        "strategy.aggregator.name=median",
+    ]
 
 
 def test_runs_differing_only_in_seed_form_one_configuration(tmp_path: Path) -> None:
