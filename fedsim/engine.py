@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.app import availability, build_strategy, scenario_federation
+from fedsim.app import build_strategy, scenario_federation
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
 from strategies.pipeline import RoundInfo
@@ -24,11 +24,11 @@ def preflight(scenario: Scenario) -> None:
     """Fail now, before a run directory or an engine exists, on what would fail later.
 
     Loads the dataset and splits it as the clients will (missing data, impossible splits),
-    builds the availability schedule (e.g. a trace file's shape), aggregates a round of random
-    updates through the strategy's pipeline (impossible ``f``), and checks that Flower's engine
-    can place a client on this machine.
+    builds the strategy with its availability schedule (e.g. a trace file's shape) and
+    aggregates a round of random updates through its pipeline (impossible ``f``), and checks
+    that Flower's engine can place a client on this machine.
     """
-    availability(scenario)(1)
+    scenario_federation(scenario)
     _dry_run_pipeline(scenario)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes

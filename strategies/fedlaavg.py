@@ -33,7 +33,7 @@ from torch import Tensor
 
 from fedsim.registry import SERVER_OPTIMISERS, STRATEGIES, Component, Params, Ref
 from strategies.client_memory import ClientMemory
-from strategies.flower import PipelineStrategy, flatten
+from strategies.flower import PipelineStrategy, flatten, reply_arrays
 from strategies.pipeline import RoundInfo, Stage, chain
 
 LATEST_ROUND = "latest-round"
@@ -129,7 +129,7 @@ class FedLaAvgStrategy(PipelineStrategy):
         }
 
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
-        return torch.stack([flatten(msg.content.array_records["arrays"]) for msg in replies])
+        return torch.stack([flatten(reply_arrays(msg)) for msg in replies])
 
     def _folded_in(self, server_round: int, clients: Sequence[int]) -> None:
         for client in clients:

@@ -171,7 +171,7 @@ class PipelineStrategy(Strategy):
 
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
         """The pipeline's input ``U`` (n, d): each reply's model minus the global model."""
-        return torch.stack([flatten(_arrays(msg)) for msg in replies]) - global_flat
+        return torch.stack([flatten(reply_arrays(msg)) for msg in replies]) - global_flat
 
     def _folded_in(self, server_round: int, clients: Sequence[int]) -> None:
         """Called once these clients' updates are part of the new global model."""
@@ -307,7 +307,8 @@ def with_phase(values: Mapping[str, Any], phase: str) -> dict[str, float]:
     return out
 
 
-def _arrays(msg: Message) -> ArrayRecord:
+def reply_arrays(msg: Message) -> ArrayRecord:
+    """The ``arrays`` record of a reply (the model, or what a strategy asked for instead)."""
     return msg.content.array_records["arrays"]
 
 

@@ -30,6 +30,17 @@ def gram(updates: Tensor) -> Tensor:
     return g
 
 
+def checked_gram(updates: Tensor, rule: str) -> Tensor:
+    """``gram(updates)`` for a rule that weights the rows by it: refuses a shape other than
+    (n ≥ 1, d) and non-finite updates, naming the rule."""
+    if updates.ndim != 2 or updates.shape[0] < 1:
+        raise ValueError(f"{rule} needs updates of shape (n, d), n ≥ 1, got {tuple(updates.shape)}")
+    g = gram(updates)
+    if not torch.isfinite(g).all():
+        raise ValueError(f"{rule} needs finite updates; their Gram matrix is not finite")
+    return g
+
+
 def remember(updates: Tensor, g: Tensor) -> None:
     """Record that ``g`` is the Gram matrix of ``updates`` (e.g. M G Mᵀ for updates = M U)."""
     _cache.append((weakref.ref(updates), updates._version, g))

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sweep_report import run_sweep_with_report  # benchmarks/ holds the shared helper
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out" / "mgda_fairness"
-BIN = Path(sys.executable).parent
 
 
 def client_accuracy(sweep: Path) -> pd.DataFrame:
@@ -63,14 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, help="override the suite's rounds")
     args = parser.parse_args()
-    if OUT.exists():
-        shutil.rmtree(OUT)  # regenerated output, never committed
-    command = [str(BIN / "fedsim"), "run", str(HERE / "fairness.yaml"), "--out", str(OUT)]
-    if args.rounds:
-        command += ["--set", f"rounds={args.rounds}"]
-    subprocess.run([*command, "--no-progress"], check=True)
-    subprocess.run(
-        [str(BIN / "fedsim"), "report", str(OUT), "--out", str(OUT / "report")], check=True
+    run_sweep_with_report(
+        HERE / "fairness.yaml", OUT, [f"rounds={args.rounds}"] if args.rounds else []
     )
     text = table(client_accuracy(OUT))
     (OUT / "fairness.md").write_text(text + "\n")

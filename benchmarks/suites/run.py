@@ -9,15 +9,15 @@ Results go to benchmarks/out/<suite>/ (runs) and benchmarks/out/<suite>/report/ 
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sweep_report import run_sweep_with_report  # benchmarks/ holds the shared helper
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
-BIN = Path(sys.executable).parent
 
 
 def main() -> None:
@@ -27,16 +27,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 rounds per run")
     args = parser.parse_args()
     out = OUT / args.suite
-    if out.exists():
-        shutil.rmtree(out)  # regenerated output, never committed
-    command = [str(BIN / "fedsim"), "run", str(HERE / f"{args.suite}.yaml"), "--out", str(out)]
-    if args.quick:
-        command += ["--set", "rounds=5"]
     started = time.perf_counter()
-    subprocess.run(command, check=True)
-    ran = time.perf_counter() - started
-    subprocess.run(
-        [str(BIN / "fedsim"), "report", str(out), "--out", str(out / "report")], check=True
+    ran = run_sweep_with_report(
+        HERE / f"{args.suite}.yaml", out, ["rounds=5"] if args.quick else []
     )
     built = time.perf_counter() - started - ran
     print(

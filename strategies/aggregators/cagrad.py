@@ -26,7 +26,7 @@ from torch import Tensor
 
 from fedsim.registry import AGGREGATORS, Params
 from strategies.aggregators.mgda import simplex_qp
-from strategies.gram import gram
+from strategies.gram import checked_gram
 from strategies.pipeline import RoundInfo, Stage, stateless
 
 _BISECTIONS = 64
@@ -109,13 +109,7 @@ def cagrad(p: CagradParams) -> Stage:
     """
 
     def aggregate(updates: Tensor, info: RoundInfo) -> Tensor:
-        if updates.ndim != 2 or updates.shape[0] < 1:
-            raise ValueError(
-                f"cagrad needs updates of shape (n, d), n ≥ 1, got {tuple(updates.shape)}"
-            )
-        g = gram(updates)
-        if not torch.isfinite(g).all():
-            raise ValueError("cagrad needs finite updates; their Gram matrix is not finite")
+        g = checked_gram(updates, "cagrad")
         n = updates.shape[0]
         w, ratio = cagrad_dual(g, p.c)
         beta = torch.full((n,), 1 / n, dtype=torch.float64) + ratio * w

@@ -42,7 +42,7 @@ from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveIn
 from torch import Tensor
 
 from fedsim.registry import AGGREGATORS, Params
-from strategies.gram import gram
+from strategies.gram import checked_gram
 from strategies.pipeline import RoundInfo, Stage, stateless
 
 Output = Literal["norm_preserving", "paper"]
@@ -177,12 +177,8 @@ def flag(p: FlagParams) -> Stage:
     """
 
     def aggregate(updates: Tensor, info: RoundInfo) -> Tensor:
-        if updates.ndim != 2:
-            raise ValueError(f"flag needs updates of shape (n, d), got {tuple(updates.shape)}")
+        g = checked_gram(updates, "flag").to("cpu")
         r = _resolve_r(p.r, updates.shape[0])
-        g = gram(updates).to("cpu")
-        if not torch.isfinite(g).all():
-            raise ValueError("flag needs finite updates; their Gram matrix is not finite")
         rank_rtol = min(1e-2, 10 * g.shape[0] * torch.finfo(updates.dtype).eps)
         fit = flag_fit(g, r, p.lam, p.iterations, p.eps, rank_rtol)
         norms = g.diagonal().clamp_min(0).sqrt()

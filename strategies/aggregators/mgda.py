@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import Tensor
 
 from fedsim.registry import AGGREGATORS, Params
-from strategies.gram import gram
+from strategies.gram import checked_gram
 from strategies.pipeline import RoundInfo, Stage, stateless
 
 # Stationarity is tested relative to the problem's scale (G is normalised to max diagonal 1).
@@ -193,13 +193,7 @@ def mgda(p: MgdaParams) -> Stage:
     """
 
     def aggregate(updates: Tensor, info: RoundInfo) -> Tensor:
-        if updates.ndim != 2 or updates.shape[0] < 1:
-            raise ValueError(
-                f"mgda needs updates of shape (n, d), n ≥ 1, got {tuple(updates.shape)}"
-            )
-        g = gram(updates)
-        if not torch.isfinite(g).all():
-            raise ValueError("mgda needs finite updates; their Gram matrix is not finite")
+        g = checked_gram(updates, "mgda")
         n = updates.shape[0]
         beta = mgda_coefficients(g, data_weights(info, n), p.normalize, p.epsilon)
         return beta.to(updates.device, updates.dtype) @ updates

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from fedsim.registry import ATTACKS, Params
 from strategies.attacks.base import model_attack
+from strategies.attacks.sign_flip import reversed_mean
 from strategies.pipeline import Stage
 
 
@@ -17,9 +16,9 @@ class IpmParams(Params):
 
 @ATTACKS.register("ipm", IpmParams)
 def ipm(p: IpmParams) -> Stage:
-    """Byzantine clients send -eps times the honest mean, making its inner product negative."""
+    """Byzantine clients send -eps times the honest mean, making its inner product negative.
 
-    def forge(honest: Tensor, own: Tensor, generator: torch.Generator) -> Tensor:
-        return (-p.eps * honest.mean(dim=0)).expand_as(own)
-
-    return model_attack(forge)
+    The same forgery as ``sign_flip``; the two differ in scale and intent: a small eps keeps the
+    update close to the honest ones so that distance-based rules let it through.
+    """
+    return model_attack(reversed_mean(p.eps))
