@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
+
+from fedsim.registry import DATASETS, Params
 
 FloatArray = npt.NDArray[np.floating]
 IntArray = npt.NDArray[np.int64]
@@ -269,28 +271,7 @@ def continuous(
     return _task("continuous", oracle, oracle.torch, pool_x, max_percentile)
 
 
-# ---- federation and metrics -------------------------------------------------------------------
-
-
-def split_clients(
-    task: MboTask, num_clients: int, mode: Literal["iid", "by_score"], seed: int
-) -> list[IntArray]:
-    """Offline-row indices of each client; every row goes to exactly one client.
-
-    ``iid``: a seeded permutation cut into near-equal parts (sizes differ by at most 1).
-    ``by_score``: rows sorted by score, cut into contiguous score ranges, client 0 lowest
-    (non-IID: each client sees one band of quality). ``seed`` only matters for ``iid``.
-    """
-    n = len(task.offline_index)
-    if not 1 <= num_clients <= n:
-        raise ValueError(f"split_clients needs 1 <= num_clients <= {n} rows, got {num_clients}")
-    if mode == "iid":
-        order = np.random.default_rng(seed).permutation(n)
-    elif mode == "by_score":
-        order = np.argsort(task.offline_y, kind="stable")
-    else:
-        raise ValueError(f"unknown split mode {mode!r}; choose 'iid' or 'by_score'")
-    return [part.astype(np.int64) for part in np.array_split(order, num_clients)]
+# ---- metrics -------------------------------------------------------------------
 
 
 def percentile_scores(task: MboTask, designs: FloatArray) -> dict[str, float]:
@@ -298,3 +279,34 @@ def percentile_scores(task: MboTask, designs: FloatArray) -> dict[str, float]:
     reporting; compare with ``task.normalised(task.best_offline)``."""
     scores = task.normalised(task.oracle(designs))
     return {"p100": float(np.max(scores)), "p50": float(np.percentile(scores, 50))}
+
+
+# ---- as datasets of a scenario (``data: {name: tfbind8_like}``), for the mbo workload ----------
+
+
+class Tfbind8LikeParams(Params):
+    # The task is fixed by its own seed, as a benchmark task is: the scenario's seed varies the
+    # clients' splits and proxies, not the landscape.
+    task_seed: NonNegativeInt = 0
+    num_pairs: int = Field(12, ge=0, le=28)
+    epistasis_scale: float = Field(0.5, ge=0)
+    max_percentile: float = Field(50.0, gt=0, lt=100)
+
+
+@DATASETS.register("tfbind8_like", Tfbind8LikeParams)
+def tfbind8_like_data(p: Tfbind8LikeParams) -> MboTask:
+    """Offline MBO task (workload mbo): all 4^8 DNA 8-mers, seeded TFBind8-like oracle."""
+    return tfbind8_like(p.task_seed, p.num_pairs, p.epistasis_scale, p.max_percentile)
+
+
+class MboContinuousParams(Params):
+    task_seed: NonNegativeInt = 0
+    dim: PositiveInt = 32
+    pool: int = Field(20000, ge=2)
+    max_percentile: float = Field(40.0, gt=0, lt=100)
+
+
+@DATASETS.register("mbo_continuous", MboContinuousParams)
+def mbo_continuous_data(p: MboContinuousParams) -> MboTask:
+    """Offline MBO task (workload mbo): a seeded random-MLP landscape on R^dim."""
+    return continuous(p.task_seed, p.dim, p.pool, p.max_percentile)

@@ -35,7 +35,8 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from clients import TrainConfig, Workload
-from fedsim import results
+from clients.mbo import MboFederation, MboWorkload
+from fedsim import mbo_server, results
 from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
@@ -117,6 +118,12 @@ def _serve(
 ) -> None:
     device = pick_device(scenario.device)
     client_ids = identify_clients(grid, scenario.clients.num)
+    if mbo_server.is_mbo(scenario):  # the server ascends designs rather than a model
+        strategy = build_strategy(scenario, client_ids=client_ids, recorder=writer)
+        mbo_server.serve_designs(
+            grid, scenario, writer, checkpoint, show_progress, client_ids, strategy
+        )
+        return
     workload: Workload = WORKLOADS.build(scenario.workload)
     dataset = load_dataset(scenario.data.dataset)
     model = _initial_model(workload, scenario, dataset).to(device)
@@ -380,7 +387,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     return _reply(msg, context, _evaluate)
 
 
-def _train(rt: ClientRuntime, client: int, msg: RecordDict) -> RecordDict:
+def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
+    rt = runtime(_scenario_text(msg))
     config, arrays = msg.config_records["config"], msg.array_records["arrays"]
     rnd = int(cast(int, config["server-round"]))
     dropout = rt.scenario.clients.dropout
@@ -415,7 +423,8 @@ def _latest_difference(
     return unflatten(torch.from_numpy(diff), sent)
 
 
-def _evaluate(rt: ClientRuntime, client: int, msg: RecordDict) -> RecordDict:
+def _evaluate(client: int, msg: RecordDict, context: Context) -> RecordDict:
+    rt = runtime(_scenario_text(msg))
     arrays = msg.array_records["arrays"]
     index = rt.val[client]
     if len(index) == 0:  # no held-out data: evaluate on what it trains on
@@ -425,15 +434,86 @@ def _evaluate(rt: ClientRuntime, client: int, msg: RecordDict) -> RecordDict:
     return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(index)})})
 
 
+# ---- the mbo workload's clients: a proxy each, kept in the client's state ----
+
+PROXY_STATE = "mbo-proxy"  # context.state entry holding the client's trained proxy
+PROXY_STREAM = 17  # keeps proxy initialisation and batch order apart from other uses of the seed
+
+
+@dataclass
+class MboRuntime:
+    """One worker process's copy of an mbo task's offline data, encoded for the proxies."""
+
+    scenario: Scenario
+    workload: MboWorkload
+    federation: MboFederation
+    x: torch.Tensor  # (offline rows, D) designs as the proxies see them
+    y: torch.Tensor  # (offline rows,) standardised scores
+
+
+@lru_cache(maxsize=2)
+def mbo_runtime(scenario_text: str) -> MboRuntime:
+    torch.set_num_threads(1)  # workers share the cores: more threads oversubscribe
+    scenario = parse(yaml.safe_load(scenario_text))
+    workload: MboWorkload = WORKLOADS.build(scenario.workload)
+    federation = mbo_server.federation(scenario)
+    task = federation.task
+    x = workload.encode(task, task.offline_x)
+    return MboRuntime(scenario, workload, federation, x, workload.standardise(task, task.offline_y))
+
+
+@client_app.train("proxy")
+def train_proxy(msg: Message, context: Context) -> Message:
+    return _reply(msg, context, _fit_proxy)
+
+
+@client_app.query("gradients")
+def proxy_gradients(msg: Message, context: Context) -> Message:
+    return _reply(msg, context, _proxy_gradients)
+
+
+def _fit_proxy(client: int, msg: RecordDict, context: Context) -> RecordDict:
+    """Train this client's proxy on its offline data; reply its metrics and its best designs."""
+    rt = mbo_runtime(_scenario_text(msg))
+    fed, seed = rt.federation, rt.scenario.seed
+    generator = _generator(seed, client, PROXY_STREAM)
+    proxy = rt.workload.build_proxy(fed.task, generator)
+    train, val = fed.train[client], fed.val[client]
+    metrics = rt.workload.fit_proxy(proxy, rt.x[train], rt.y[train], generator)
+    metrics.update(rt.workload.evaluate_proxy(proxy, rt.x[val], rt.y[val]))
+    context.state[PROXY_STATE] = ArrayRecord(proxy.state_dict())
+    best = train[torch.argsort(rt.y[train], descending=True, stable=True)]
+    best = best[: rt.workload.params.designs]
+    top = ArrayRecord({"designs": rt.x[best].contiguous(), "scores": rt.y[best].contiguous()})
+    return RecordDict(
+        {"metrics": MetricRecord({**metrics, "num-examples": len(train)}), "top": top}
+    )
+
+
+def _proxy_gradients(client: int, msg: RecordDict, context: Context) -> RecordDict:
+    """This client's proxy values and gradients at the designs the server sent."""
+    rt = mbo_runtime(_scenario_text(msg))
+    if PROXY_STATE not in context.state:
+        raise RuntimeError("this client has no trained proxy (its proxy round failed)")
+    proxy = rt.workload.build_proxy(rt.federation.task, torch.Generator())
+    proxy.load_state_dict(context.state.array_records[PROXY_STATE].to_torch_state_dict())
+    designs = msg.array_records["designs"].to_torch_state_dict()["designs"]
+    values, grads = rt.workload.gradients(proxy, designs)
+    return RecordDict({"gradients": ArrayRecord({"values": values, "gradients": grads})})
+
+
+def _scenario_text(msg: RecordDict) -> str:
+    return str(msg.config_records["config"]["scenario"])
+
+
 def _reply(
     msg: Message,
     context: Context,
-    work: Callable[[ClientRuntime, int, RecordDict], RecordDict],
+    work: Callable[[int, RecordDict, Context], RecordDict],
 ) -> Message:
     """Run a client's work; an exception becomes an error reply the server records."""
     try:
-        rt = runtime(str(msg.content.config_records["config"]["scenario"]))
-        content = work(rt, int(context.node_config["partition-id"]), msg.content)
+        content = work(int(context.node_config["partition-id"]), msg.content, context)
     except Exception as err:  # the round goes on without this client
         return Message(
             Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg

@@ -233,17 +233,28 @@ def _informative_features(num_features: int, num_classes: int) -> tuple[int, int
 
 
 def load_dataset(spec: Component) -> Dataset:
-    """The dataset that ``spec`` names, built once per process and shared."""
+    """The classification dataset that ``spec`` names, built once per process and shared."""
+    data = load_data(spec)
+    if not isinstance(data, Dataset):
+        raise UserError(
+            f"data: {spec.name} is not a classification dataset ({type(data).__name__}); "
+            f"use it with the workload made for it (`fedsim list dataset` says which)"
+        )
+    return data
+
+
+def load_data(spec: Component) -> Any:
+    """Whatever the ``DATASETS`` entry ``spec`` names builds (a ``Dataset``, an MBO task, …),
+    built once per process and shared."""
     params = DATASETS.params(spec)
     # Keyed on the validated params, so `{name: digits}` and the same with defaults spelt out match.
-    return _load_dataset(spec.name, params.model_dump_json())
+    return _load_data(spec.name, params.model_dump_json())
 
 
 @functools.lru_cache(maxsize=4)
-def _load_dataset(name: str, params_json: str) -> Dataset:
+def _load_data(name: str, params_json: str) -> Any:
     entry = DATASETS.entry(name)
-    dataset: Dataset = entry.factory(entry.params.model_validate_json(params_json))
-    return dataset
+    return entry.factory(entry.params.model_validate_json(params_json))
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no boolean equality; compare by identity
@@ -281,6 +292,20 @@ def federate(
     Each client keeps ``floor(val_fraction * size)`` samples for validation, but at least one
     for training. All randomness comes from a generator derived from ``seed``.
     """
+    train, val = split_among_clients(
+        dataset.y_train.numpy(), partitioner, num_clients, seed, val_fraction
+    )
+    return Federation(dataset, train, val)
+
+
+def split_among_clients(
+    labels: npt.NDArray[Any],
+    partitioner: Component,
+    num_clients: int,
+    seed: int,
+    val_fraction: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each client's training and held-out indices into ``labels`` (see ``federate``)."""
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction needs to be in [0, 1), got {val_fraction}")
     if seed < 0:
@@ -288,7 +313,7 @@ def federate(
     split = PARTITIONERS.build(partitioner)
     # Stream 0 of the scenario seed is the data's; other layers derive their own streams.
     rng = np.random.default_rng([seed, 0])
-    parts: list[IntArray] = split(dataset.y_train.numpy(), num_clients, rng)
+    parts: list[IntArray] = split(labels, num_clients, rng)
     empty = [i for i, part in enumerate(parts) if len(part) == 0]
     if empty:
         raise UserError(
@@ -302,7 +327,7 @@ def federate(
         shuffled = rng.permutation(part)
         val.append(torch.from_numpy(np.sort(shuffled[:n_val]).astype(np.int64)))
         train.append(torch.from_numpy(np.sort(shuffled[n_val:]).astype(np.int64)))
-    return Federation(dataset, train, val)
+    return train, val
 
 
 def federation_for(

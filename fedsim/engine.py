@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from fedsim import mbo_server
 from fedsim.app import build_strategy, scenario_federation
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
@@ -28,7 +29,10 @@ def preflight(scenario: Scenario) -> None:
     aggregates a round of random updates through its pipeline (impossible ``f``), and checks
     that Flower's engine can place a client on this machine.
     """
-    scenario_federation(scenario)
+    if mbo_server.is_mbo(scenario):
+        mbo_server.check(scenario)
+    else:
+        scenario_federation(scenario)
     _dry_run_pipeline(scenario)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
@@ -45,6 +49,8 @@ def _dry_run_pipeline(scenario: Scenario) -> None:
     generator = torch.Generator().manual_seed(0)
     updates = torch.randn(n, 8, generator=generator)
     info = RoundInfo.uniform(n)
+    if mbo_server.is_mbo(scenario):  # the design ascent hands every rule the proxies' values
+        info = info._replace(objectives=torch.randn(n, generator=generator))
     try:
         strategy.pipeline.update(updates, strategy.pipeline.init(8), info)
     except ValueError as err:
@@ -67,7 +73,8 @@ def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> 
     from fedsim.app import client_app, serve
     from fedsim.grid import InProcessGrid
 
-    sizes = scenario_federation(scenario).client_sizes()
+    data = mbo_server.federation if mbo_server.is_mbo(scenario) else scenario_federation
+    sizes = data(scenario).client_sizes()
     workers = scenario.resources.workers
     grid = InProcessGrid(
         CLIENT_APP if workers > 1 else client_app,

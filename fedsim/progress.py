@@ -1,4 +1,4 @@
-"""A progress bar over rounds: round i/N, the last central accuracy, time left."""
+"""A progress bar over rounds: round i/N, the last value of the headline metric, time left."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ from rich.progress import (
 
 
 class RoundProgress:
-    def __init__(self, rounds: int, done: int = 0, enabled: bool = True) -> None:
+    def __init__(
+        self, rounds: int, done: int = 0, enabled: bool = True, metric: str = "accuracy"
+    ) -> None:
+        self._metric = metric
         self._progress = Progress(
             TextColumn("round"),
             MofNCompleteColumn(),
             BarColumn(),
-            TextColumn("{task.fields[accuracy]}"),
+            TextColumn("{task.fields[value]}"),
             TimeElapsedColumn(),
             TextColumn("left"),
             TimeRemainingColumn(),
@@ -28,7 +31,7 @@ class RoundProgress:
             transient=False,
         )
         self._task = self._progress.add_task(
-            "rounds", total=rounds, completed=done, accuracy="accuracy –"
+            "rounds", total=rounds, completed=done, value=f"{metric} –"
         )
 
     def __enter__(self) -> RoundProgress:
@@ -43,8 +46,8 @@ class RoundProgress:
     ) -> None:
         self._progress.stop()
 
-    def advance(self, accuracy: float | None) -> None:
-        if accuracy is None:
+    def advance(self, value: float | None) -> None:
+        if value is None:
             self._progress.update(self._task, advance=1)
         else:
-            self._progress.update(self._task, advance=1, accuracy=f"accuracy {accuracy:.3f}")
+            self._progress.update(self._task, advance=1, value=f"{self._metric} {value:.3f}")

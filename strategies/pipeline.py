@@ -24,6 +24,9 @@ class RoundInfo(NamedTuple):
     # (n,) bool: which rows come from simulated byzantine clients (for the attack stage only;
     # a defence never looks at it). None when the scenario has none.
     byzantine: Tensor | None = None
+    # (n,) the value of the objective each row is the gradient of, for combiners of several
+    # objectives (the `min` rule). Only the mbo workload's design ascent supplies them.
+    objectives: Tensor | None = None
 
     @classmethod
     def uniform(cls, n: int, round: int = 1) -> RoundInfo:

@@ -11,6 +11,7 @@ from strategies.aggregators import krum
 from strategies.aggregators import meamed
 from strategies.aggregators import mean
 from strategies.aggregators import median
+from strategies.aggregators import minimum
 from strategies.aggregators import mgda
 from strategies.aggregators import multi_krum
 from strategies.aggregators import trimmed_mean
@@ -27,6 +28,7 @@ __all__ = [
     "mean",
     "median",
     "mgda",
+    "minimum",
     "multi_krum",
     "trimmed_mean",
 ]

@@ -10,7 +10,7 @@ wᵀ G 1/n, ‖g_w‖² = wᵀ G w. The authors' code hands the dual to scipy's 
 term; here it is solved exactly up to a one-dimensional root. Minimising the linear term plus
 √φ‖g_w‖ over the hull is a projection: at the optimum, g_w is the point of the hull nearest to
 −(s/√φ) g0, where s = ‖g_w‖ (the KKT conditions of both problems coincide). So s is a root of
-ψ(s) = ‖Proj_hull(−(s/√φ) g0)‖ − s on (0, max_i ‖u_i‖], found by bisection to machine precision;
+ψ(s) = ‖Proj_hull(−(s/√φ) g0)‖ − s on (0, max_i ‖u_i‖], found by the Illinois method;
 each projection is an exact simplex QP (``mgda.simplex_qp``, warm-started). Any root s > 0 is
 optimal (convex problem, KKT point). The output is one pass over U.
 """
@@ -29,7 +29,7 @@ from strategies.aggregators.mgda import simplex_qp
 from strategies.gram import checked_gram
 from strategies.pipeline import RoundInfo, Stage, stateless
 
-_BISECTIONS = 64
+_ROOT_STEPS = 100  # Illinois steps; ~10 are used
 
 
 class CagradParams(Params):
@@ -63,29 +63,46 @@ def cagrad_dual(g: Tensor, c: float) -> tuple[Tensor, float]:
 
     w0, norm0 = project(0.0, uniform)
     low, high = 0.0, math.sqrt(float(g.diagonal().max()))
-    w_low = w0
+    w_low, norm_low = w0, norm0
     if norm0 <= 1e-12:
         # 0 is in the hull (ψ(0) = 0): look for s > 0 with ψ(s) > 0
         s, found = high, False
         for _ in range(60):
             s /= 2
-            w_low, norm = project(s, w_low)
-            if norm > s:
+            w_low, norm_low = project(s, w_low)
+            if norm_low > s:
                 low, found = s, True
                 break
         if not found:
             return w0, 0.0
-    w = w_low
-    for _ in range(_BISECTIONS):
-        mid = (low + high) / 2
-        if not low < mid < high:
+    # Illinois (regula falsi that halves a stale end's value): superlinear, and the bracket
+    # [low, high] with ψ(low) > 0 ≥ ψ(high) is kept, so it cannot fail where bisection would not.
+    w_high, norm_high = project(high, w_low)
+    f_low, f_high = norm_low - low, norm_high - high
+    best_w, best_f = (w_low, f_low) if abs(f_low) < abs(f_high) else (w_high, f_high)
+    side = 0
+    for _ in range(_ROOT_STEPS):
+        if f_high >= 0 or high - low <= 1e-13 * high:
             break
-        w, norm = project(mid, w)
-        if norm > mid:
-            low, w_low = mid, w
+        mid = (low * f_high - high * f_low) / (f_high - f_low)
+        if not low < mid < high:
+            mid = (low + high) / 2
+        w, norm = project(mid, w_low)
+        f = norm - mid
+        if abs(f) < abs(best_f):
+            best_w, best_f = w, f
+        if abs(f) <= 1e-14:
+            break
+        if f > 0:
+            low, f_low, w_low = mid, f, w
+            f_high = f_high / 2 if side == 1 else f_high
+            side = 1
         else:
-            high = mid
-    w, norm = project(high, w_low)
+            high, f_high = mid, f
+            f_low = f_low / 2 if side == -1 else f_low
+            side = -1
+    w = best_w
+    norm = math.sqrt(max(float(w @ g @ w), 0.0))
     if norm <= 0:
         return w, 0.0
     return w, root_phi / norm

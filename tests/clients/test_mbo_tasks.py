@@ -1,9 +1,8 @@
-"""Tests of the synthetic offline-MBO tasks: oracles, offline truncation, client splits, metrics."""
+"""Tests of the synthetic offline-MBO tasks: oracles, offline truncation, metrics."""
 
 from __future__ import annotations
 
 import functools
-import itertools
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from clients.mbo_tasks import (
     one_hot,
     percentile_scores,
     sequence_oracle,
-    split_clients,
     tfbind8_like,
     to_logits,
 )
@@ -132,42 +130,6 @@ def test_continuous_torch_oracle_matches_numpy_and_gradient_checks() -> None:
 
 
 # ---- splits and metrics ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", TASKS)
-@pytest.mark.parametrize("num_clients", [1, 7])
-def test_iid_split_covers_every_row_once_with_near_equal_sizes(name: str, num_clients: int) -> None:
-    task = TASKS[name]()
-    parts = split_clients(task, num_clients, "iid", seed=1)
-    assert len(parts) == num_clients
-    joined = np.concatenate(parts)
-    np.testing.assert_array_equal(np.sort(joined), np.arange(len(task.offline_index)))
-    sizes = [len(p) for p in parts]
-    assert max(sizes) - min(sizes) <= 1
-    again = split_clients(task, num_clients, "iid", seed=1)
-    assert all(np.array_equal(p, q) for p, q in zip(parts, again, strict=True))
-    if num_clients > 1:
-        other = split_clients(task, num_clients, "iid", seed=2)
-        assert not np.array_equal(parts[0], other[0])
-
-
-@pytest.mark.parametrize("name", TASKS)
-def test_by_score_split_gives_ordered_disjoint_score_ranges(name: str) -> None:
-    task = TASKS[name]()
-    parts = split_clients(task, 5, "by_score", seed=0)
-    joined = np.concatenate(parts)
-    np.testing.assert_array_equal(np.sort(joined), np.arange(len(task.offline_index)))
-    y = task.offline_y
-    for low, high in itertools.pairwise(parts):
-        assert y[low].max() <= y[high].min()
-
-
-def test_split_refuses_bad_arguments() -> None:
-    task = cont()
-    with pytest.raises(ValueError, match="num_clients"):
-        split_clients(task, 0, "iid", seed=0)
-    with pytest.raises(ValueError, match="unknown split mode"):
-        split_clients(task, 2, "random", seed=0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", TASKS)
