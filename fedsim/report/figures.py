@@ -259,6 +259,27 @@ def _timeline(label: str, run: Run, online: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def design_scores(configs: list[Configuration]) -> Figure | None:
+    """The mbo workload's designs: normalised oracle score of the best and the median design by
+    ascent step, against the best design of the offline data (dashed)."""
+    with style():
+        fig = Figure(figsize=(9, 3.6), layout="constrained")
+        best, median = fig.subplots(1, 2)
+        if not _band_plot(best, configs, "p100", "normalised score, best design"):
+            return None
+        _band_plot(median, configs, "p50", "normalised score, median design")
+        offline = [r for c in configs for r in c.runs if r.has(SERVER, "best_offline")]
+        if offline:
+            level = float(offline[0].series(SERVER, "best_offline").iloc[0])
+            for ax in (best, median):
+                ax.axhline(level, color="grey", linestyle="--", linewidth=1, label="best offline")
+        best.set_title("best design (p100)")
+        median.set_title("median design (p50)")
+        handles, labels = best.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center")
+    return fig
+
+
 FIGURES: list[tuple[str, str, FigureFn]] = [
     (
         "accuracy_loss",
@@ -267,6 +288,11 @@ FIGURES: list[tuple[str, str, FigureFn]] = [
     ),
     ("fairness", "Per-client eval accuracy in the final round", fairness),
     ("timing", "Mean time per round: training vs the rest", timing),
+    (
+        "design_scores",
+        "Offline MBO: oracle scores of the designs by ascent step (mean over seeds, ±1 std)",
+        design_scores,
+    ),
     (
         "availability",
         "Which clients were online (shaded) and which trained, by round",

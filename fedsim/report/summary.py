@@ -17,6 +17,8 @@ from fedsim.results import SERVER
 IGNORED_KEYS = ("seed", "name")
 # Metrics (scope, name) that, when present, add "per round" columns to the table.
 BYTES_SENT = (SERVER, "bytes_sent")
+# The mbo workload's normalised oracle scores of its designs (best and median design).
+DESIGN_SCORES = ("p100", "p50")
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ def summarise(configs: list[Configuration], target: float | None = None) -> Summ
     has_accuracy = any(r.has(SERVER, "accuracy") for r in runs)
     has_wall = any(r.wall_time_s is not None for r in runs)
     has_bytes = any(r.has(*BYTES_SENT) for r in runs)
+    has_designs = any(r.has(SERVER, DESIGN_SCORES[0]) for r in runs)
     any_incomplete = any(not r.complete for r in runs)
     if target is None and has_accuracy:
         target = default_target(configs)
@@ -181,6 +184,14 @@ def summarise(configs: list[Configuration], target: float | None = None) -> Summ
                 if reached and len(reached) < len(used):
                     cell += f" ({len(reached)} of {len(used)} reached)"
                 text[f"rounds to {target:.3f}"] = cell
+        if has_designs:
+            for metric in DESIGN_SCORES:
+                finals = [
+                    float(r.series(SERVER, metric).iloc[-1]) for r in used if r.has(SERVER, metric)
+                ]
+                mean, std = mean_std(finals)
+                row[f"final_{metric}_mean"], row[f"final_{metric}_std"] = mean, std
+                text[f"final design {metric}"] = _pm(mean, std)
         if has_wall:
             mean, std = mean_std([w for r in used if (w := r.wall_time_s) is not None])
             row["wall_time_s_mean"], row["wall_time_s_std"] = mean, std

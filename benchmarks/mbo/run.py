@@ -1,0 +1,100 @@
+"""Offline MBO: single proxy, mean, min, MGDA and CAGrad ensembles on both tasks, 3 seeds.
+
+    python benchmarks/mbo/run.py                 # both tasks (~15 min on 2 cores)
+    python benchmarks/mbo/run.py tfbind8         # one task
+    python benchmarks/mbo/run.py --rounds 10     # a quick look
+
+For each task: the sweep in <task>.yaml (IID and score-band splits x 4 combiners x 3 seeds),
+then the single-proxy baseline (one client holding all the offline data, so one proxy trained on
+everything, as design-baselines' single model), a report over all of them, and a table of the
+final designs' normalised oracle scores: p100 (best design) and p50 (median design), mean ± std
+over seeds, against the best design of the offline data. p100 measures optimality, p50 how
+conservative the ascent stayed (Kolli et al. report both).
+Output: benchmarks/out/mbo_<task>/ (ensembles/, single/, report/, scores.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sweep_report import BIN, run_sweep_with_report  # benchmarks/ holds the shared helper
+
+HERE = Path(__file__).resolve().parent
+TASKS = ("tfbind8", "continuous")
+SINGLE = [
+    "sweep={seed: [0, 1, 2]}",
+    "clients={num: 1, per_round: 1}",
+    "strategy.aggregator={name: mean}",
+]
+
+
+def final_scores(sweep: Path, method: str | None = None) -> pd.DataFrame:
+    """One row per run: split, method, seed and its last p100 / p50 and the offline best."""
+    rows = []
+    for point in json.loads((sweep / "sweep.json").read_text())["points"]:
+        metrics = pd.read_csv(sweep / point["dir"] / "metrics.csv")
+        server = metrics[metrics.scope == "server"]
+        last = server.sort_values("round").groupby("metric").value.last()
+        values = point["values"]
+        rows.append(
+            {
+                "split": values.get("data.partition.name", "all data"),
+                "method": method or values["strategy.aggregator"]["name"],
+                "seed": values["seed"],
+                "p100": last["p100"],
+                "p50": last["p50"],
+                "best offline": last["best_offline"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def table(runs: pd.DataFrame) -> str:
+    best = runs["best offline"].iloc[0]
+    lines = [
+        f"best design of the offline data: {best:.3f} (normalised)",
+        "",
+        "| split | method | p100 (best design) | p50 (median design) |",
+        "|---|---|---|---|",
+    ]
+    for (split, method), group in runs.groupby(["split", "method"], sort=False):
+        cells = [f"{group[c].mean():.3f} ± {group[c].std():.3f}" for c in ("p100", "p50")]
+        lines.append(f"| {split} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("tasks", nargs="*", metavar="TASK", help=f"any of {', '.join(TASKS)}")
+    parser.add_argument("--rounds", type=int, help="override the tasks' ascent steps")
+    args = parser.parse_args()
+    sets = [f"rounds={args.rounds}"] if args.rounds else []
+    unknown = set(args.tasks) - set(TASKS)
+    if unknown:
+        parser.error(
+            f"unknown task(s) {', '.join(sorted(unknown))}; choose from {', '.join(TASKS)}"
+        )
+    for task in args.tasks or TASKS:
+        out = HERE.parent / "out" / f"mbo_{task}"
+        scenario = HERE / f"{task}.yaml"
+        run_sweep_with_report(scenario, out / "ensembles", sets)
+        run_sweep_with_report(scenario, out / "single", [*sets, *SINGLE])
+        report = [str(BIN / "fedsim"), "report", str(out / "single"), str(out / "ensembles")]
+        subprocess.run([*report, "--out", str(out / "report")], check=True)
+        runs = pd.concat(
+            [final_scores(out / "single", "single proxy"), final_scores(out / "ensembles")]
+        )
+        text = table(runs)
+        (out / "scores.md").write_text(text + "\n")
+        print(f"\n## {task}\n{text}\nreport: {out / 'report' / 'report.html'}")
+
+
+if __name__ == "__main__":
+    main()
