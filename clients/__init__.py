@@ -1,10 +1,13 @@
 """Workloads: models and local training, registered in ``fedsim.registry.WORKLOADS``.
 
-Importing this package registers every workload. Nothing here imports Flower or ``strategies``.
+Importing this package registers every workload, sparse-training method and update compressor.
+Nothing here imports Flower or ``strategies``.
 """
 
 from clients import classification as classification
+from clients import compression as compression
 from clients import mbo as mbo
+from clients import sparsity as sparsity
 from clients.workload import TrainConfig, Workload, init_parameters
 
 __all__ = ["TrainConfig", "Workload", "init_parameters"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import yaml
 from flwr.app import (
+    Array,
     ArrayRecord,
     ConfigRecord,
     Context,
@@ -35,12 +37,22 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from clients import TrainConfig, Workload
+from clients.compression import Compressor
 from clients.mbo import MboFederation, MboWorkload
-from fedsim import mbo_server, results
+from clients.sparsity import SparsityMethod, masked_training
+from fedsim import mbo_server, results, wire
 from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
+from fedsim.global_mask import GlobalMask, masks_from_flat
 from fedsim.progress import RoundProgress
-from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES, WORKLOADS
+from fedsim.registry import (
+    ATTACKS,
+    AVAILABILITY,
+    COMPRESSORS,
+    SPARSITY,
+    STRATEGIES,
+    WORKLOADS,
+)
 from fedsim.scenario import Scenario, load, parse
 from strategies import fedlaavg
 from strategies.attacks.base import DataAttack, Poison
@@ -51,6 +63,8 @@ from strategies.flower import PipelineStrategy, flatten, unflatten, with_phase
 NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
 BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
+MASK_STREAM = 19  # the same for the sparse-training method's initial mask
+RESIDUAL = "compression-residual"  # a client's error-feedback memory in its context.state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +143,7 @@ def _serve(
     model = _initial_model(workload, scenario, dataset).to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
     strategy = build_strategy(scenario, client_ids=client_ids, recorder=writer)
+    mask = global_mask(scenario, strategy)
     first = 1
     if checkpoint is None:
         writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
@@ -142,11 +157,15 @@ def _serve(
         first = checkpoint["round"] + 1
         model.load_state_dict(checkpoint["model"])
         strategy.load_state_dict(checkpoint["strategy"])
+        if mask is not None:
+            mask.load_state_dict(checkpoint["sparsity"])
         restore = getattr(grid, "restore_client_states", None)
         if restore is not None:
             restore(checkpoint["clients"])
         writer.event("run_resumed", after_round=checkpoint["round"])
     arrays = ArrayRecord(model.state_dict())
+    if mask is not None and checkpoint is None:
+        arrays = mask.start(arrays)
     # Client memory (FedLaAvg's latest updates) lives in the run directory, so it resumes with it.
     memory = str(writer.path / "client_memory")
     config = ConfigRecord({"scenario": scenario.to_yaml(), fedlaavg.MEMORY_DIR: memory})
@@ -154,18 +173,22 @@ def _serve(
     with RoundProgress(scenario.rounds, done=first - 1, enabled=show_progress) as progress:
         for rnd in range(first, scenario.rounds + 1):
             started = time.perf_counter()
-            replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid))
+            messages = strategy.configure_train(rnd, arrays, config, grid)
+            replies, traffic = _exchange(grid, messages, arrays, mask, "")
             trained = time.perf_counter()
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             arrays = new_arrays if new_arrays is not None else arrays
+            if mask is not None:  # the server prunes the aggregate: the next global mask
+                arrays = mask.after_round(rnd, arrays)
+                traffic["density"] = mask.density
             aggregated = time.perf_counter()
             writer.metrics(rnd, results.FEDERATED, None, with_phase(train_metrics or {}, "train"))
 
             accuracy, evaluating = None, time.perf_counter()
             if rnd % scenario.eval.every == 0 or rnd == scenario.rounds:
-                replies = grid.send_and_receive(
-                    strategy.configure_evaluate(rnd, arrays, config, grid)
-                )
+                messages = strategy.configure_evaluate(rnd, arrays, config, grid)
+                replies, eval_traffic = _exchange(grid, messages, arrays, mask, "eval_")
+                traffic.update(eval_traffic)
                 eval_metrics = strategy.aggregate_evaluate(rnd, replies)
                 writer.metrics(rnd, results.FEDERATED, None, with_phase(eval_metrics or {}, "eval"))
                 model.load_state_dict(arrays.to_torch_state_dict())
@@ -179,15 +202,44 @@ def _serve(
                 "eval_time_s": finished - evaluating,  # clients' and the central evaluation
                 "round_time_s": finished - started,
             }
-            writer.metrics(rnd, results.SERVER, None, timings)
+            writer.metrics(rnd, results.SERVER, None, {**timings, **traffic})
             writer.flush()
             every = scenario.checkpoint_every
             if every and (rnd % every == 0 or rnd == scenario.rounds):
-                writer.save_checkpoint(_checkpoint(rnd, arrays, strategy, grid))
+                writer.save_checkpoint(_checkpoint(rnd, arrays, strategy, grid, mask))
             progress.advance(accuracy)
 
     model.load_state_dict(arrays.to_torch_state_dict())
     writer.save_model(model.state_dict())
+
+
+def _exchange(
+    grid: Grid,
+    messages: Iterable[Message],
+    arrays: ArrayRecord,
+    mask: GlobalMask | None,
+    phase: str,
+) -> tuple[list[Message], dict[str, float]]:
+    """Send one phase's Messages (a masked model as its unmasked entries), receive the replies
+    (encoded updates decoded back to models) and the bytes each way, measured as serialised."""
+    sent = list(messages)
+    if mask is not None:
+        sent = wire.send_masked(sent, mask.flat(arrays))
+    replies = list(grid.send_and_receive(sent))
+    down, up = wire.traffic(sent, replies)
+    traffic = {f"{phase}bytes_down": float(down), f"{phase}bytes_up": float(up)}
+    return wire.receive_updates(replies, arrays), traffic
+
+
+def global_mask(scenario: Scenario, strategy: PipelineStrategy) -> GlobalMask | None:
+    """The server's global mask when the workload trains sparse (checked against the strategy)."""
+    encoded = scenario.workload.sparsity is not None or scenario.compression.name != "none"
+    if encoded and isinstance(strategy, fedlaavg.FedLaAvgStrategy):
+        raise UserError(
+            f"strategy {scenario.strategy.name} has clients reply with the change of their latest "
+            "update, which workload.sparsity and compression do not encode; use strategy fedavg"
+        )
+    return GlobalMask.for_scenario(scenario, _generator(scenario.seed, MASK_STREAM))
 
 
 def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
@@ -235,7 +287,7 @@ class ClientDropout(RuntimeError):
 
 
 def _checkpoint(
-    rnd: int, arrays: ArrayRecord, strategy: PipelineStrategy, grid: Grid
+    rnd: int, arrays: ArrayRecord, strategy: PipelineStrategy, grid: Grid, mask: GlobalMask | None
 ) -> results.Checkpoint:
     """What a resumed run needs to go on exactly as an uninterrupted one would."""
     client_states = getattr(grid, "client_states", None)  # only the local engine can give them
@@ -244,6 +296,7 @@ def _checkpoint(
         "model": arrays.to_torch_state_dict(),
         "strategy": strategy.state_dict(),
         "clients": client_states() if client_states is not None else {},
+        "sparsity": mask.state_dict() if mask is not None else None,
     }
 
 
@@ -322,6 +375,14 @@ class ClientRuntime:
     num_classes: int
     byzantine: frozenset[int]
     poison: Poison | None  # a data-poisoning attack's change to a byzantine client's data
+    template: ArrayRecord  # the model's arrays: names, shapes and dtypes of what travels
+    sparsity: SparsityMethod | None
+    compressor: Compressor
+
+    @property
+    def encodes_updates(self) -> bool:
+        """Whether replies carry the update as a sparse vector rather than the model."""
+        return self.sparsity is not None or self.compressor.active
 
 
 def scenario_federation(scenario: Scenario) -> Federation:
@@ -343,11 +404,13 @@ def runtime(scenario_text: str) -> ClientRuntime:
     federation = scenario_federation(scenario)
     device = pick_device(scenario.device)
     dataset = federation.dataset
+    model = _initial_model(workload, scenario, dataset)
+    sparsity = scenario.workload.sparsity
     return ClientRuntime(
         scenario,
         workload,
         device,
-        _initial_model(workload, scenario, dataset).to(device),
+        model.to(device),
         dataset.x_train.to(device),
         dataset.y_train.to(device),
         [index.to(device) for index in federation.train],
@@ -355,6 +418,9 @@ def runtime(scenario_text: str) -> ClientRuntime:
         dataset.num_classes,
         byzantine_clients(scenario),
         _poison(scenario),
+        ArrayRecord(model.state_dict()),
+        SPARSITY.build(sparsity) if sparsity is not None else None,
+        COMPRESSORS.build(scenario.compression),
     )
 
 
@@ -389,7 +455,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
     rt = runtime(_scenario_text(msg))
-    config, arrays = msg.config_records["config"], msg.array_records["arrays"]
+    config = msg.config_records["config"]
+    arrays, mask = wire.received_model(msg, rt.template)
     rnd = int(cast(int, config["server-round"]))
     dropout = rt.scenario.clients.dropout
     if dropout and np.random.default_rng([rt.scenario.seed, client, rnd, 11]).random() < dropout:
@@ -401,13 +468,44 @@ def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
     if rt.poison is not None and client in rt.byzantine:
         x, y = rt.poison(x, y, rt.num_classes, _generator(rt.scenario.seed, client, rnd, 1))
     train_config = TrainConfig(rnd, client, generator, rt.device)
-    metrics = rt.workload.fit(rt.model, x, y, train_config)
+    with _sparse_training(rt, mask, rnd, client):
+        metrics = rt.workload.fit(rt.model, x, y, train_config)
     reply = ArrayRecord(rt.model.state_dict())
-    if fedlaavg.is_latest_averaging(config):
+    key = "arrays"
+    if rt.encodes_updates:
+        key, reply = wire.DELTA, _encoded_update(rt, context.state, arrays, reply)
+    elif fedlaavg.is_latest_averaging(config):
         reply = _latest_difference(rt, client, config, arrays, reply)
     return RecordDict(
-        {"arrays": reply, "metrics": MetricRecord({**metrics, "num-examples": len(index)})}
+        {key: reply, "metrics": MetricRecord({**metrics, "num-examples": len(index)})}
     )
+
+
+def _sparse_training(
+    rt: ClientRuntime, mask: torch.Tensor | None, rnd: int, client: int
+) -> AbstractContextManager[object]:
+    """Local training under the global mask the server sent (rewired by RigL / SET)."""
+    if rt.sparsity is None or mask is None:  # dense, or no weight pruned yet
+        return nullcontext()
+    masks = masks_from_flat(mask, rt.model.state_dict())
+    rewiring = rt.sparsity.rewiring(
+        rnd, rt.scenario.rounds, _generator(rt.scenario.seed, client, rnd, MASK_STREAM)
+    )
+    return masked_training(rt.model, masks, rewiring)
+
+
+def _encoded_update(
+    rt: ClientRuntime, state: RecordDict, received: ArrayRecord, trained: ArrayRecord
+) -> ArrayRecord:
+    """The update (trained − received), compressed (error feedback kept in ``state``) and
+    encoded as a sparse vector."""
+    update = flatten(trained) - flatten(received)
+    kept = state.array_records.get(RESIDUAL)
+    residual = torch.from_numpy(kept["residual"].numpy().copy()) if kept is not None else None
+    out = rt.compressor.compress(update, residual)
+    if out.residual is not None:
+        state[RESIDUAL] = ArrayRecord({"residual": Array(out.residual.numpy())})
+    return wire.encode(out.sent, out.support)
 
 
 def _latest_difference(
@@ -425,7 +523,7 @@ def _latest_difference(
 
 def _evaluate(client: int, msg: RecordDict, context: Context) -> RecordDict:
     rt = runtime(_scenario_text(msg))
-    arrays = msg.array_records["arrays"]
+    arrays, _ = wire.received_model(msg, rt.template)
     index = rt.val[client]
     if len(index) == 0:  # no held-out data: evaluate on what it trains on
         index = rt.train[client]

@@ -120,6 +120,8 @@ PREAGGREGATORS: Registry[Any] = Registry("preaggregator")
 ATTACKS: Registry[Any] = Registry("attack")
 SERVER_OPTIMISERS: Registry[Any] = Registry("server_optimiser")
 AVAILABILITY: Registry[Any] = Registry("availability")
+SPARSITY: Registry[Any] = Registry("sparsity")
+COMPRESSORS: Registry[Any] = Registry("compressor")
 
 # Modules whose import registers components; imported lazily so that layers stay independent.
 _COMPONENT_MODULES = ("fedsim.data", "fedsim.partition", "clients", "strategies")

@@ -27,6 +27,16 @@ class DataSpec(Component):
         return Component(name=self.name, **self.options)
 
 
+class WorkloadSpec(Component):
+    """``workload:`` — a workload from the registry, optionally trained sparse (``sparsity``)."""
+
+    sparsity: Component | None = None  # a sparse-training method; None trains dense
+
+    @property
+    def component(self) -> Component:
+        return Component(name=self.name, **self.options)
+
+
 class ClientsSpec(Section):
     num: int = Field(10, ge=1, description="clients in the federation")
     per_round: int = Field(10, ge=1, description="clients sampled each round")
@@ -80,8 +90,9 @@ class Scenario(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataSpec
     clients: ClientsSpec = ClientsSpec()
-    workload: Component
+    workload: WorkloadSpec
     strategy: Component = Component(name="fedavg")
+    compression: Component = Component(name="none")  # what clients do to updates they send
     byzantine: ByzantineSpec = ByzantineSpec()
     eval: EvalSpec = EvalSpec()
 
@@ -104,7 +115,9 @@ _COMPONENTS = {
     "data.partition": "partitioner",
     "clients.availability": "availability",
     "workload": "workload",
+    "workload.sparsity": "sparsity",
     "strategy": "strategy",
+    "compression": "compressor",
     "byzantine.attack": "attack",
 }
 
@@ -127,6 +140,8 @@ def parse(raw: Any, source: str = "") -> Scenario:
     resolved: dict[str, Component] = {}
     for path, kind in _COMPONENTS.items():
         spec = _component_at(scenario, path)
+        if spec is None:  # an optional component left out
+            continue
         if path == "data":  # the dataset's own options exclude the data section's fixed keys
             spec = scenario.data.dataset
         resolved[path], errs = resolve(spec, kind, path)
@@ -140,13 +155,17 @@ def parse(raw: Any, source: str = "") -> Scenario:
     )
     clients = scenario.clients.model_copy(update={"availability": resolved["clients.availability"]})
     byzantine = scenario.byzantine.model_copy(update={"attack": resolved["byzantine.attack"]})
+    workload = WorkloadSpec(
+        **resolved["workload"].model_dump(), sparsity=resolved.get("workload.sparsity")
+    )
     return scenario.model_copy(
         update={
             "data": data,
             "clients": clients,
             "byzantine": byzantine,
-            "workload": resolved["workload"],
+            "workload": workload,
             "strategy": resolved["strategy"],
+            "compression": resolved["compression"],
         }
     )
 

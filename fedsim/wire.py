@@ -1,0 +1,193 @@
+"""What travels in the Messages: sparse encodings of models and updates, and their size in bytes.
+
+A flat float vector travels as one ArrayRecord, in the cheapest of three forms:
+
+* ``{dense}`` — every entry;
+* ``{values, indices}`` — the chosen entries' values and their flat positions (the smallest
+  unsigned integer type that holds them);
+* ``{values, bitmap}`` — the values and one bit per entry (``numpy.packbits``).
+
+Shapes are not sent: both ends know the model. The server sends a masked model as its unmasked
+entries (record ``model``; the positions are the global mask, so the client learns it from
+them), and clients that compress or train sparse reply with their update as a sparse vector
+(record ``delta``). The server decodes replies back to models before the strategy sees them, so
+any aggregation pipeline works unchanged.
+
+Sizes are measured on Flower's own serialisation (Flower 1.41 ships a Message as a tree of
+content-addressed objects: the message, its records, arrays and array chunks, each deflated);
+``message_bytes`` is the sum over the distinct objects of a message's records, config left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import cast
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.app.message.message import make_message
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from torch import Tensor
+
+from strategies.flower import flatten, unflatten
+
+MODEL = "model"  # a sparse global model in a server Message (replaces ``arrays``)
+DELTA = "delta"  # a sparse update in a client's reply (replaces ``arrays``)
+ARRAYS = "arrays"
+DENSE, VALUES, INDICES, BITMAP = "dense", "values", "indices", "bitmap"
+DECODE_ERROR = 2  # Error.code of a reply whose encoded update cannot be decoded
+
+
+# -- encoding a flat vector --------------------------------------------------------------------
+
+
+def encode(vector: Tensor, support: Tensor | None, keep_support: bool = False) -> ArrayRecord:
+    """``vector``'s entries where ``support`` is True, in the cheapest form.
+
+    ``keep_support`` forces a sparse form whenever the support is not full (the receiver needs
+    the positions, e.g. a mask); otherwise a dense vector is sent when that is smaller.
+    """
+    flat = vector.detach().reshape(-1).to("cpu", torch.float32)
+    n = flat.numel()
+    if support is None or bool(support.all()):
+        return ArrayRecord({DENSE: Array(flat.numpy())})
+    where = support.reshape(-1).to("cpu")
+    positions = where.nonzero().squeeze(1)
+    k = positions.numel()
+    index_type = np.min_scalar_type(max(n - 1, 0))
+    bitmap_bytes, index_bytes = (n + 7) // 8, k * index_type.itemsize
+    if not keep_support and 4 * n <= 4 * k + min(bitmap_bytes, index_bytes):
+        return ArrayRecord({DENSE: Array(flat.numpy())})
+    values = Array(flat[positions].numpy())
+    if bitmap_bytes < index_bytes:
+        return ArrayRecord({VALUES: values, BITMAP: Array(np.packbits(where.numpy()))})
+    return ArrayRecord({VALUES: values, INDICES: Array(positions.numpy().astype(index_type))})
+
+
+def decode(record: ArrayRecord, size: int) -> tuple[Tensor, Tensor | None]:
+    """The flat vector (zeros off the support) and its support (None when sent dense).
+
+    Raises ValueError for a record that does not describe a vector of ``size`` entries.
+    """
+    keys = set(record.keys())
+    if keys == {DENSE}:
+        dense = torch.from_numpy(record[DENSE].numpy().copy()).reshape(-1)
+        if dense.numel() != size:
+            raise ValueError(f"dense vector has {dense.numel()} entries, expected {size}")
+        return dense.to(torch.float32), None
+    values = torch.from_numpy(record[VALUES].numpy().astype(np.float32)).reshape(-1)
+    if keys == {VALUES, INDICES}:
+        raw = record[INDICES].numpy().reshape(-1)
+        if raw.size and (raw.min() < 0 or raw.max() >= size):
+            raise ValueError(f"indices out of range for a vector of {size} entries")
+        positions = torch.from_numpy(raw.astype(np.int64))
+        support = torch.zeros(size, dtype=torch.bool)
+        support[positions] = True
+        if int(support.sum()) != positions.numel():
+            raise ValueError("indices repeat")
+    elif keys == {VALUES, BITMAP}:
+        bits = record[BITMAP].numpy().reshape(-1)
+        if bits.size != (size + 7) // 8:
+            raise ValueError(f"bitmap has {bits.size} bytes, expected {(size + 7) // 8}")
+        support = torch.from_numpy(np.unpackbits(bits, count=size).astype(bool))
+        positions = support.nonzero().squeeze(1)
+    else:
+        raise ValueError(f"unknown sparse encoding with arrays {sorted(keys)}")
+    if values.numel() != positions.numel():
+        raise ValueError(f"{values.numel()} values for {positions.numel()} positions")
+    vector = torch.zeros(size, dtype=torch.float32)
+    vector[positions] = values
+    return vector, support
+
+
+# -- the server's side -------------------------------------------------------------------------
+
+
+def send_masked(messages: Iterable[Message], mask: Tensor) -> list[Message]:
+    """Each message's ``arrays`` (the global model) as its entries under the flat ``mask``."""
+    out, encoded = [], {}
+    for msg in messages:
+        content = msg.content
+        if ARRAYS not in content.array_records:
+            out.append(msg)
+            continue
+        arrays = content.array_records[ARRAYS]
+        if id(arrays) not in encoded:  # one encoding for the model every client receives
+            encoded[id(arrays)] = encode(flatten(arrays), mask, keep_support=True)
+        records = {k: v for k, v in content.items() if k != ARRAYS}
+        msg.content = RecordDict({MODEL: encoded[id(arrays)], **records})
+        out.append(msg)
+    return out
+
+
+def receive_updates(replies: Iterable[Message], sent: ArrayRecord) -> list[Message]:
+    """Replies whose update came encoded, turned back into models (``sent`` + update) under
+    ``arrays``; a reply that does not decode becomes an error reply saying why."""
+    base, out = flatten(sent), []
+    for reply in replies:
+        if reply.has_error() or DELTA not in reply.content.array_records:
+            out.append(reply)
+            continue
+        records = {k: v for k, v in reply.content.items() if k != DELTA}
+        try:
+            delta, _ = decode(reply.content.array_records[DELTA], base.numel())
+        except (ValueError, KeyError) as err:
+            error = Error(code=DECODE_ERROR, reason=f"undecodable update: {err}")
+            out.append(make_message(metadata=reply.metadata, error=error))
+            continue
+        model = unflatten(base + delta, sent)
+        out.append(
+            make_message(metadata=reply.metadata, content=RecordDict({ARRAYS: model, **records}))
+        )
+    return out
+
+
+# -- the client's side -------------------------------------------------------------------------
+
+
+def received_model(content: RecordDict, template: ArrayRecord) -> tuple[ArrayRecord, Tensor | None]:
+    """The global model a server Message carries and, when it came masked, the flat mask."""
+    if MODEL not in content.array_records:
+        return content.array_records[ARRAYS], None
+    vector, support = decode(
+        content.array_records[MODEL], sum(a.numpy().size for a in template.values())
+    )
+    return unflatten(vector, template), support
+
+
+# -- sizes -------------------------------------------------------------------------------------
+
+
+def message_bytes(msg: Message, known: dict[int, int] | None = None) -> int:
+    """Bytes of the records ``msg`` carries as Flower serialises them: each distinct object of
+    its content tree (record dict, array and metric records, arrays, array chunks), deflated.
+
+    Left out: the message header and config records, which carry fedsim's own plumbing (the
+    scenario text, the run directory) and would make the count depend on where a run is
+    written. ``known`` caches sizes by content identity (many Messages share one model).
+    """
+    if not msg.has_content():
+        return 0
+    if known is not None and id(msg.content) in known:
+        return known[id(msg.content)]
+    objects = get_all_nested_objects(msg.content).values()
+    size = sum(len(o.deflate()) for o in objects if not isinstance(o, ConfigRecord))
+    for obj in objects:  # Flower caches an Array's chunks as memoryviews, which cannot be pickled
+        if isinstance(obj, Array):
+            obj.__dict__.pop("_chunks", None)
+    if known is not None:
+        known[id(msg.content)] = size
+    return size
+
+
+def traffic(sent: Sequence[Message], replies: Sequence[Message]) -> tuple[int, int]:
+    """(bytes sent to clients, bytes they replied) for one exchange."""
+    known: dict[int, int] = {}
+    down = sum(message_bytes(m, known) for m in sent)
+    return down, sum(message_bytes(m) for m in replies)
+
+
+def array_bytes(record: ArrayRecord) -> int:
+    """The serialised arrays' bytes alone (``.npy`` headers included), without Flower's framing."""
+    return sum(len(cast(Array, a).data) for a in record.values())
