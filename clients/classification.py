@@ -23,7 +23,8 @@ class ClassificationParams(Params):
     """Model and local-training hyper-parameters of the classification workload."""
 
     model: Literal["mlp", "cnn"] = "mlp"
-    hidden: PositiveInt = 128  # MLP width; unused by the CNN
+    # MLP width, or one width per hidden layer ([300, 100]: LeNet-300-100); unused by the CNN
+    hidden: PositiveInt | list[PositiveInt] = 128
     epochs: PositiveInt = 1
     # Exactly this many minibatch steps instead of whole epochs (FedLaAvg's C local iterations).
     steps: PositiveInt | None = None

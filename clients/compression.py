@@ -29,7 +29,7 @@ class Compressed:
 
 def topk_with_feedback(update: Tensor, residual: Tensor | None, k: int) -> Compressed:
     """Error-feedback top-k (Stich et al., 2018; Lin et al., 2018, DGC):
-    a = r + Δ; send S = the k entries of a of largest |·|; keep r' = a − S.
+    a = r + Δ; send S = the k entries of a of largest |·| (zeros never); keep r' = a − S.
 
     Without a residual (None) the update alone is compressed and nothing is kept.
     """
@@ -37,6 +37,7 @@ def topk_with_feedback(update: Tensor, residual: Tensor | None, k: int) -> Compr
     support = torch.zeros(total.numel(), dtype=torch.bool, device=total.device)
     if k > 0:
         support[total.abs().topk(min(k, total.numel()), sorted=False).indices] = True
+    support &= total != 0  # a k above the non-zero count (a sparse model's update) sends no zeros
     sent = torch.where(support, total, torch.zeros_like(total))
     return Compressed(sent, support, None if residual is None else total - sent)
 

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 
 class MLP(nn.Module):
-    """Flatten → Linear(hidden) → ReLU → Linear(num_classes)."""
+    """Flatten → (Linear(h) → ReLU) for each hidden width h → Linear(num_classes).
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> None:
+    ``hidden=[300, 100]`` is LeNet-300-100 (LeCun et al., 1998), the classic pruning benchmark.
+    """
+
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, hidden: int | Sequence[int] = 128
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(math.prod(input_shape), hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, num_classes),
-        )
+        widths = [math.prod(input_shape), *([hidden] if isinstance(hidden, int) else hidden)]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for n_in, n_out in itertools.pairwise(widths):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(widths[-1], num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

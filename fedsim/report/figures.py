@@ -197,6 +197,46 @@ def timing(configs: list[Configuration]) -> Figure | None:
     return fig
 
 
+def cumulative_bytes(config: Configuration) -> pd.DataFrame:
+    """Rounds × runs: bytes sent both ways (training: to clients and back) up to each round."""
+    columns = {}
+    for i, run in enumerate(config.runs):
+        if run.has(SERVER, "bytes_down") and run.has(SERVER, "bytes_up"):
+            per_round = run.series(SERVER, "bytes_down").add(
+                run.series(SERVER, "bytes_up"), fill_value=0.0
+            )
+            columns[str(i)] = per_round.sort_index().cumsum()
+    return pd.DataFrame(columns).sort_index()
+
+
+def accuracy_bytes(configs: list[Configuration]) -> Figure | None:
+    """Central test accuracy against the training traffic (down + up) spent to reach it."""
+    curves = []
+    for i, config in enumerate(configs):
+        sent, accuracy = cumulative_bytes(config), by_round(config, SERVER, "accuracy")
+        if sent.empty or accuracy.empty:
+            continue
+        both = pd.concat({"x": sent.mean(axis=1), "y": accuracy.mean(axis=1)}, axis=1).dropna()
+        if len(both):
+            curves.append((i, config, both))
+    if not curves:
+        return None
+    with style():
+        fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for i, config, both in curves:
+            label = f"C{i + 1}: {config.label}"
+            dash = ("-", "--", ":")[(i // len(OKABE_ITO)) % 3]  # colours repeat after eight
+            ax.plot(both.x / 1e6, both.y, dash, color=colour(i), label=label, linewidth=1.5)
+            ax.plot(both.x.iloc[-1:] / 1e6, both.y.iloc[-1:], "o", color=colour(i), markersize=4)
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes sent, both ways, cumulative (MB, log scale)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title("accuracy against communication (mean over seeds; dot: last round)")
+        fig.legend(loc="outside lower center", ncols=2)
+    return fig
+
+
 TIMELINE_ROUNDS = 120  # the availability timeline shows at most this many rounds, legibly
 
 
@@ -292,6 +332,11 @@ FIGURES: list[tuple[str, str, FigureFn]] = [
         "design_scores",
         "Offline MBO: oracle scores of the designs by ascent step (mean over seeds, ±1 std)",
         design_scores,
+    ),
+    (
+        "accuracy_bytes",
+        "Central test accuracy against the bytes sent to and from clients for training",
+        accuracy_bytes,
     ),
     (
         "availability",

@@ -307,6 +307,28 @@ def test_the_availability_timeline_draws_online_events_and_skips_cut_lines(tmp_p
     assert [e["clients"] for e in loaded.events("online")] == [[0], [1]]
 
 
+def test_accuracy_against_bytes_sums_both_directions_round_by_round(tmp_path: Path) -> None:
+    from fedsim.report.figures import cumulative_bytes
+
+    rows = [
+        (r, "server", "", name, value)
+        for r in (1, 2)
+        for name, value in (("bytes_down", 100 * r), ("bytes_up", 10))
+    ]
+    run = write_run(tmp_path / "a", [0.5, 0.6], extra_rows=rows)
+
+    result = build_report([run], tmp_path / "out")
+    (config,), _ = configurations(load_runs_for_test(run))
+
+    assert "accuracy_bytes.png" in [p.name for p in result.figures]
+    assert cumulative_bytes(config)["0"].tolist() == [110.0, 320.0]  # 100+10, then +200+10
+
+
+def load_runs_for_test(*paths: Path) -> list[Run]:
+    loaded = [load_run(p) for p in paths]
+    return [r for r in loaded if isinstance(r, Run)]
+
+
 def test_load_run_rejects_a_foreign_header(tmp_path: Path) -> None:
     run = write_run(tmp_path / "a", [0.5])
     (run / "metrics.csv").write_text("epoch,acc\n1,0.5\n")
@@ -336,5 +358,5 @@ def test_fedsim_report_on_two_real_runs(tiny: dict[str, Any], tmp_path: Path) ->
     assert table.seeds.tolist() == [2]
     assert 0.0 < table.final_accuracy_mean[0] <= 1.0
     names = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
-    assert names == {"accuracy_loss.png", "fairness.png", "timing.png"}
+    assert names == {"accuracy_loss.png", "fairness.png", "timing.png", "accuracy_bytes.png"}
     assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()

@@ -1,0 +1,99 @@
+"""Sparse training and compressed updates: final accuracy against bytes sent.
+
+    nice python benchmarks/sparse/run.py              # 4 densities x 3 top-k ratios, 40 rounds
+    nice python benchmarks/sparse/run.py --rounds 10  # a quicker look
+
+LeNet-300-100 on Fashion-MNIST, 50 clients, 10 a round (sparse.yaml). Runs the sweep, builds its
+report (with accuracy against bytes) and writes sparse.md: per configuration the final test
+accuracy, the bytes sent to clients and back over the whole run, the saving against dense
+FedAvg, and the configuration that sends least while losing at most one accuracy point.
+Output: benchmarks/out/sparse/ (runs, report/, sparse.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sweep_report import run_sweep_with_report  # benchmarks/ holds the shared helper
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "out" / "sparse"
+TOLERANCE = 0.01  # one accuracy point
+
+
+def runs(sweep: Path) -> pd.DataFrame:
+    """One row per run: density, ρ, final accuracy and total bytes each way."""
+    rows = []
+    for point in json.loads((sweep / "sweep.json").read_text())["points"]:
+        metrics = pd.read_csv(sweep / point["dir"] / "metrics.csv")
+        server = metrics[metrics.scope == "server"]
+
+        def total(name: str, rows: pd.DataFrame = server) -> float:
+            return float(rows[rows.metric == name].value.sum())
+
+        accuracy = server[server.metric == "accuracy"].sort_values("round")
+        sparsity = point["values"]["workload.sparsity"]
+        compression = point["values"]["compression"]
+        rows.append(
+            {
+                "density": sparsity["density"] if sparsity else 1.0,
+                "rho": compression.get("ratio", 1.0),
+                "accuracy": float(accuracy.value.iloc[-1]),
+                "down_MB": total("bytes_down") / 1e6,
+                "up_MB": total("bytes_up") / 1e6,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["total_MB"] = table.down_MB + table.up_MB
+    return table.sort_values(["density", "rho"], ascending=False, ignore_index=True)
+
+
+def report(table: pd.DataFrame) -> str:
+    base = table[(table.density == 1.0) & (table.rho == 1.0)].iloc[0]
+    lines = [
+        "| density | top-k ρ | final accuracy | down (MB) | up (MB) | total (MB) | saved |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        saved = base.total_MB / row.total_MB
+        lines.append(
+            f"| {row.density:g} | {row.rho:g} | {100 * row.accuracy:.2f} | {row.down_MB:.1f} "
+            f"| {row.up_MB:.1f} | {row.total_MB:.1f} | {saved:.1f}× |"
+        )
+    within = table[table.accuracy >= base.accuracy - TOLERANCE]
+    best = within.loc[within.total_MB.idxmin()]
+    best_up = within.loc[within.up_MB.idxmin()]
+    lines += [
+        "",
+        f"Dense FedAvg: {100 * base.accuracy:.2f}% with {base.total_MB:.1f} MB sent.",
+        f"Within one point of it ({100 * (base.accuracy - TOLERANCE):.2f}% or more), the least "
+        f"traffic is density {best.density:g}, ρ {best.rho:g}: {100 * best.accuracy:.2f}% with "
+        f"{best.total_MB:.1f} MB, {base.total_MB / best.total_MB:.1f}× less "
+        f"({100 * (1 - best.total_MB / base.total_MB):.0f}% saved).",
+        f"Uploads alone: density {best_up.density:g}, ρ {best_up.rho:g} sends "
+        f"{best_up.up_MB:.1f} MB instead of {base.up_MB:.1f} MB "
+        f"({base.up_MB / best_up.up_MB:.1f}× less).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, help="override the suite's rounds")
+    args = parser.parse_args()
+    seconds = run_sweep_with_report(
+        HERE / "sparse.yaml", OUT, [f"rounds={args.rounds}"] if args.rounds else []
+    )
+    text = report(runs(OUT)) + f"\n\nSweep wall time: {seconds:.0f} s.\n"
+    (OUT / "sparse.md").write_text(text)
+    print(f"{text}\nreport: {OUT / 'report' / 'report.html'}")
+
+
+if __name__ == "__main__":
+    main()

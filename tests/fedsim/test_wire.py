@@ -1,0 +1,126 @@
+"""Sparse encodings of what travels in Messages, and the bytes they take."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim import wire
+from strategies.flower import flatten
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps new Messages with the task running them; pretend to be one."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+
+
+def vector_with(support: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.where(support, torch.randn(support.numel(), generator=g), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "form"),
+    [(1000, 10, wire.INDICES), (1000, 300, wire.BITMAP), (1000, 1000, wire.DENSE)],
+)
+def test_encoded_vectors_decode_exactly_in_the_cheapest_form(n: int, k: int, form: str) -> None:
+    support = torch.zeros(n, dtype=torch.bool)
+    support[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k]] = True
+    vector = vector_with(support)
+    record = wire.encode(vector, support)
+    assert form in record
+    decoded, got_support = wire.decode(record, n)
+    assert torch.equal(decoded, vector)
+    if form != wire.DENSE:
+        assert got_support is not None and torch.equal(got_support, support)
+
+
+def test_sparse_payload_bytes_by_hand() -> None:
+    # 10 of 1000: float32 values (40 B) + uint16 indices (20 B), each with a 128-byte .npy header
+    support = torch.zeros(1000, dtype=torch.bool)
+    support[::100] = True
+    record = wire.encode(vector_with(support), support)
+    assert record[wire.INDICES].dtype == "uint16"
+    assert wire.array_bytes(record) == (128 + 40) + (128 + 20)
+    # 300 of 1000: values 1200 B + a 125-byte bitmap (1000 bits) beat 300 uint16 indices (600 B)
+    support = torch.arange(1000) % 10 < 3
+    assert wire.array_bytes(wire.encode(vector_with(support), support)) == (128 + 1200) + (
+        128 + 125
+    )
+    # 990 of 1000: sparse would cost 3960 + 125 > 4000 dense bytes, so it goes dense...
+    support = torch.arange(1000) % 100 != 0
+    assert set(wire.encode(vector_with(support), support).keys()) == {wire.DENSE}
+    # ...unless the receiver needs the positions (a mask)
+    kept = wire.encode(vector_with(support), support, keep_support=True)
+    assert set(kept.keys()) == {wire.VALUES, wire.BITMAP}
+
+
+def test_message_bytes_grow_by_exactly_the_added_payload() -> None:
+    def reply(n: int) -> Message:
+        arrays = ArrayRecord({"w": Array(np.ones(n, dtype=np.float32))})
+        metrics = MetricRecord({"num-examples": 5})
+        return Message(
+            RecordDict({"arrays": arrays, "metrics": metrics}), dst_node_id=1, message_type="train"
+        )
+
+    # 300 → 400 float32 entries: chunk lengths 1328 → 1728 and shapes [300] → [400] keep their
+    # digit counts, so every piece of Flower's framing keeps its size: 400 more bytes exactly.
+    assert wire.message_bytes(reply(400)) - wire.message_bytes(reply(300)) == 400
+    # The framing of one array record with one array and a metrics record is small and fixed.
+    assert 0 < wire.message_bytes(reply(300)) - (128 + 1200) < 1200
+
+
+def test_config_records_are_not_counted() -> None:
+    arrays = ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))})
+    plain = Message(RecordDict({"arrays": arrays}), dst_node_id=1, message_type="train")
+    config = ConfigRecord({"scenario": "x" * 5000})
+    with_config = Message(
+        RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type="train"
+    )
+    # The record dict names one more child: ",<64-hex id>" in its header, whose body length
+    # gains a digit (78 -> 156), and ', "config": "<id>"' in its JSON body; not the 5000 bytes.
+    extra = wire.message_bytes(with_config) - wire.message_bytes(plain)
+    assert extra == 65 + 1 + len(', "config": ""') + 64
+
+
+def test_server_sends_the_masked_model_and_the_client_recovers_model_and_mask() -> None:
+    model = ArrayRecord(
+        {
+            "w": Array(np.array([[1.0, 0.0], [0.0, 4.0]], dtype=np.float32)),
+            "b": Array(np.ones(2, dtype=np.float32)),
+        }
+    )
+    mask = torch.tensor([True, False, False, True, True, True])
+    msg = Message(
+        RecordDict({"arrays": model, "config": ConfigRecord({})}),
+        dst_node_id=1,
+        message_type="train",
+    )
+    (sent,) = wire.send_masked([msg], mask)
+    assert wire.ARRAYS not in sent.content.array_records
+    received, got_mask = wire.received_model(sent.content, model)
+    assert torch.equal(flatten(received), flatten(model))
+    assert got_mask is not None and torch.equal(got_mask, mask)
+
+
+def test_replies_with_updates_become_models_and_bad_ones_become_errors() -> None:
+    base = ArrayRecord({"w": Array(np.array([1.0, 2.0, 3.0], dtype=np.float32))})
+    request = Message(RecordDict({"arrays": base}), dst_node_id=1, message_type="train")
+    delta = torch.tensor([0.0, 0.5, 0.0])
+    good = Message(RecordDict({wire.DELTA: wire.encode(delta, delta != 0)}), reply_to=request)
+    bad_record = ArrayRecord(
+        {
+            wire.VALUES: Array(np.ones(1, dtype=np.float32)),
+            wire.INDICES: Array(np.array([7], dtype=np.uint8)),
+        }
+    )
+    bad = Message(RecordDict({wire.DELTA: bad_record}), reply_to=request)
+    decoded, failed = wire.receive_updates([good, bad], base)
+    assert flatten(decoded.content.array_records["arrays"]).tolist() == [1.0, 2.5, 3.0]
+    assert failed.has_error() and "out of range" in failed.error.reason
