@@ -11,10 +11,13 @@ import os
 from pathlib import Path
 
 import torch
+from flwr.app import ArrayRecord
 
 from fedsim import mbo_server
-from fedsim.app import build_strategy, scenario_federation
+from fedsim.app import _initial_model, build_strategy, global_mask, scenario_federation
+from fedsim.data import Dataset
 from fedsim.errors import UserError
+from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
 from strategies.pipeline import RoundInfo
 
@@ -32,7 +35,7 @@ def preflight(scenario: Scenario) -> None:
     if mbo_server.is_mbo(scenario):
         mbo_server.check(scenario)
     else:
-        scenario_federation(scenario)
+        _check_sparsity(scenario, scenario_federation(scenario).dataset)
     _dry_run_pipeline(scenario)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
@@ -58,6 +61,15 @@ def _dry_run_pipeline(scenario: Scenario) -> None:
             f"strategy: {err} (a round aggregates up to clients.per_round={n} updates); "
             f"change the rule's parameters or clients.per_round"
         ) from None
+
+
+def _check_sparsity(scenario: Scenario, dataset: Dataset) -> None:
+    """Sparse training's schedule against the rounds, a model with weights to prune, and a
+    strategy whose replies can be encoded (``global_mask`` refuses the others)."""
+    mask = global_mask(scenario, build_strategy(scenario))
+    if mask is not None:
+        model = _initial_model(WORKLOADS.build(scenario.workload), scenario, dataset)
+        mask.start(ArrayRecord(model.state_dict()))
 
 
 def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:

@@ -88,15 +88,18 @@ def configurations(runs: list[Run]) -> tuple[list[Configuration], dict[str, Any]
 
 def _explained_by_name(key: str, differing: list[str], settings: list[dict[str, Any]]) -> bool:
     """A parameter some configurations lack because an enclosing component's name differs
-    (fedavg's ``strategy.aggregator.name`` against fedlaavg's ``strategy.beta``): the name
-    already tells the configurations apart, so the label leaves the parameter out."""
-    if all(key in s for s in settings):
+    (fedavg's ``strategy.aggregator.name`` against fedlaavg's ``strategy.beta``), or a component
+    left out (``workload.sparsity: null``) where others name one: the name already tells the
+    configurations apart, so the label leaves the parameter out, unless its value varies among
+    the configurations that have it (``workload.sparsity.density`` 0.1 against 0.2)."""
+    present = [s for s in settings if key in s]
+    if len(present) == len(settings):
+        return False
+    if len({json.dumps(s[key], default=str) for s in present}) > 1:
         return False
     parts = key.split(".")
-    return any(
-        ".".join([*parts[:i], "name"]) in differing and ".".join([*parts[:i], "name"]) != key
-        for i in range(len(parts))
-    )
+    enclosing = [".".join([*parts[:i], "name"]) for i in range(len(parts) + 1)]
+    return any(name in differing and name != key for name in enclosing)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -335,3 +335,12 @@ def test_params_defaults() -> None:
 def test_params_refuse_unknown_keys_and_bad_values(options: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         WORKLOADS.build(Component(name="classification", **options))
+
+
+def test_mlp_with_hidden_widths_is_lenet_300_100() -> None:
+    from clients.models import MLP
+
+    model = MLP((1, 28, 28), 10, hidden=[300, 100])
+    sizes = [tuple(p.shape) for p in model.parameters()]
+    assert sizes == [(300, 784), (300,), (100, 300), (100,), (10, 100), (10,)]
+    assert sum(p.numel() for p in model.parameters()) == 266_610  # LeCun et al. (1998)

@@ -118,6 +118,22 @@ def test_parameters_of_differently_named_components_stay_out_of_labels(tmp_path:
     ]
 
 
+def test_a_left_out_component_explains_its_parameters_unless_they_vary(tmp_path: Path) -> None:
+    # dense (sparsity null) against two densities: density varies where present, so it stays
+    write_run(tmp_path / "a", [0.5], set_={"workload.sparsity": None})
+    for i, density in enumerate((0.1, 0.2)):
+        sparsity = {"name": "rigl", "density": density, "every": 25}
+        write_run(tmp_path / f"r{i}", [0.5], set_={"workload.sparsity": sparsity})
+
+    configs, _ = configurations(load_runs_for_test(*sorted(tmp_path.iterdir())))
+
+    assert [c.label for c in configs] == [
+        "workload.sparsity.density=(absent), workload.sparsity.name=(absent)",
+        "workload.sparsity.density=0.1, workload.sparsity.name=rigl",
+        "workload.sparsity.density=0.2, workload.sparsity.name=rigl",
+    ]
+
+
 def test_runs_differing_only_in_seed_form_one_configuration(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for seed in range(3):
