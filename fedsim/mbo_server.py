@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from torch import Tensor
 
 from clients.mbo import MboFederation, MboWorkload, mbo_federation
-from fedsim import results
+from fedsim import results, wire
 from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
 from fedsim.registry import WORKLOADS
@@ -98,7 +98,9 @@ def serve_designs(
         for rnd in range(first, scenario.rounds + 1):
             started = time.perf_counter()
             nodes = [node_of[c] for c in members]
-            replies = grid.send_and_receive(_messages(nodes, GRADIENTS, config, designs))
+            messages = _messages(nodes, GRADIENTS, config, designs)
+            replies = list(grid.send_and_receive(messages))
+            down, up = wire.traffic(messages, replies)  # measured as Flower serialises them
             answered = time.perf_counter()
             clients, values, grads = _gradients(rnd, replies, client_ids, designs, writer)
             if not clients:
@@ -122,6 +124,8 @@ def serve_designs(
                     - started,  # the clients' gradients, transport included
                     "aggregate_time_s": combined - answered,
                     "round_time_s": time.perf_counter() - started,
+                    "bytes_down": float(down),
+                    "bytes_up": float(up),
                 },
             )
             writer.flush()

@@ -65,6 +65,10 @@ def test_ascent_on_the_mean_raises_the_ensembles_prediction_and_reports_scores(t
     assert server(metrics, "p50").between(-1, 2).all()
     designs = torch.load(tmp_path / "run" / "model.pt")["designs"]
     assert designs.shape == (8, 4)
+    # Every step's traffic is recorded: 3 clients get the 8x4 float32 designs (128 bytes each)
+    # and reply with values and gradients (8 + 32 floats), framing on top.
+    assert (server(metrics, "bytes_down") > 3 * 128).all()
+    assert (server(metrics, "bytes_up") > 3 * 4 * 40).all()
 
 
 @pytest.mark.parametrize("rule", ["min", "mgda", "cagrad"])
