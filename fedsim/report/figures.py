@@ -222,7 +222,8 @@ def accuracy_bytes(configs: list[Configuration]) -> Figure | None:
     if not curves:
         return None
     with style():
-        fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+        # One legend column below the axes: labels name every differing key and run long.
+        fig = Figure(figsize=(8, 4 + 0.17 * len(curves)), layout="constrained")
         ax = fig.subplots()
         for i, config, both in curves:
             label = f"C{i + 1}: {config.label}"
@@ -233,7 +234,7 @@ def accuracy_bytes(configs: list[Configuration]) -> Figure | None:
         ax.set_xlabel("bytes sent, both ways, cumulative (MB, log scale)")
         ax.set_ylabel("test accuracy")
         ax.set_title("accuracy against communication (mean over seeds; dot: last round)")
-        fig.legend(loc="outside lower center", ncols=2)
+        fig.legend(loc="outside lower center", ncols=1)
     return fig
 
 
