@@ -84,7 +84,9 @@ def _band_plot(ax: Axes, configs: list[Configuration], metric: str, ylabel: str)
         mean, std, n = values.mean(axis=1), values.std(axis=1, ddof=1), values.count(axis=1)
         seeds = values.shape[1]
         label = f"C{i + 1}: {config.label} (n={seeds})"
-        ax.plot(mean.index, mean.to_numpy(), color=colour(i), label=label, linewidth=1.5)
+        # past the palette's 8 colours, a dashed line keeps configurations apart
+        dashes = "-" if i < len(OKABE_ITO) else "--"
+        ax.plot(mean.index, mean.to_numpy(), dashes, color=colour(i), label=label, linewidth=1.5)
         band = n >= 2  # a spread needs two seeds
         if band.any():
             ax.fill_between(
