@@ -36,7 +36,7 @@ from torch import nn
 
 from clients import TrainConfig, Workload
 from clients.mbo import MboFederation, MboWorkload
-from fedsim import mbo_server, results
+from fedsim import mbo_server, privacy, results
 from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.progress import RoundProgress
@@ -45,6 +45,7 @@ from fedsim.scenario import Scenario, load, parse
 from strategies import fedlaavg
 from strategies.attacks.base import DataAttack, Poison
 from strategies.availability import Population
+from strategies.central_dp import CentralDP
 from strategies.client_memory import ClientMemory
 from strategies.flower import PipelineStrategy, flatten, unflatten, with_phase
 
@@ -119,19 +120,22 @@ def _serve(
     device = pick_device(scenario.device)
     client_ids = identify_clients(grid, scenario.clients.num)
     if mbo_server.is_mbo(scenario):  # the server ascends designs rather than a model
-        strategy = build_strategy(scenario, client_ids=client_ids, recorder=writer)
+        strategy = pipeline_strategy(scenario, client_ids=client_ids, recorder=writer)
         mbo_server.serve_designs(
             grid, scenario, writer, checkpoint, show_progress, client_ids, strategy
         )
         return
     workload: Workload = WORKLOADS.build(scenario.workload)
     dataset = load_dataset(scenario.data.dataset)
-    model = _initial_model(workload, scenario, dataset).to(device)
+    model, model_changes = initial_model_and_changes(workload, scenario, dataset)
+    model = model.to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
     strategy = build_strategy(scenario, client_ids=client_ids, recorder=writer)
     first = 1
     if checkpoint is None:
         writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
+        if scenario.privacy.mode != "none":
+            writer.event("privacy", **scenario.privacy.model_dump(), model_changes=model_changes)
         if scenario.byzantine.num:
             writer.event(
                 "byzantine_clients",
@@ -190,7 +194,12 @@ def _serve(
     writer.save_model(model.state_dict())
 
 
-def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
+def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy | CentralDP:
+    """The scenario's strategy, inside Flower's central-DP wrapper when ``privacy`` says so."""
+    return privacy.central(pipeline_strategy(scenario, **options), scenario)
+
+
+def pipeline_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
     """The scenario's strategy with its sampling, availability and byzantine clients."""
     attack = None
     if scenario.byzantine.num:
@@ -235,7 +244,7 @@ class ClientDropout(RuntimeError):
 
 
 def _checkpoint(
-    rnd: int, arrays: ArrayRecord, strategy: PipelineStrategy, grid: Grid
+    rnd: int, arrays: ArrayRecord, strategy: PipelineStrategy | CentralDP, grid: Grid
 ) -> results.Checkpoint:
     """What a resumed run needs to go on exactly as an uninterrupted one would."""
     client_states = getattr(grid, "client_states", None)  # only the local engine can give them
@@ -287,7 +296,17 @@ def identify_clients(grid: Grid, num: int) -> dict[int, int]:
 
 def _initial_model(workload: Workload, scenario: Scenario, dataset: Dataset) -> nn.Module:
     """The global model before round 1, the same in every process for the same seed."""
-    return workload.build_model(dataset.input_shape, dataset.num_classes, _generator(scenario.seed))
+    return initial_model_and_changes(workload, scenario, dataset)[0]
+
+
+def initial_model_and_changes(
+    workload: Workload, scenario: Scenario, dataset: Dataset
+) -> tuple[nn.Module, list[str]]:
+    """The global model, and the layers local DP's ``fix_model`` replaced in it."""
+    model = workload.build_model(
+        dataset.input_shape, dataset.num_classes, _generator(scenario.seed)
+    )
+    return privacy.private_model(model, scenario)
 
 
 def _generator(*seed: int) -> torch.Generator:
@@ -400,8 +419,13 @@ def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
     x, y = rt.x[index], rt.y[index]
     if rt.poison is not None and client in rt.byzantine:
         x, y = rt.poison(x, y, rt.num_classes, _generator(rt.scenario.seed, client, rnd, 1))
-    train_config = TrainConfig(rnd, client, generator, rt.device)
-    metrics = rt.workload.fit(rt.model, x, y, train_config)
+    training = privacy.local_training(rt.scenario, context.state, client, rnd)
+    train_config = TrainConfig(rnd, client, generator, rt.device, training)
+    try:
+        metrics = rt.workload.fit(rt.model, x, y, train_config)
+        metrics.update(privacy.spent(training, rt.scenario, context.state))
+    finally:
+        privacy.release(training)  # DP-SGD's hooks off the model that serves every client
     reply = ArrayRecord(rt.model.state_dict())
     if fedlaavg.is_latest_averaging(config):
         reply = _latest_difference(rt, client, config, arrays, reply)

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import torch
 
-from fedsim import mbo_server
-from fedsim.app import build_strategy, scenario_federation
+from fedsim import mbo_server, privacy
+from fedsim.app import (
+    build_strategy,
+    initial_model_and_changes,
+    pipeline_strategy,
+    scenario_federation,
+)
+from fedsim.data import Federation
 from fedsim.errors import UserError
+from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
 from strategies.pipeline import RoundInfo
 
@@ -27,13 +34,18 @@ def preflight(scenario: Scenario) -> None:
     Loads the dataset and splits it as the clients will (missing data, impossible splits),
     builds the strategy with its availability schedule (e.g. a trace file's shape) and
     aggregates a round of random updates through its pipeline (impossible ``f``), and checks
-    that Flower's engine can place a client on this machine.
+    that Flower's engine can place a client on this machine. Under local DP it checks that
+    Opacus can train the model and runs a few DP-SGD steps; under central DP it builds
+    Flower's DP wrapper (which checks its own parameters).
     """
+    federation = None
     if mbo_server.is_mbo(scenario):
         mbo_server.check(scenario)
     else:
-        scenario_federation(scenario)
+        federation = scenario_federation(scenario)
     _dry_run_pipeline(scenario)
+    if federation is not None:
+        _check_privacy(scenario, federation)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
         _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)
@@ -44,7 +56,7 @@ def _dry_run_pipeline(scenario: Scenario) -> None:
 
     A rule whose condition cannot hold (e.g. Krum's n > 2f + 2) says so before anything runs.
     """
-    strategy = build_strategy(scenario)
+    strategy = pipeline_strategy(scenario)
     n = scenario.clients.per_round
     generator = torch.Generator().manual_seed(0)
     updates = torch.randn(n, 8, generator=generator)
@@ -58,6 +70,26 @@ def _dry_run_pipeline(scenario: Scenario) -> None:
             f"strategy: {err} (a round aggregates up to clients.per_round={n} updates); "
             f"change the rule's parameters or clients.per_round"
         ) from None
+
+
+def _check_privacy(scenario: Scenario, federation: Federation) -> None:
+    mode = scenario.privacy.mode
+    if mode == "central":
+        try:
+            build_strategy(scenario)
+        except ValueError as err:  # Flower's own checks, e.g. adaptive clipping's noise split
+            raise UserError(
+                f"privacy: {err} (clients.per_round={scenario.clients.per_round} clients a round)"
+            ) from None
+    elif mode == "local":
+        workload = WORKLOADS.build(scenario.workload)
+        try:
+            model, _ = initial_model_and_changes(workload, scenario, federation.dataset)
+            index = federation.train[0]
+            x, y = federation.dataset.x_train[index], federation.dataset.y_train[index]
+            privacy.dry_run(scenario, workload, model, x, y)
+        except (ValueError, RuntimeError) as err:
+            raise UserError(f"privacy: {err}") from None
 
 
 def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
