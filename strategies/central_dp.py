@@ -10,6 +10,9 @@ new model. fedsim changes only what it must:
   from NumPy's global generator, so a run, and a resumed run, is reproducible;
 - the adaptive wrapper's noise is calibrated to the norm the round's updates were clipped to
   (Flower updates the norm first and noises with the next round's norm);
+- the adaptive norm moves as in Andrew et al.: C ← C·exp(−η(b̄ − γ)) with b̄ the (noisy)
+  fraction of updates *not* clipped. Flower 1.41 puts the clipped fraction in b̄'s place, so its
+  norm shrinks when most updates are clipped and grows when few are, away from the γ-quantile;
 - each round records the noise multiplier, the clipping norm, the noise std and the ε spent,
   and the wrapper's state (the adaptive norm, the releases so far) goes into checkpoints.
 
@@ -194,6 +197,10 @@ class AdaptiveClippingDP(_CentralDP, DifferentialPrivacyServerSideAdaptiveClippi
         """Flower's noisy fraction of clipped updates, drawn from the seed and round."""
         noisy = self._rng(COUNT_STREAM).normal(count, self.clipped_count_stddev)
         return float(noisy) / float(total)
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        """Andrew et al.'s step, on the fraction of updates left unclipped (see the module)."""
+        super()._geometric_update(1.0 - clipped_fraction)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
