@@ -128,3 +128,9 @@ def test_fix_model_replaces_batchnorm_and_says_so() -> None:
     assert changes == ["2: BatchNorm1d -> GroupNorm"]
     assert isinstance(fixed[2], nn.GroupNorm)
     assert opacus_compatible(fixed, fix=False) == (fixed, [])
+
+
+def test_steps_mode_takes_exactly_that_many_poisson_steps() -> None:
+    training = DPSGD(1.0, 1.0, noise_seed=0)
+    fit(workload(steps=7), model(workload()), training)
+    assert training.history() == [(1.0, BATCH / N, 7)]

@@ -63,6 +63,33 @@ def test_local_dp_records_each_clients_epsilon_accumulated_over_its_rounds(tiny,
     assert events(tmp_path / "run")[1]["event"] == "privacy"
 
 
+@pytest.mark.parametrize("privacy", [LOCAL, {**CENTRAL, "clipping": "adaptive"}])
+def test_a_resumed_private_run_ends_as_an_uninterrupted_one(tiny, tmp_path, monkeypatch, privacy):  # type: ignore[no-untyped-def]
+    # The clients' accountant histories and the adaptive norm travel in the checkpoint.
+    tiny.update(strategy=UNIFORM, privacy=privacy, rounds=4)
+    tiny["privacy"] = {**privacy, "noise_multiplier": 0.1} if privacy is not LOCAL else LOCAL
+    reference = run(tiny, tmp_path / "reference")
+    calls = {"n": 0}
+
+    def interrupt_after_round_two(self: Any, accuracy: float | None) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr("fedsim.app.RoundProgress.advance", interrupt_after_round_two)
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny, tmp_path / "resumed")
+    scenario = parse(tiny)
+    grid = InProcessGrid(client_app, scenario.clients.num)  # a fresh process's empty states
+    serve(grid, scenario, tmp_path / "resumed", show_progress=False)
+    resumed = pd.read_csv(tmp_path / "resumed" / "metrics.csv")
+    learned = [
+        m[~m.metric.str.endswith("_time_s")].reset_index(drop=True) for m in (reference, resumed)
+    ]
+    pd.testing.assert_frame_equal(learned[1], learned[0])
+
+
 def test_local_dp_without_noise_or_clip_reproduces_the_plain_run(tiny, tmp_path) -> None:
     # One full batch per epoch (batch_size > any client's data) and the plain batch order: the
     # DP-SGD step is then the plain gradient step; float32 summation order aside (~1e-7).
