@@ -120,9 +120,9 @@ def _serve(
     device = pick_device(scenario.device)
     client_ids = identify_clients(grid, scenario.clients.num)
     if mbo_server.is_mbo(scenario):  # the server ascends designs rather than a model
-        strategy = pipeline_strategy(scenario, client_ids=client_ids, recorder=writer)
+        designs = pipeline_strategy(scenario, client_ids=client_ids, recorder=writer)
         mbo_server.serve_designs(
-            grid, scenario, writer, checkpoint, show_progress, client_ids, strategy
+            grid, scenario, writer, checkpoint, show_progress, client_ids, designs
         )
         return
     workload: Workload = WORKLOADS.build(scenario.workload)

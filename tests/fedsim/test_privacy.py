@@ -19,7 +19,7 @@ from fedsim.app import client_app, scenario_federation, serve
 from fedsim.engine import preflight
 from fedsim.errors import ScenarioError, UserError
 from fedsim.grid import InProcessGrid
-from fedsim.scenario import parse
+from fedsim.scenario import load, parse
 
 LOCAL = {"mode": "local", "noise_multiplier": 1.0, "max_grad_norm": 1.0}
 CENTRAL = {"mode": "central", "noise_multiplier": 0.5, "clipping_norm": 1.0}
@@ -217,3 +217,11 @@ def test_fedprox_with_local_dp_fails_preflight(tiny) -> None:
     tiny["privacy"] = LOCAL
     with pytest.raises(UserError, match="FedProx"):
         preflight(parse(tiny))
+
+
+def test_the_mbo_workload_refuses_privacy() -> None:
+    with pytest.raises(ScenarioError, match="mbo workload releases designs"):
+        load(
+            Path(__file__).parents[2] / "scenarios" / "mbo.yaml",
+            ["privacy={mode: local, noise_multiplier: 1, max_grad_norm: 1}"],
+        )
