@@ -1,9 +1,9 @@
 """Differential privacy on Fashion-MNIST: accuracy against ε, local DP-SGD and central DP.
 
-    python benchmarks/privacy/run.py               # both sweeps, 2 seeds, 40 rounds (~10 min)
+    python benchmarks/privacy/run.py               # both sweeps, 2 seeds, 30 rounds (~10-15 min)
     python benchmarks/privacy/run.py --rounds 10   # a quick look
 
-Runs local.yaml (plain SGD and DP-SGD at noise multipliers 0.7 / 1.0 / 2.0; 20 clients, 4 a
+Runs local.yaml (plain SGD and DP-SGD at noise multipliers 0.6 / 1.0 / 2.0; 20 clients, 3 a
 round) and central.yaml (FedAvg, and Flower's central-DP wrapper with fixed and adaptive
 clipping; 200 clients, 40 a round), builds each sweep's report and writes privacy.md: the final
 accuracy and ε of every configuration, the accuracy reached by the time ε passes 1, 3 and 8,
