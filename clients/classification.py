@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -70,21 +68,29 @@ class ClassificationWorkload:
         if y.shape[0] != n:
             raise ValueError(f"x and y differ in length: {n} != {y.shape[0]}")
         p = self.params
+        training = config.training
+        if p.mu > 0 and training.private:
+            raise ValueError(
+                "FedProx (workload.mu > 0) cannot run under DP-SGD: the private optimiser "
+                "replaces the gradient, proximal term included; set workload.mu: 0"
+            )
         model.train()
         params = [q for q in model.parameters() if q.requires_grad]
-        optimizer = torch.optim.SGD(
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
         )
+        model, optimizer = training.setup(model, optimizer, n, p.batch_size, config.generator)
         anchor = [q.detach().clone() for q in params] if p.mu > 0 else []
         loss_sum = torch.zeros((), device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
         seen = 0
-        for epoch, batches in enumerate(self._passes(n, config.generator, x.device)):
+        for epoch, batches in enumerate(training.passes(p.epochs, p.steps, x.device)):
             pass_loss = torch.zeros((), device=x.device)
             for idx in batches:
                 xb, yb = x[idx], y[idx]
                 logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+                # Poisson sampling (DP-SGD) can draw an empty batch; its step is noise alone.
+                loss = F.cross_entropy(logits, yb) if idx.numel() else logits.sum() * 0.0
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if anchor:
@@ -105,25 +111,11 @@ class ClassificationWorkload:
                     f" over the data (lr={p.lr}); the weights are unusable"
                 )
             loss_sum += pass_loss
+        seen = max(seen, 1)  # Poisson sampling may, rarely, draw no sample at all
         return {
             "train_loss": loss_sum.item() / seen,
             "train_accuracy": correct.item() / seen,
         }
-
-    def _passes(
-        self, n: int, generator: torch.Generator, device: torch.device
-    ) -> Iterator[list[Tensor]]:
-        """Minibatch indices, one list per pass over a fresh permutation of the ``n`` samples.
-
-        ``epochs`` whole passes, or with ``steps`` just enough passes for that many batches.
-        """
-        batch, steps = self.params.batch_size, self.params.steps
-        remaining = steps if steps is not None else self.params.epochs * math.ceil(n / batch)
-        while remaining > 0:
-            perm = torch.randperm(n, generator=generator).to(device)
-            batches = list(perm.split(batch))[:remaining]
-            remaining -= len(batches)
-            yield batches
 
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
         """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` on ``(x, y)``, without grad."""

@@ -3,11 +3,84 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from torch.optim import Optimizer
+
+
+class LocalTraining(Protocol):
+    """Where a workload's local loop gets its minibatches and how its optimiser steps.
+
+    A workload calls ``setup`` once with its model and optimiser and trains with what it returns,
+    on the index batches of ``passes``. ``PlainTraining`` (the default) shuffles the data each
+    pass; local DP-SGD (``clients/privacy.py``) draws Poisson batches and clips and noises
+    per-sample gradients. A workload that does both is trained privately when a scenario asks.
+    """
+
+    private: bool  # the optimiser replaces the gradients (DP-SGD): add nothing to .grad
+
+    def setup(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        n: int,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> tuple[nn.Module, Optimizer]: ...
+
+    def passes(
+        self, epochs: int, steps: int | None, device: torch.device
+    ) -> Iterator[list[Tensor]]: ...
+
+
+class PlainTraining:
+    """Minibatch SGD: each pass a fresh permutation of the ``n`` samples, cut into batches."""
+
+    private = False
+
+    def __init__(self) -> None:
+        self.n, self.batch_size = 0, 1
+        self.generator: torch.Generator | None = None
+
+    def setup(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        n: int,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> tuple[nn.Module, Optimizer]:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        return model, optimizer
+
+    def passes(
+        self, epochs: int, steps: int | None, device: torch.device
+    ) -> Iterator[list[Tensor]]:
+        """``epochs`` whole passes, or with ``steps`` just enough passes for that many batches."""
+        if self.generator is None:
+            raise RuntimeError("PlainTraining.passes called before setup")
+        return shuffled_passes(self.n, self.batch_size, epochs, steps, self.generator, device)
+
+
+def shuffled_passes(
+    n: int,
+    batch_size: int,
+    epochs: int,
+    steps: int | None,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Iterator[list[Tensor]]:
+    """Index batches, one list per pass over a fresh permutation of ``range(n)``."""
+    remaining = steps if steps is not None else epochs * math.ceil(n / batch_size)
+    while remaining > 0:
+        perm = torch.randperm(n, generator=generator).to(device)
+        batches = list(perm.split(batch_size))[:remaining]
+        remaining -= len(batches)
+        yield batches
 
 
 @dataclass(frozen=True)
@@ -19,6 +92,8 @@ class TrainConfig:
     # Seeded by the caller from (seed, client, round); drives batch order. Must live on the CPU.
     generator: torch.Generator
     device: torch.device
+    # How minibatches are drawn and the optimiser steps: plain SGD, or DP-SGD under local DP.
+    training: LocalTraining = field(default_factory=PlainTraining)
 
 
 @runtime_checkable

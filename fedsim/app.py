@@ -40,7 +40,7 @@ from clients import TrainConfig, Workload
 from clients.compression import Compressor
 from clients.mbo import MboFederation, MboWorkload
 from clients.sparsity import SparsityMethod, masked_training
-from fedsim import mbo_server, results, wire
+from fedsim import mbo_server, privacy, results, wire
 from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.global_mask import GlobalMask, masks_from_flat
@@ -57,6 +57,7 @@ from fedsim.scenario import Scenario, load, parse
 from strategies import fedlaavg
 from strategies.attacks.base import DataAttack, Poison
 from strategies.availability import Population
+from strategies.central_dp import CentralDP
 from strategies.client_memory import ClientMemory
 from strategies.flower import PipelineStrategy, flatten, unflatten, with_phase
 
@@ -133,20 +134,23 @@ def _serve(
     device = pick_device(scenario.device)
     client_ids = identify_clients(grid, scenario.clients.num)
     if mbo_server.is_mbo(scenario):  # the server ascends designs rather than a model
-        strategy = build_strategy(scenario, client_ids=client_ids, recorder=writer)
+        designs = pipeline_strategy(scenario, client_ids=client_ids, recorder=writer)
         mbo_server.serve_designs(
-            grid, scenario, writer, checkpoint, show_progress, client_ids, strategy
+            grid, scenario, writer, checkpoint, show_progress, client_ids, designs
         )
         return
     workload: Workload = WORKLOADS.build(scenario.workload)
     dataset = load_dataset(scenario.data.dataset)
-    model = _initial_model(workload, scenario, dataset).to(device)
+    model, model_changes = initial_model_and_changes(workload, scenario, dataset)
+    model = model.to(device)
     x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
     strategy = build_strategy(scenario, client_ids=client_ids, recorder=writer)
     mask = global_mask(scenario, strategy)
     first = 1
     if checkpoint is None:
         writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
+        if scenario.privacy.mode != "none":
+            writer.event("privacy", **scenario.privacy.model_dump(), model_changes=model_changes)
         if scenario.byzantine.num:
             writer.event(
                 "byzantine_clients",
@@ -231,7 +235,7 @@ def _exchange(
     return wire.receive_updates(replies, arrays), traffic
 
 
-def global_mask(scenario: Scenario, strategy: PipelineStrategy) -> GlobalMask | None:
+def global_mask(scenario: Scenario, strategy: PipelineStrategy | CentralDP) -> GlobalMask | None:
     """The server's global mask when the workload trains sparse (checked against the strategy)."""
     encoded = scenario.workload.sparsity is not None or scenario.compression.name != "none"
     if encoded and isinstance(strategy, fedlaavg.FedLaAvgStrategy):
@@ -242,7 +246,12 @@ def global_mask(scenario: Scenario, strategy: PipelineStrategy) -> GlobalMask | 
     return GlobalMask.for_scenario(scenario, _generator(scenario.seed, MASK_STREAM))
 
 
-def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
+def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy | CentralDP:
+    """The scenario's strategy, inside Flower's central-DP wrapper when ``privacy`` says so."""
+    return privacy.central(pipeline_strategy(scenario, **options), scenario)
+
+
+def pipeline_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
     """The scenario's strategy with its sampling, availability and byzantine clients."""
     attack = None
     if scenario.byzantine.num:
@@ -287,7 +296,11 @@ class ClientDropout(RuntimeError):
 
 
 def _checkpoint(
-    rnd: int, arrays: ArrayRecord, strategy: PipelineStrategy, grid: Grid, mask: GlobalMask | None
+    rnd: int,
+    arrays: ArrayRecord,
+    strategy: PipelineStrategy | CentralDP,
+    grid: Grid,
+    mask: GlobalMask | None,
 ) -> results.Checkpoint:
     """What a resumed run needs to go on exactly as an uninterrupted one would."""
     client_states = getattr(grid, "client_states", None)  # only the local engine can give them
@@ -340,7 +353,17 @@ def identify_clients(grid: Grid, num: int) -> dict[int, int]:
 
 def _initial_model(workload: Workload, scenario: Scenario, dataset: Dataset) -> nn.Module:
     """The global model before round 1, the same in every process for the same seed."""
-    return workload.build_model(dataset.input_shape, dataset.num_classes, _generator(scenario.seed))
+    return initial_model_and_changes(workload, scenario, dataset)[0]
+
+
+def initial_model_and_changes(
+    workload: Workload, scenario: Scenario, dataset: Dataset
+) -> tuple[nn.Module, list[str]]:
+    """The global model, and the layers local DP's ``fix_model`` replaced in it."""
+    model = workload.build_model(
+        dataset.input_shape, dataset.num_classes, _generator(scenario.seed)
+    )
+    return privacy.private_model(model, scenario)
 
 
 def _generator(*seed: int) -> torch.Generator:
@@ -467,9 +490,14 @@ def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
     x, y = rt.x[index], rt.y[index]
     if rt.poison is not None and client in rt.byzantine:
         x, y = rt.poison(x, y, rt.num_classes, _generator(rt.scenario.seed, client, rnd, 1))
-    train_config = TrainConfig(rnd, client, generator, rt.device)
-    with _sparse_training(rt, mask, rnd, client):
-        metrics = rt.workload.fit(rt.model, x, y, train_config)
+    training = privacy.local_training(rt.scenario, context.state, client, rnd)
+    train_config = TrainConfig(rnd, client, generator, rt.device, training)
+    try:
+        with _sparse_training(rt, mask, rnd, client):
+            metrics = rt.workload.fit(rt.model, x, y, train_config)
+        metrics.update(privacy.spent(training, rt.scenario, context.state))
+    finally:
+        privacy.release(training)  # DP-SGD's hooks off the model that serves every client
     reply = ArrayRecord(rt.model.state_dict())
     key = "arrays"
     if rt.encodes_updates:

@@ -13,9 +13,15 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim import mbo_server
-from fedsim.app import _initial_model, build_strategy, global_mask, scenario_federation
-from fedsim.data import Dataset
+from fedsim import mbo_server, privacy
+from fedsim.app import (
+    build_strategy,
+    global_mask,
+    initial_model_and_changes,
+    pipeline_strategy,
+    scenario_federation,
+)
+from fedsim.data import Federation
 from fedsim.errors import UserError
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
@@ -30,13 +36,19 @@ def preflight(scenario: Scenario) -> None:
     Loads the dataset and splits it as the clients will (missing data, impossible splits),
     builds the strategy with its availability schedule (e.g. a trace file's shape) and
     aggregates a round of random updates through its pipeline (impossible ``f``), and checks
-    that Flower's engine can place a client on this machine.
+    that Flower's engine can place a client on this machine. Under local DP it checks that
+    Opacus can train the model and runs a few DP-SGD steps; under central DP it builds
+    Flower's DP wrapper (which checks its own parameters).
     """
+    federation = None
     if mbo_server.is_mbo(scenario):
         mbo_server.check(scenario)
     else:
-        _check_sparsity(scenario, scenario_federation(scenario).dataset)
+        federation = scenario_federation(scenario)
+        _check_sparsity(scenario, federation)
     _dry_run_pipeline(scenario)
+    if federation is not None:
+        _check_privacy(scenario, federation)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
         _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)
@@ -47,7 +59,7 @@ def _dry_run_pipeline(scenario: Scenario) -> None:
 
     A rule whose condition cannot hold (e.g. Krum's n > 2f + 2) says so before anything runs.
     """
-    strategy = build_strategy(scenario)
+    strategy = pipeline_strategy(scenario)
     n = scenario.clients.per_round
     generator = torch.Generator().manual_seed(0)
     updates = torch.randn(n, 8, generator=generator)
@@ -63,13 +75,34 @@ def _dry_run_pipeline(scenario: Scenario) -> None:
         ) from None
 
 
-def _check_sparsity(scenario: Scenario, dataset: Dataset) -> None:
+def _check_sparsity(scenario: Scenario, federation: Federation) -> None:
     """Sparse training's schedule against the rounds, a model with weights to prune, and a
     strategy whose replies can be encoded (``global_mask`` refuses the others)."""
-    mask = global_mask(scenario, build_strategy(scenario))
+    mask = global_mask(scenario, pipeline_strategy(scenario))
     if mask is not None:
-        model = _initial_model(WORKLOADS.build(scenario.workload), scenario, dataset)
+        workload = WORKLOADS.build(scenario.workload)
+        model, _ = initial_model_and_changes(workload, scenario, federation.dataset)
         mask.start(ArrayRecord(model.state_dict()))
+
+
+def _check_privacy(scenario: Scenario, federation: Federation) -> None:
+    mode = scenario.privacy.mode
+    if mode == "central":
+        try:
+            build_strategy(scenario)
+        except ValueError as err:  # Flower's own checks, e.g. adaptive clipping's noise split
+            raise UserError(
+                f"privacy: {err} (clients.per_round={scenario.clients.per_round} clients a round)"
+            ) from None
+    elif mode == "local":
+        workload = WORKLOADS.build(scenario.workload)
+        try:
+            model, _ = initial_model_and_changes(workload, scenario, federation.dataset)
+            index = federation.train[0]
+            x, y = federation.dataset.x_train[index], federation.dataset.y_train[index]
+            privacy.dry_run(scenario, workload, model, x, y)
+        except (ValueError, RuntimeError) as err:
+            raise UserError(f"privacy: {err}") from None
 
 
 def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -78,6 +79,62 @@ class ResourcesSpec(Section):
     )
 
 
+class NoPrivacy(Section):
+    mode: Literal["none"] = "none"
+
+
+class LocalPrivacy(Section):
+    """``privacy: {mode: local}`` — every client trains by DP-SGD (Opacus); ε per client."""
+
+    mode: Literal["local"]
+    noise_multiplier: float = Field(ge=0, description="noise std / max_grad_norm (0: no privacy)")
+    max_grad_norm: float = Field(gt=0, description="per-sample gradient clip (.inf: none)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the δ at which ε is reported")
+    poisson: bool = Field(
+        True, description="Poisson-sampled minibatches, as the accountant assumes"
+    )
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    fix_model: bool = Field(False, description="let Opacus replace layers it cannot train")
+
+    @model_validator(mode="after")
+    def _noise_needs_a_clip(self) -> LocalPrivacy:
+        if math.isinf(self.max_grad_norm) and self.noise_multiplier > 0:
+            raise ValueError(
+                "max_grad_norm is infinite but noise_multiplier > 0: the noise std is their "
+                "product; give a finite max_grad_norm (infinite is only for noise_multiplier: 0)"
+            )
+        return self
+
+
+class CentralPrivacy(Section):
+    """``privacy: {mode: central}`` — Flower's server-side DP wrapper around the strategy."""
+
+    mode: Literal["central"]
+    noise_multiplier: float = Field(ge=0, description="noise std / (clipping_norm / clients)")
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    clipping_norm: float = Field(gt=0, allow_inf_nan=False, description="adaptive: initial norm")
+    target_clipped_quantile: float = Field(0.5, ge=0, le=1, description="adaptive only")
+    clip_norm_lr: float = Field(0.2, gt=0, description="adaptive only")
+    clipped_count_stddev: float | None = Field(None, ge=0, description="adaptive only")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the δ at which ε is reported")
+
+    @model_validator(mode="after")
+    def _adaptive_keys_need_adaptive(self) -> CentralPrivacy:
+        # Compared with the defaults, not the keys given: a resolved scenario spells out all.
+        adaptive = ("target_clipped_quantile", "clip_norm_lr", "clipped_count_stddev")
+        fields = type(self).model_fields
+        given = [k for k in adaptive if getattr(self, k) != fields[k].default]
+        if self.clipping == "fixed" and given:
+            raise ValueError(
+                f"{', '.join(given)} only apply to clipping: adaptive; remove them or set "
+                f"clipping: adaptive"
+            )
+        return self
+
+
+Privacy = Annotated[NoPrivacy | LocalPrivacy | CentralPrivacy, Field(discriminator="mode")]
+
+
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0)
@@ -95,6 +152,7 @@ class Scenario(Section):
     compression: Component = Component(name="none")  # what clients do to updates they send
     byzantine: ByzantineSpec = ByzantineSpec()
     eval: EvalSpec = EvalSpec()
+    privacy: Privacy = NoPrivacy()
 
     @model_validator(mode="after")
     def _byzantine_fit(self) -> Scenario:
@@ -102,6 +160,24 @@ class Scenario(Section):
             raise ValueError(
                 f"byzantine.num ({self.byzantine.num}) cannot exceed clients.num "
                 f"({self.clients.num}); lower byzantine.num"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _central_privacy_fits(self) -> Scenario:
+        """Flower's DP wrapper calibrates its noise to a fixed number of replies per round."""
+        if self.privacy.mode != "central":
+            return self
+        if self.clients.per_round < 2:
+            raise ValueError(
+                "privacy.mode central needs clients.per_round >= 2: the noise hides one client "
+                "among the round's others; raise clients.per_round"
+            )
+        if self.clients.dropout > 0 or self.clients.availability.name != "always":
+            raise ValueError(
+                "privacy.mode central needs every sampled client to reply (Flower's DP wrapper "
+                "skips a round with a failed client, and fewer replies than clients.per_round "
+                "would need more noise): set clients.dropout: 0 and clients.availability: always"
             )
         return self
 
@@ -148,6 +224,8 @@ def parse(raw: Any, source: str = "") -> Scenario:
         problems += errs
     if problems:
         raise ScenarioError(problems, source)
+    from fedsim import privacy  # it imports this module
+
     data = DataSpec(
         **resolved["data"].model_dump(),
         partition=resolved["data.partition"],
@@ -158,7 +236,7 @@ def parse(raw: Any, source: str = "") -> Scenario:
     workload = WorkloadSpec(
         **resolved["workload"].model_dump(), sparsity=resolved.get("workload.sparsity")
     )
-    return scenario.model_copy(
+    resolved_scenario = scenario.model_copy(
         update={
             "data": data,
             "clients": clients,
@@ -168,6 +246,10 @@ def parse(raw: Any, source: str = "") -> Scenario:
             "compression": resolved["compression"],
         }
     )
+    problems = privacy.problems(resolved_scenario)
+    if problems:
+        raise ScenarioError(problems, source)
+    return resolved_scenario
 
 
 def _component_at(scenario: Scenario, path: str) -> Component:

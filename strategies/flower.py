@@ -31,6 +31,9 @@ from torch import Tensor
 from strategies.pipeline import RoundInfo, Stage
 
 NUM_EXAMPLES = "num-examples"
+# A client's privacy spent so far (local DP): neither a train nor an eval quantity, so it keeps
+# its name; the federation's value is the largest ε among the round's clients, not a mean.
+EPSILON = "epsilon"
 ONLINE_IDS_LIMIT = 2000  # events.jsonl lists the online clients' ids for federations up to this
 
 
@@ -303,7 +306,8 @@ def with_phase(values: Mapping[str, Any], phase: str) -> dict[str, float]:
         if not _is_number(value):
             continue
         name = "examples" if name == NUM_EXAMPLES else name
-        out[name if name.startswith(f"{phase}_") else f"{phase}_{name}"] = float(value)
+        keep = name.startswith(f"{phase}_") or name == EPSILON
+        out[name if keep else f"{phase}_{name}"] = float(value)
     return out
 
 
@@ -335,6 +339,9 @@ def _weighted_means(replies: Sequence[Message]) -> MetricRecord:
         for key, value in _scalars(msg).items():
             sums[key] = sums.get(key, 0.0) + w * value
     record = MetricRecord({k: v / total for k, v in sums.items()} if total > 0 else {})
+    epsilons = [_scalars(msg)[EPSILON] for msg in replies if EPSILON in _scalars(msg)]
+    if epsilons:
+        record[EPSILON] = max(epsilons)
     record[NUM_EXAMPLES] = int(total)
     return record
 
