@@ -4,6 +4,7 @@ Importing this package registers every workload. Nothing here imports Flower or 
 """
 
 from clients import classification as classification
+from clients import gnn as gnn
 from clients import mbo as mbo
 from clients.workload import TrainConfig, Workload, init_parameters
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from fedsim import mbo_server
-from fedsim.app import build_strategy, scenario_federation
+from fedsim.app import build_strategy, data_poison, scenario_federation
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
 from strategies.pipeline import RoundInfo
@@ -33,6 +33,7 @@ def preflight(scenario: Scenario) -> None:
         mbo_server.check(scenario)
     else:
         scenario_federation(scenario)
+        data_poison(scenario)  # an attack that cannot poison this data
     _dry_run_pipeline(scenario)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
