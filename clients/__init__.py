@@ -6,6 +6,7 @@ Nothing here imports Flower or ``strategies``.
 
 from clients import classification as classification
 from clients import compression as compression
+from clients import gnn as gnn
 from clients import mbo as mbo
 from clients import sparsity as sparsity
 from clients.workload import TrainConfig, Workload, init_parameters

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from fedsim.graphs import Subgraph
+
 
 class LocalTraining(Protocol):
     """Where a workload's local loop gets its minibatches and how its optimiser steps.
@@ -83,6 +85,11 @@ def shuffled_passes(
         yield batches
 
 
+# A client's inputs: a tensor of samples (images, feature vectors), or for a graph workload the
+# client's subgraph, whose ``targets`` are the nodes the labels belong to.
+Inputs = Tensor | Subgraph
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What one local-training call needs besides the model and the data."""
@@ -106,11 +113,11 @@ class Workload(Protocol):
         """A fresh CPU model whose parameters are drawn from ``generator`` only."""
         ...
 
-    def fit(self, model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig) -> dict[str, float]:
+    def fit(self, model: nn.Module, x: Inputs, y: Tensor, config: TrainConfig) -> dict[str, float]:
         """Train ``model`` in place on ``(x, y)`` (already on ``config.device``); return metrics."""
         ...
 
-    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, x: Inputs, y: Tensor) -> dict[str, float]:
         """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` on ``(x, y)``, without grad."""
         ...
 

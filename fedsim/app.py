@@ -44,6 +44,7 @@ from fedsim import mbo_server, privacy, results, wire
 from fedsim.data import Dataset, Federation, federation_for, load_dataset
 from fedsim.errors import UserError
 from fedsim.global_mask import GlobalMask, masks_from_flat
+from fedsim.graphs import GraphDataset, GraphFederation
 from fedsim.progress import RoundProgress
 from fedsim.registry import (
     ATTACKS,
@@ -187,6 +188,8 @@ def _serve(
                 traffic["density"] = mask.density
             aggregated = time.perf_counter()
             writer.metrics(rnd, results.FEDERATED, None, with_phase(train_metrics or {}, "train"))
+            if rnd == 1:  # a graph partition's edge cut, balance, replication and halo bytes
+                writer.metrics(rnd, results.SERVER, None, partition_stats(scenario))
 
             accuracy, evaluating = None, time.perf_counter()
             if rnd % scenario.eval.every == 0 or rnd == scenario.rounds:
@@ -269,6 +272,12 @@ def pipeline_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
     return strategy
 
 
+def partition_stats(scenario: Scenario) -> dict[str, float]:
+    """What the partition of a graph dataset costs (none for image datasets)."""
+    federation = scenario_federation(scenario)
+    return federation.stats if isinstance(federation, GraphFederation) else {}
+
+
 def byzantine_clients(scenario: Scenario) -> frozenset[int]:
     """The ids of the ``byzantine.num`` attacking clients, drawn from the seed."""
     rng = np.random.default_rng([scenario.seed, BYZANTINE_STREAM])
@@ -278,12 +287,7 @@ def byzantine_clients(scenario: Scenario) -> frozenset[int]:
 
 def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
     """The scenario's availability schedule: round -> which clients are online."""
-    federation = scenario_federation(scenario)
-    labels = federation.dataset.y_train.numpy()
-    classes = federation.dataset.num_classes
-    counts = np.stack(
-        [np.bincount(labels[idx.numpy()], minlength=classes) for idx in federation.train]
-    )
+    counts = scenario_federation(scenario).class_counts()
     population = Population(scenario.clients.num, scenario.seed, scenario.rounds, counts)
     schedule: Callable[[int], np.ndarray] = AVAILABILITY.build(scenario.clients.availability)(
         population
@@ -351,13 +355,15 @@ def identify_clients(grid: Grid, num: int) -> dict[int, int]:
     return ids
 
 
-def _initial_model(workload: Workload, scenario: Scenario, dataset: Dataset) -> nn.Module:
+def _initial_model(
+    workload: Workload, scenario: Scenario, dataset: Dataset | GraphDataset
+) -> nn.Module:
     """The global model before round 1, the same in every process for the same seed."""
     return initial_model_and_changes(workload, scenario, dataset)[0]
 
 
 def initial_model_and_changes(
-    workload: Workload, scenario: Scenario, dataset: Dataset
+    workload: Workload, scenario: Scenario, dataset: Dataset | GraphDataset
 ) -> tuple[nn.Module, list[str]]:
     """The global model, and the layers local DP's ``fix_model`` replaced in it."""
     model = workload.build_model(
@@ -391,10 +397,8 @@ class ClientRuntime:
     workload: Workload
     device: torch.device
     model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    train: list[torch.Tensor]  # per client: indices into x, y
-    val: list[torch.Tensor]
+    # Each client's (inputs, labels): images for image datasets, a subgraph for graph datasets.
+    federation: Federation | GraphFederation
     num_classes: int
     byzantine: frozenset[int]
     poison: Poison | None  # a data-poisoning attack's change to a byzantine client's data
@@ -408,7 +412,7 @@ class ClientRuntime:
         return self.sparsity is not None or self.compressor.active
 
 
-def scenario_federation(scenario: Scenario) -> Federation:
+def scenario_federation(scenario: Scenario) -> Federation | GraphFederation:
     """The scenario's data, split among its clients (one copy per process, cached)."""
     return federation_for(
         scenario.data.dataset,
@@ -434,24 +438,29 @@ def runtime(scenario_text: str) -> ClientRuntime:
         workload,
         device,
         model.to(device),
-        dataset.x_train.to(device),
-        dataset.y_train.to(device),
-        [index.to(device) for index in federation.train],
-        [index.to(device) for index in federation.val],
+        federation.to(device),
         dataset.num_classes,
         byzantine_clients(scenario),
-        _poison(scenario),
+        data_poison(scenario),
         ArrayRecord(model.state_dict()),
         SPARSITY.build(sparsity) if sparsity is not None else None,
         COMPRESSORS.build(scenario.compression),
     )
 
 
-def _poison(scenario: Scenario) -> Poison | None:
+def data_poison(scenario: Scenario) -> Poison | None:
+    """The scenario's data-poisoning attack, if it has one (model attacks act in the strategy)."""
     if not scenario.byzantine.num:
         return None
     attack = ATTACKS.build(scenario.byzantine.attack)
-    return attack.poison if isinstance(attack, DataAttack) else None
+    if not isinstance(attack, DataAttack):
+        return None
+    if isinstance(scenario_federation(scenario), GraphFederation):
+        raise UserError(
+            f"byzantine.attack: {scenario.byzantine.attack.name!r} poisons image tensors, but "
+            f"{scenario.data.name!r} is a graph; use a model attack (e.g. sign_flip)"
+        )
+    return attack.poison
 
 
 @client_app.query()
@@ -485,10 +494,10 @@ def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
     if dropout and np.random.default_rng([rt.scenario.seed, client, rnd, 11]).random() < dropout:
         raise ClientDropout(f"simulated dropout (clients.dropout={dropout})")
     rt.model.load_state_dict(arrays.to_torch_state_dict())
-    index = rt.train[client]
     generator = _generator(rt.scenario.seed, client, rnd)
-    x, y = rt.x[index], rt.y[index]
-    if rt.poison is not None and client in rt.byzantine:
+    x, y = rt.federation.train_data(client)
+    examples = len(y)
+    if rt.poison is not None and client in rt.byzantine and isinstance(x, torch.Tensor):
         x, y = rt.poison(x, y, rt.num_classes, _generator(rt.scenario.seed, client, rnd, 1))
     training = privacy.local_training(rt.scenario, context.state, client, rnd)
     train_config = TrainConfig(rnd, client, generator, rt.device, training)
@@ -504,9 +513,7 @@ def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
         key, reply = wire.DELTA, _encoded_update(rt, context.state, arrays, reply)
     elif fedlaavg.is_latest_averaging(config):
         reply = _latest_difference(rt, client, config, arrays, reply)
-    return RecordDict(
-        {key: reply, "metrics": MetricRecord({**metrics, "num-examples": len(index)})}
-    )
+    return RecordDict({key: reply, "metrics": MetricRecord({**metrics, "num-examples": examples})})
 
 
 def _sparse_training(
@@ -552,12 +559,12 @@ def _latest_difference(
 def _evaluate(client: int, msg: RecordDict, context: Context) -> RecordDict:
     rt = runtime(_scenario_text(msg))
     arrays, _ = wire.received_model(msg, rt.template)
-    index = rt.val[client]
-    if len(index) == 0:  # no held-out data: evaluate on what it trains on
-        index = rt.train[client]
+    x, y = rt.federation.val_data(client)
+    if len(y) == 0:  # no held-out data: evaluate on what it trains on
+        x, y = rt.federation.train_data(client)
     rt.model.load_state_dict(arrays.to_torch_state_dict())
-    metrics = rt.workload.evaluate(rt.model, rt.x[index], rt.y[index])
-    return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(index)})})
+    metrics = rt.workload.evaluate(rt.model, x, y)
+    return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(y)})})
 
 
 # ---- the mbo workload's clients: a proxy each, kept in the client's state ----

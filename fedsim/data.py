@@ -18,6 +18,7 @@ from sklearn.model_selection import train_test_split
 
 from fedsim import partition as _partition  # noqa: F401  (registers the partitioners federate uses)
 from fedsim.errors import UserError
+from fedsim.graphs import GraphDataset, GraphFederation, federate_graph
 from fedsim.registry import DATASETS, PARTITIONERS, Component, Params
 
 FloatArray = npt.NDArray[np.float32]
@@ -232,10 +233,10 @@ def _informative_features(num_features: int, num_classes: int) -> tuple[int, int
     )
 
 
-def load_dataset(spec: Component) -> Dataset:
-    """The classification dataset that ``spec`` names, built once per process and shared."""
+def load_dataset(spec: Component) -> Dataset | GraphDataset:
+    """The classification dataset (images, or a graph's nodes) that ``spec`` names, shared."""
     data = load_data(spec)
-    if not isinstance(data, Dataset):
+    if not isinstance(data, Dataset | GraphDataset):
         raise UserError(
             f"data: {spec.name} is not a classification dataset ({type(data).__name__}); "
             f"use it with the workload made for it (`fedsim list dataset` says which)"
@@ -282,6 +283,23 @@ class Federation:
         """Inputs and labels of ``client``'s held-out samples."""
         idx = self.val[client]
         return self.dataset.x_train[idx], self.dataset.y_train[idx]
+
+    def class_counts(self) -> npt.NDArray[np.int64]:
+        """Training samples of each class on each client, shape (clients, classes)."""
+        labels, classes = self.dataset.y_train.cpu().numpy(), self.dataset.num_classes
+        return np.stack(
+            [np.bincount(labels[t.cpu().numpy()], minlength=classes) for t in self.train]
+        )
+
+    def to(self, device: torch.device) -> Federation:
+        """The same federation with its training data and indices on ``device`` (tests stay)."""
+        d = self.dataset
+        on_device = Dataset(
+            d.name, d.x_train.to(device), d.y_train.to(device), d.x_test, d.y_test, d.num_classes
+        )
+        return Federation(
+            on_device, [t.to(device) for t in self.train], [v.to(device) for v in self.val]
+        )
 
 
 def federate(
@@ -336,7 +354,7 @@ def federation_for(
     num_clients: int,
     seed: int,
     val_fraction: float,
-) -> Federation:
+) -> Federation | GraphFederation:
     """The federation of the dataset ``dataset_spec`` names, built once per process and shared."""
     return _federation_for(
         dataset_spec.model_dump_json(),
@@ -350,7 +368,9 @@ def federation_for(
 @functools.lru_cache(maxsize=2)
 def _federation_for(
     dataset_json: str, partitioner_json: str, num_clients: int, seed: int, val_fraction: float
-) -> Federation:
+) -> Federation | GraphFederation:
     dataset = load_dataset(Component.model_validate_json(dataset_json))
     partitioner = Component.model_validate_json(partitioner_json)
+    if isinstance(dataset, GraphDataset):  # its nodes are split by a graph partitioner
+        return federate_graph(dataset, partitioner, num_clients, seed, val_fraction)
     return federate(dataset, partitioner, num_clients, seed, val_fraction)

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord
 from fedsim import mbo_server, privacy
 from fedsim.app import (
     build_strategy,
+    data_poison,
     global_mask,
     initial_model_and_changes,
     pipeline_strategy,
@@ -23,6 +24,7 @@ from fedsim.app import (
 )
 from fedsim.data import Federation
 from fedsim.errors import UserError
+from fedsim.graphs import GraphFederation
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
 from strategies.pipeline import RoundInfo
@@ -45,6 +47,7 @@ def preflight(scenario: Scenario) -> None:
         mbo_server.check(scenario)
     else:
         federation = scenario_federation(scenario)
+        data_poison(scenario)  # an attack that cannot poison this data
         _check_sparsity(scenario, federation)
     _dry_run_pipeline(scenario)
     if federation is not None:
@@ -75,7 +78,7 @@ def _dry_run_pipeline(scenario: Scenario) -> None:
         ) from None
 
 
-def _check_sparsity(scenario: Scenario, federation: Federation) -> None:
+def _check_sparsity(scenario: Scenario, federation: Federation | GraphFederation) -> None:
     """Sparse training's schedule against the rounds, a model with weights to prune, and a
     strategy whose replies can be encoded (``global_mask`` refuses the others)."""
     mask = global_mask(scenario, pipeline_strategy(scenario))
@@ -85,7 +88,7 @@ def _check_sparsity(scenario: Scenario, federation: Federation) -> None:
         mask.start(ArrayRecord(model.state_dict()))
 
 
-def _check_privacy(scenario: Scenario, federation: Federation) -> None:
+def _check_privacy(scenario: Scenario, federation: Federation | GraphFederation) -> None:
     mode = scenario.privacy.mode
     if mode == "central":
         try:
@@ -98,8 +101,7 @@ def _check_privacy(scenario: Scenario, federation: Federation) -> None:
         workload = WORKLOADS.build(scenario.workload)
         try:
             model, _ = initial_model_and_changes(workload, scenario, federation.dataset)
-            index = federation.train[0]
-            x, y = federation.dataset.x_train[index], federation.dataset.y_train[index]
+            x, y = federation.train_data(0)
             privacy.dry_run(scenario, workload, model, x, y)
         except (ValueError, RuntimeError) as err:
             raise UserError(f"privacy: {err}") from None

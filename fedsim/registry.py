@@ -34,6 +34,10 @@ class Component(BaseModel):
         return dict(self.model_extra or {})
 
 
+class GraphDatasetParams(Params):
+    """Base of a graph dataset's params: its ``data.partition`` names a graph partitioner."""
+
+
 @dataclass(frozen=True)
 class Ref:
     """Marks a params field that is itself a component of another kind (e.g. ``aggregator``)."""
@@ -113,6 +117,7 @@ REGISTRIES: dict[str, Registry[Any]] = {}
 
 DATASETS: Registry[Any] = Registry("dataset")
 PARTITIONERS: Registry[Any] = Registry("partitioner")
+GRAPH_PARTITIONERS: Registry[Any] = Registry("graph_partitioner")  # nodes of a graph dataset
 WORKLOADS: Registry[Any] = Registry("workload")
 STRATEGIES: Registry[Any] = Registry("strategy")
 AGGREGATORS: Registry[Any] = Registry("aggregator")
@@ -124,7 +129,13 @@ SPARSITY: Registry[Any] = Registry("sparsity")
 COMPRESSORS: Registry[Any] = Registry("compressor")
 
 # Modules whose import registers components; imported lazily so that layers stay independent.
-_COMPONENT_MODULES = ("fedsim.data", "fedsim.partition", "clients", "strategies")
+_COMPONENT_MODULES = (
+    "fedsim.data",
+    "fedsim.partition",
+    "fedsim.graphs",
+    "clients",
+    "strategies",
+)
 
 
 def load_components() -> None:

@@ -10,7 +10,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedsim.errors import ScenarioError
-from fedsim.registry import Component, load_components, pydantic_errors, resolve
+from fedsim.registry import (
+    DATASETS,
+    WORKLOADS,
+    Component,
+    GraphDatasetParams,
+    load_components,
+    pydantic_errors,
+    resolve,
+)
 
 
 class Section(BaseModel):
@@ -185,6 +193,8 @@ class Scenario(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+GRAPH_DEFAULT_PARTITION = "random"  # the graph counterpart of the default "iid"
+
 # Where each top-level component lives and which registry validates it.
 _COMPONENTS = {
     "data": "dataset",
@@ -220,8 +230,13 @@ def parse(raw: Any, source: str = "") -> Scenario:
             continue
         if path == "data":  # the dataset's own options exclude the data section's fixed keys
             spec = scenario.data.dataset
+        if path == "data.partition" and _is_graph(scenario.data.name):
+            kind = "graph_partitioner"  # a graph's nodes are split with its structure in view
+            if "partition" not in scenario.data.model_fields_set:
+                spec = Component(name=GRAPH_DEFAULT_PARTITION)
         resolved[path], errs = resolve(spec, kind, path)
         problems += errs
+    problems += _graph_mismatch(scenario)
     if problems:
         raise ScenarioError(problems, source)
     from fedsim import privacy  # it imports this module
@@ -250,6 +265,24 @@ def parse(raw: Any, source: str = "") -> Scenario:
     if problems:
         raise ScenarioError(problems, source)
     return resolved_scenario
+
+
+def _is_graph(dataset: str) -> bool:
+    return dataset in DATASETS and issubclass(DATASETS.entry(dataset).params, GraphDatasetParams)
+
+
+def _graph_mismatch(scenario: Scenario) -> list[str]:
+    """A graph dataset needs a workload that reads graphs, and such a workload a graph dataset."""
+    dataset, workload = scenario.data.name, scenario.workload.name
+    if dataset not in DATASETS or workload not in WORKLOADS:
+        return []  # already reported as unknown names
+    reads_graphs = bool(getattr(WORKLOADS.entry(workload).params, "reads_graphs", False))
+    if _is_graph(dataset) == reads_graphs:
+        return []
+    if reads_graphs:
+        graphs = [d for d in DATASETS.names() if _is_graph(d)]
+        return [f"data.name: workload {workload!r} needs a graph dataset ({', '.join(graphs)})"]
+    return [f"workload.name: {dataset!r} is a graph; it needs a graph workload such as 'gnn'"]
 
 
 def _component_at(scenario: Scenario, path: str) -> Component:
