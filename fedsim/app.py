@@ -1,9 +1,9 @@
-"""The Flower app: one ServerApp and one ClientApp, whatever engine carries their Messages.
+"""The ServerApp: whatever engine carries its Messages, it runs a scenario round by round.
 
-The ServerApp reads the scenario named in the run config, drives the scenario's strategy round by
-round and writes the run directory. Each training or evaluation Message carries the resolved
-scenario, so a ClientApp needs nothing else: it builds (once per process) the workload, the data
-and one model that is reset in place for every client it serves.
+It reads the scenario named in the run config, drives the scenario's strategy and writes the run
+directory. Its counterpart, the ClientApp, is ``fedsim/client_app.py``; what both build from a
+scenario (data, initial model, byzantine clients) is ``fedsim/build.py``. Workload ``mbo``
+ascends designs instead of training a model: ``fedsim/mbo_server.py`` runs that loop.
 """
 
 from __future__ import annotations
@@ -12,66 +12,38 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import torch
-import yaml
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
-from flwr.clientapp import ClientApp
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from torch import nn
 
-from clients import TrainConfig, Workload
-from clients.compression import Compressor
-from clients.mbo import MboFederation, MboWorkload
-from clients.sparsity import SparsityMethod, masked_training
+from clients import Workload
 from fedsim import mbo_server, privacy, results, wire
-from fedsim.data import Dataset, Federation, federation_for, load_dataset
-from fedsim.errors import UserError
-from fedsim.global_mask import GlobalMask, masks_from_flat
-from fedsim.graphs import GraphDataset, GraphFederation
-from fedsim.progress import RoundProgress
-from fedsim.registry import (
-    ATTACKS,
-    AVAILABILITY,
-    COMPRESSORS,
-    SPARSITY,
-    STRATEGIES,
-    WORKLOADS,
+from fedsim.build import (
+    MASK_STREAM,
+    byzantine_clients,
+    initial_model_and_changes,
+    pick_device,
+    scenario_federation,
+    seeded_generator,
 )
-from fedsim.scenario import Scenario, load, parse
+from fedsim.data import load_dataset
+from fedsim.errors import UserError
+from fedsim.global_mask import GlobalMask
+from fedsim.graphs import GraphFederation
+from fedsim.progress import RoundProgress
+from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES, WORKLOADS
+from fedsim.scenario import Scenario, load
 from strategies import fedlaavg
-from strategies.attacks.base import DataAttack, Poison
+from strategies.attacks.base import DataAttack
 from strategies.availability import Population
 from strategies.central_dp import CentralDP
-from strategies.client_memory import ClientMemory
-from strategies.flower import PipelineStrategy, flatten, unflatten, with_phase
+from strategies.flower import PipelineStrategy, with_phase
 
 NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
-CLIENT_ERROR = 1  # Error.code of a client whose work raised
-BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
-MASK_STREAM = 19  # the same for the sparse-training method's initial mask
-RESIDUAL = "compression-residual"  # a client's error-feedback memory in its context.state
 
-
-# ---------------------------------------------------------------------------------------------
-# Server side
-# ---------------------------------------------------------------------------------------------
 
 server_app = ServerApp()
 
@@ -246,7 +218,7 @@ def global_mask(scenario: Scenario, strategy: PipelineStrategy | CentralDP) -> G
             f"strategy {scenario.strategy.name} has clients reply with the change of their latest "
             "update, which workload.sparsity and compression do not encode; use strategy fedavg"
         )
-    return GlobalMask.for_scenario(scenario, _generator(scenario.seed, MASK_STREAM))
+    return GlobalMask.for_scenario(scenario, seeded_generator(scenario.seed, MASK_STREAM))
 
 
 def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy | CentralDP:
@@ -278,13 +250,6 @@ def partition_stats(scenario: Scenario) -> dict[str, float]:
     return federation.stats if isinstance(federation, GraphFederation) else {}
 
 
-def byzantine_clients(scenario: Scenario) -> frozenset[int]:
-    """The ids of the ``byzantine.num`` attacking clients, drawn from the seed."""
-    rng = np.random.default_rng([scenario.seed, BYZANTINE_STREAM])
-    chosen = rng.choice(scenario.clients.num, size=scenario.byzantine.num, replace=False)
-    return frozenset(int(c) for c in chosen)
-
-
 def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
     """The scenario's availability schedule: round -> which clients are online."""
     counts = scenario_federation(scenario).class_counts()
@@ -293,10 +258,6 @@ def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
         population
     )
     return schedule
-
-
-class ClientDropout(RuntimeError):
-    """A simulated failure mid-round (``clients.dropout``), not a fault of the client's code."""
 
 
 def _checkpoint(
@@ -315,14 +276,6 @@ def _checkpoint(
         "clients": client_states() if client_states is not None else {},
         "sparsity": mask.state_dict() if mask is not None else None,
     }
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: cuda was asked for but no CUDA GPU is visible; use auto or cpu")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
 
 
 def identify_clients(grid: Grid, num: int) -> dict[int, int]:
@@ -353,302 +306,3 @@ def identify_clients(grid: Grid, num: int) -> dict[int, int]:
             f"the federation must have exactly clients.num={num} nodes"
         )
     return ids
-
-
-def _initial_model(
-    workload: Workload, scenario: Scenario, dataset: Dataset | GraphDataset
-) -> nn.Module:
-    """The global model before round 1, the same in every process for the same seed."""
-    return initial_model_and_changes(workload, scenario, dataset)[0]
-
-
-def initial_model_and_changes(
-    workload: Workload, scenario: Scenario, dataset: Dataset | GraphDataset
-) -> tuple[nn.Module, list[str]]:
-    """The global model, and the layers local DP's ``fix_model`` replaced in it."""
-    model = workload.build_model(
-        dataset.input_shape, dataset.num_classes, _generator(scenario.seed)
-    )
-    return privacy.private_model(model, scenario)
-
-
-def _generator(*seed: int) -> torch.Generator:
-    """A torch generator seeded from integers (no global seeding)."""
-    entropy = np.random.SeedSequence(list(seed)).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(entropy))
-
-
-# ---------------------------------------------------------------------------------------------
-# Client side
-# ---------------------------------------------------------------------------------------------
-
-client_app = ClientApp()
-
-
-@dataclass
-class ClientRuntime:
-    """What one worker process keeps for the whole run: data once, one model reset in place.
-
-    Data, client indices and the model live on the device for the whole run (on a GPU, nothing
-    of them goes back to the host per client; only each reply's weights do).
-    """
-
-    scenario: Scenario
-    workload: Workload
-    device: torch.device
-    model: nn.Module
-    # Each client's (inputs, labels): images for image datasets, a subgraph for graph datasets.
-    federation: Federation | GraphFederation
-    num_classes: int
-    byzantine: frozenset[int]
-    poison: Poison | None  # a data-poisoning attack's change to a byzantine client's data
-    template: ArrayRecord  # the model's arrays: names, shapes and dtypes of what travels
-    sparsity: SparsityMethod | None
-    compressor: Compressor
-
-    @property
-    def encodes_updates(self) -> bool:
-        """Whether replies carry the update as a sparse vector rather than the model."""
-        return self.sparsity is not None or self.compressor.active
-
-
-def scenario_federation(scenario: Scenario) -> Federation | GraphFederation:
-    """The scenario's data, split among its clients (one copy per process, cached)."""
-    return federation_for(
-        scenario.data.dataset,
-        scenario.data.partition,
-        scenario.clients.num,
-        scenario.seed,
-        scenario.data.val_fraction,
-    )
-
-
-@lru_cache(maxsize=2)
-def runtime(scenario_text: str) -> ClientRuntime:
-    torch.set_num_threads(1)  # workers share the cores: more threads oversubscribe
-    scenario = parse(yaml.safe_load(scenario_text))
-    workload: Workload = WORKLOADS.build(scenario.workload)
-    federation = scenario_federation(scenario)
-    device = pick_device(scenario.device)
-    dataset = federation.dataset
-    model = _initial_model(workload, scenario, dataset)
-    sparsity = scenario.workload.sparsity
-    return ClientRuntime(
-        scenario,
-        workload,
-        device,
-        model.to(device),
-        federation.to(device),
-        dataset.num_classes,
-        byzantine_clients(scenario),
-        data_poison(scenario),
-        ArrayRecord(model.state_dict()),
-        SPARSITY.build(sparsity) if sparsity is not None else None,
-        COMPRESSORS.build(scenario.compression),
-    )
-
-
-def data_poison(scenario: Scenario) -> Poison | None:
-    """The scenario's data-poisoning attack, if it has one (model attacks act in the strategy)."""
-    if not scenario.byzantine.num:
-        return None
-    attack = ATTACKS.build(scenario.byzantine.attack)
-    if not isinstance(attack, DataAttack):
-        return None
-    if isinstance(scenario_federation(scenario), GraphFederation):
-        raise UserError(
-            f"byzantine.attack: {scenario.byzantine.attack.name!r} poisons image tensors, but "
-            f"{scenario.data.name!r} is a graph; use a model attack (e.g. sign_flip)"
-        )
-    return attack.poison
-
-
-@client_app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds."""
-    info = MetricRecord(
-        {
-            "partition-id": int(context.node_config["partition-id"]),
-            "num-partitions": int(context.node_config["num-partitions"]),
-        }
-    )
-    return Message(RecordDict({"metrics": info}), reply_to=msg)
-
-
-@client_app.train()
-def train(msg: Message, context: Context) -> Message:
-    return _reply(msg, context, _train)
-
-
-@client_app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    return _reply(msg, context, _evaluate)
-
-
-def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
-    rt = runtime(_scenario_text(msg))
-    config = msg.config_records["config"]
-    arrays, mask = wire.received_model(msg, rt.template)
-    rnd = int(cast(int, config["server-round"]))
-    dropout = rt.scenario.clients.dropout
-    if dropout and np.random.default_rng([rt.scenario.seed, client, rnd, 11]).random() < dropout:
-        raise ClientDropout(f"simulated dropout (clients.dropout={dropout})")
-    rt.model.load_state_dict(arrays.to_torch_state_dict())
-    generator = _generator(rt.scenario.seed, client, rnd)
-    x, y = rt.federation.train_data(client)
-    examples = len(y)
-    if rt.poison is not None and client in rt.byzantine and isinstance(x, torch.Tensor):
-        x, y = rt.poison(x, y, rt.num_classes, _generator(rt.scenario.seed, client, rnd, 1))
-    training = privacy.local_training(rt.scenario, context.state, client, rnd)
-    train_config = TrainConfig(rnd, client, generator, rt.device, training)
-    try:
-        with _sparse_training(rt, mask, rnd, client):
-            metrics = rt.workload.fit(rt.model, x, y, train_config)
-        metrics.update(privacy.spent(training, rt.scenario, context.state))
-    finally:
-        privacy.release(training)  # DP-SGD's hooks off the model that serves every client
-    reply = ArrayRecord(rt.model.state_dict())
-    key = "arrays"
-    if rt.encodes_updates:
-        key, reply = wire.DELTA, _encoded_update(rt, context.state, arrays, reply)
-    elif fedlaavg.is_latest_averaging(config):
-        reply = _latest_difference(rt, client, config, arrays, reply)
-    return RecordDict({key: reply, "metrics": MetricRecord({**metrics, "num-examples": examples})})
-
-
-def _sparse_training(
-    rt: ClientRuntime, mask: torch.Tensor | None, rnd: int, client: int
-) -> AbstractContextManager[object]:
-    """Local training under the global mask the server sent (rewired by RigL / SET)."""
-    if rt.sparsity is None or mask is None:  # dense, or no weight pruned yet
-        return nullcontext()
-    masks = masks_from_flat(mask, rt.model.state_dict())
-    rewiring = rt.sparsity.rewiring(
-        rnd, rt.scenario.rounds, _generator(rt.scenario.seed, client, rnd, MASK_STREAM)
-    )
-    return masked_training(rt.model, masks, rewiring)
-
-
-def _encoded_update(
-    rt: ClientRuntime, state: RecordDict, received: ArrayRecord, trained: ArrayRecord
-) -> ArrayRecord:
-    """The update (trained − received), compressed (error feedback kept in ``state``) and
-    encoded as a sparse vector."""
-    update = flatten(trained) - flatten(received)
-    kept = state.array_records.get(RESIDUAL)
-    residual = torch.from_numpy(kept["residual"].numpy().copy()) if kept is not None else None
-    out = rt.compressor.compress(update, residual)
-    if out.residual is not None:
-        state[RESIDUAL] = ArrayRecord({"residual": Array(out.residual.numpy())})
-    return wire.encode(out.sent, out.support)
-
-
-def _latest_difference(
-    rt: ClientRuntime, client: int, config: ConfigRecord, sent: ArrayRecord, trained: ArrayRecord
-) -> ArrayRecord:
-    """FedLaAvg's reply: the change in this client's latest update, which it keeps on disk."""
-    directory = config.get(fedlaavg.MEMORY_DIR)
-    if not directory:
-        raise UserError(f"latest averaging needs the train config entry {fedlaavg.MEMORY_DIR!r}")
-    update = (flatten(trained) - flatten(sent)).numpy()
-    memory = ClientMemory(str(directory), rt.scenario.clients.num, update.size)
-    diff = fedlaavg.latest_difference(memory, client, config, update)
-    return unflatten(torch.from_numpy(diff), sent)
-
-
-def _evaluate(client: int, msg: RecordDict, context: Context) -> RecordDict:
-    rt = runtime(_scenario_text(msg))
-    arrays, _ = wire.received_model(msg, rt.template)
-    x, y = rt.federation.val_data(client)
-    if len(y) == 0:  # no held-out data: evaluate on what it trains on
-        x, y = rt.federation.train_data(client)
-    rt.model.load_state_dict(arrays.to_torch_state_dict())
-    metrics = rt.workload.evaluate(rt.model, x, y)
-    return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(y)})})
-
-
-# ---- the mbo workload's clients: a proxy each, kept in the client's state ----
-
-PROXY_STATE = "mbo-proxy"  # context.state entry holding the client's trained proxy
-PROXY_STREAM = 17  # keeps proxy initialisation and batch order apart from other uses of the seed
-
-
-@dataclass
-class MboRuntime:
-    """One worker process's copy of an mbo task's offline data, encoded for the proxies."""
-
-    scenario: Scenario
-    workload: MboWorkload
-    federation: MboFederation
-    x: torch.Tensor  # (offline rows, D) designs as the proxies see them
-    y: torch.Tensor  # (offline rows,) standardised scores
-
-
-@lru_cache(maxsize=2)
-def mbo_runtime(scenario_text: str) -> MboRuntime:
-    torch.set_num_threads(1)  # workers share the cores: more threads oversubscribe
-    scenario = parse(yaml.safe_load(scenario_text))
-    workload: MboWorkload = WORKLOADS.build(scenario.workload)
-    federation = mbo_server.federation(scenario)
-    task = federation.task
-    x = workload.encode(task, task.offline_x)
-    return MboRuntime(scenario, workload, federation, x, workload.standardise(task, task.offline_y))
-
-
-@client_app.train("proxy")
-def train_proxy(msg: Message, context: Context) -> Message:
-    return _reply(msg, context, _fit_proxy)
-
-
-@client_app.query("gradients")
-def proxy_gradients(msg: Message, context: Context) -> Message:
-    return _reply(msg, context, _proxy_gradients)
-
-
-def _fit_proxy(client: int, msg: RecordDict, context: Context) -> RecordDict:
-    """Train this client's proxy on its offline data; reply its metrics and its best designs."""
-    rt = mbo_runtime(_scenario_text(msg))
-    fed, seed = rt.federation, rt.scenario.seed
-    generator = _generator(seed, client, PROXY_STREAM)
-    proxy = rt.workload.build_proxy(fed.task, generator)
-    train, val = fed.train[client], fed.val[client]
-    metrics = rt.workload.fit_proxy(proxy, rt.x[train], rt.y[train], generator)
-    metrics.update(rt.workload.evaluate_proxy(proxy, rt.x[val], rt.y[val]))
-    context.state[PROXY_STATE] = ArrayRecord(proxy.state_dict())
-    best = train[torch.argsort(rt.y[train], descending=True, stable=True)]
-    best = best[: rt.workload.params.designs]
-    top = ArrayRecord({"designs": rt.x[best].contiguous(), "scores": rt.y[best].contiguous()})
-    return RecordDict(
-        {"metrics": MetricRecord({**metrics, "num-examples": len(train)}), "top": top}
-    )
-
-
-def _proxy_gradients(client: int, msg: RecordDict, context: Context) -> RecordDict:
-    """This client's proxy values and gradients at the designs the server sent."""
-    rt = mbo_runtime(_scenario_text(msg))
-    if PROXY_STATE not in context.state:
-        raise RuntimeError("this client has no trained proxy (its proxy round failed)")
-    proxy = rt.workload.build_proxy(rt.federation.task, torch.Generator())
-    proxy.load_state_dict(context.state.array_records[PROXY_STATE].to_torch_state_dict())
-    designs = msg.array_records["designs"].to_torch_state_dict()["designs"]
-    values, grads = rt.workload.gradients(proxy, designs)
-    return RecordDict({"gradients": ArrayRecord({"values": values, "gradients": grads})})
-
-
-def _scenario_text(msg: RecordDict) -> str:
-    return str(msg.config_records["config"]["scenario"])
-
-
-def _reply(
-    msg: Message,
-    context: Context,
-    work: Callable[[int, RecordDict, Context], RecordDict],
-) -> Message:
-    """Run a client's work; an exception becomes an error reply the server records."""
-    try:
-        content = work(int(context.node_config["partition-id"]), msg.content, context)
-    except Exception as err:  # the round goes on without this client
-        return Message(
-            Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg
-        )
-    return Message(content, reply_to=msg)

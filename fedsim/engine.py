@@ -14,14 +14,8 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim import mbo_server, privacy
-from fedsim.app import (
-    build_strategy,
-    data_poison,
-    global_mask,
-    initial_model_and_changes,
-    pipeline_strategy,
-    scenario_federation,
-)
+from fedsim.app import build_strategy, global_mask, pipeline_strategy
+from fedsim.build import data_poison, initial_model_and_changes, scenario_federation
 from fedsim.data import Federation
 from fedsim.errors import UserError
 from fedsim.graphs import GraphFederation
@@ -29,7 +23,7 @@ from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
 from strategies.pipeline import RoundInfo
 
-CLIENT_APP = "fedsim.app:client_app"
+CLIENT_APP = "fedsim.client_app:client_app"
 
 
 def preflight(scenario: Scenario) -> None:
@@ -117,7 +111,8 @@ def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
 
 def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
     """fedsim's local engine: the ClientApp in this process, or on ``resources.workers``."""
-    from fedsim.app import client_app, serve
+    from fedsim.app import serve
+    from fedsim.client_app import client_app
     from fedsim.grid import InProcessGrid
 
     data = mbo_server.federation if mbo_server.is_mbo(scenario) else scenario_federation
@@ -158,7 +153,9 @@ def run_flower_simulation(scenario: Scenario, run_dir: Path, show_progress: bool
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    from fedsim.app import client_app, pick_device, server_app
+    from fedsim.app import server_app
+    from fedsim.build import pick_device
+    from fedsim.client_app import client_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # fedsim shows its own progress
     res = scenario.resources

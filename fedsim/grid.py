@@ -30,7 +30,7 @@ FIRST_NODE_ID = 1000  # node ids differ from partition ids, as on Flower's engin
 class InProcessGrid(Grid):
     """Runs a ClientApp for ``num_nodes`` simulated nodes, in-process or on a worker pool.
 
-    ``client_app`` is the app itself or its import path (``"fedsim.app:client_app"``); worker
+    ``client_app`` is the app itself or its import path (``"fedsim.client_app:client_app"``); worker
     processes need the path. ``costs[i]`` (e.g. client i's sample count) orders the work.
     """
 

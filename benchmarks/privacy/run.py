@@ -38,7 +38,7 @@ from sweep_report import run_sweep_with_report  # benchmarks/ holds the shared h
 
 from clients.privacy import DPSGD
 from clients.workload import TrainConfig
-from fedsim.app import initial_model_and_changes, scenario_federation
+from fedsim.build import initial_model_and_changes, scenario_federation
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import parse, read
 

@@ -14,7 +14,8 @@ import torch
 from clients.classification import ClassificationParams, ClassificationWorkload
 from clients.workload import TrainConfig
 from fedsim import results
-from fedsim.app import client_app, serve
+from fedsim.app import serve
+from fedsim.client_app import client_app
 from fedsim.errors import UserError
 from fedsim.grid import InProcessGrid
 from fedsim.registry import WORKLOADS

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from fedsim import results
-from fedsim.app import byzantine_clients, client_app, serve
+from fedsim.app import serve
+from fedsim.build import byzantine_clients
+from fedsim.client_app import client_app
 from fedsim.engine import preflight
 from fedsim.errors import UserError
 from fedsim.grid import InProcessGrid

@@ -113,7 +113,8 @@ def test_debug_shows_the_traceback(tiny, write_scenario) -> None:
 def test_run_on_flowers_simulation_engine(tiny, write_scenario, tmp_path) -> None:
     """Flower's engine (Ray) gives the same results as the local engine for the same seed."""
     from fedsim import results
-    from fedsim.app import client_app, serve
+    from fedsim.app import serve
+    from fedsim.client_app import client_app
     from fedsim.grid import InProcessGrid
     from fedsim.scenario import parse
 

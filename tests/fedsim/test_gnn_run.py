@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from fedsim import results
-from fedsim.app import client_app, serve
+from fedsim.app import serve
+from fedsim.client_app import client_app
 from fedsim.grid import InProcessGrid
 from fedsim.scenario import parse
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fedsim import results
-from fedsim.app import client_app, serve
+from fedsim.app import serve
+from fedsim.client_app import client_app
 from fedsim.engine import preflight, run_local
 from fedsim.errors import UserError
 from fedsim.grid import InProcessGrid

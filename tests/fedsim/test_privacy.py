@@ -15,7 +15,9 @@ from torch import nn
 
 from clients.classification import ClassificationWorkload
 from fedsim import results
-from fedsim.app import client_app, scenario_federation, serve
+from fedsim.app import serve
+from fedsim.build import scenario_federation
+from fedsim.client_app import client_app
 from fedsim.engine import preflight
 from fedsim.errors import ScenarioError, UserError
 from fedsim.grid import InProcessGrid

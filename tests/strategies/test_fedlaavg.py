@@ -14,7 +14,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedsim import results
-from fedsim.app import client_app, serve
+from fedsim.app import serve
+from fedsim.client_app import client_app
 from fedsim.grid import InProcessGrid
 from fedsim.registry import STRATEGIES
 from fedsim.scenario import parse

@@ -1,0 +1,83 @@
+"""What the server and the clients both build from a scenario, the same in every process."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from clients import Workload
+from fedsim import privacy
+from fedsim.data import Dataset, Federation, federation_for
+from fedsim.errors import UserError
+from fedsim.graphs import GraphDataset, GraphFederation
+from fedsim.registry import ATTACKS
+from fedsim.scenario import Scenario
+from strategies.attacks.base import DataAttack, Poison
+
+BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
+MASK_STREAM = 19  # the same for the sparse-training method's initial mask
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA GPU is visible; use auto or cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def seeded_generator(*seed: int) -> torch.Generator:
+    """A torch generator seeded from integers (no global seeding)."""
+    entropy = np.random.SeedSequence(list(seed)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(entropy))
+
+
+def scenario_federation(scenario: Scenario) -> Federation | GraphFederation:
+    """The scenario's data, split among its clients (one copy per process, cached)."""
+    return federation_for(
+        scenario.data.dataset,
+        scenario.data.partition,
+        scenario.clients.num,
+        scenario.seed,
+        scenario.data.val_fraction,
+    )
+
+
+def initial_model(
+    workload: Workload, scenario: Scenario, dataset: Dataset | GraphDataset
+) -> nn.Module:
+    """The global model before round 1, the same in every process for the same seed."""
+    return initial_model_and_changes(workload, scenario, dataset)[0]
+
+
+def initial_model_and_changes(
+    workload: Workload, scenario: Scenario, dataset: Dataset | GraphDataset
+) -> tuple[nn.Module, list[str]]:
+    """The global model, and the layers local DP's ``fix_model`` replaced in it."""
+    model = workload.build_model(
+        dataset.input_shape, dataset.num_classes, seeded_generator(scenario.seed)
+    )
+    return privacy.private_model(model, scenario)
+
+
+def byzantine_clients(scenario: Scenario) -> frozenset[int]:
+    """The ids of the ``byzantine.num`` attacking clients, drawn from the seed."""
+    rng = np.random.default_rng([scenario.seed, BYZANTINE_STREAM])
+    chosen = rng.choice(scenario.clients.num, size=scenario.byzantine.num, replace=False)
+    return frozenset(int(c) for c in chosen)
+
+
+def data_poison(scenario: Scenario) -> Poison | None:
+    """The scenario's data-poisoning attack, if it has one (model attacks act in the strategy)."""
+    if not scenario.byzantine.num:
+        return None
+    attack = ATTACKS.build(scenario.byzantine.attack)
+    if not isinstance(attack, DataAttack):
+        return None
+    if isinstance(scenario_federation(scenario), GraphFederation):
+        raise UserError(
+            f"byzantine.attack: {scenario.byzantine.attack.name!r} poisons image tensors, but "
+            f"{scenario.data.name!r} is a graph; use a model attack (e.g. sign_flip)"
+        )
+    return attack.poison
