@@ -156,7 +156,10 @@ def _train_proxies(
     """Every client fits its proxy; the clients whose proxies are ready, and the start designs."""
     nodes = sorted(client_ids, key=client_ids.__getitem__)
     members, best_x, best_y = [], [], []
-    for reply in grid.send_and_receive(_messages(nodes, TRAIN_PROXY, config, None)):
+    replies = grid.send_and_receive(_messages(nodes, TRAIN_PROXY, config, None))
+    # Arrival order depends on the engine: by client, the records and the start designs (ties
+    # among equal scores) are the same on every engine.
+    for reply in sorted(replies, key=lambda r: client_ids[r.metadata.src_node_id]):
         node = reply.metadata.src_node_id
         client = client_ids[node]
         if reply.has_error():
@@ -172,7 +175,6 @@ def _train_proxies(
         best_y.append(top["scores"])
     if not members:
         raise RuntimeError("no client could train its proxy (see client_failed in events.jsonl)")
-    members.sort()
     x, y = torch.cat(best_x), torch.cat(best_y)
     order = torch.argsort(y, descending=True, stable=True)[: workload.params.designs]
     writer.event("proxies_trained", clients=members, designs=len(order))

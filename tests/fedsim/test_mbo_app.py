@@ -14,6 +14,7 @@ from fedsim import results
 from fedsim.app import serve
 from fedsim.client_app import client_app
 from fedsim.engine import preflight, run_local
+from fedsim.engine import run as engine_run
 from fedsim.errors import UserError
 from fedsim.grid import InProcessGrid
 from fedsim.scenario import parse
@@ -108,3 +109,22 @@ def test_impossible_mbo_scenarios_fail_before_anything_runs() -> None:
     classification["strategy"]["aggregator"] = {"name": "min"}
     with pytest.raises(UserError, match="only the mbo workload"):
         preflight(parse(classification))
+
+
+@pytest.mark.flower
+def test_flowers_engine_ascends_the_same_designs_as_the_local_engine(tmp_path) -> None:
+    # Prepare
+    raw = mbo_scenario(rounds=2)
+    local = run(raw, tmp_path / "local")
+    scenario = parse({**raw, "engine": "flower"})
+    results.prepare(tmp_path / "flower", scenario, command="test")
+
+    # Execute: the proxies train in Ray actors and answer query.gradients Messages there
+    engine_run(scenario, tmp_path / "flower", show_progress=False)
+
+    # Assert
+    flower = pd.read_csv(tmp_path / "flower" / "metrics.csv")
+    learned = [m[~m.metric.str.endswith("_time_s")].reset_index(drop=True) for m in (flower, local)]
+    pd.testing.assert_frame_equal(*learned)
+    designs = [torch.load(tmp_path / d / "model.pt")["designs"] for d in ("flower", "local")]
+    torch.testing.assert_close(*designs, rtol=0, atol=0)
