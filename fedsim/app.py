@@ -33,6 +33,7 @@ from fedsim.data import load_dataset
 from fedsim.errors import UserError
 from fedsim.global_mask import GlobalMask
 from fedsim.graphs import GraphFederation
+from fedsim.grid import restore_client_states, saved_client_states
 from fedsim.progress import RoundProgress
 from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES, WORKLOADS
 from fedsim.scenario import Scenario, load
@@ -107,9 +108,9 @@ def _serve(
     device = pick_device(scenario.device)
     client_ids = identify_clients(grid, scenario.clients.num)
     if mbo_server.is_mbo(scenario):  # the server ascends designs rather than a model
-        designs = pipeline_strategy(scenario, client_ids=client_ids, recorder=writer)
+        ascent = pipeline_strategy(scenario, client_ids=client_ids, recorder=writer)
         mbo_server.serve_designs(
-            grid, scenario, writer, checkpoint, show_progress, client_ids, designs
+            grid, scenario, writer, checkpoint, show_progress, client_ids, ascent
         )
         return
     workload: Workload = WORKLOADS.build(scenario.workload)
@@ -136,9 +137,7 @@ def _serve(
         strategy.load_state_dict(checkpoint["strategy"])
         if mask is not None:
             mask.load_state_dict(checkpoint["sparsity"])
-        restore = getattr(grid, "restore_client_states", None)
-        if restore is not None:
-            restore(checkpoint["clients"])
+        restore_client_states(grid, checkpoint["clients"])
         writer.event("run_resumed", after_round=checkpoint["round"])
     arrays = ArrayRecord(model.state_dict())
     if mask is not None and checkpoint is None:
@@ -268,12 +267,11 @@ def _checkpoint(
     mask: GlobalMask | None,
 ) -> results.Checkpoint:
     """What a resumed run needs to go on exactly as an uninterrupted one would."""
-    client_states = getattr(grid, "client_states", None)  # only the local engine can give them
     return {
         "round": rnd,
         "model": arrays.to_torch_state_dict(),
         "strategy": strategy.state_dict(),
-        "clients": client_states() if client_states is not None else {},
+        "clients": saved_client_states(grid),
         "sparsity": mask.state_dict() if mask is not None else None,
     }
 

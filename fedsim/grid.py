@@ -27,6 +27,20 @@ from flwr.supercore.task_identity import TaskIdentity
 FIRST_NODE_ID = 1000  # node ids differ from partition ids, as on Flower's engines
 
 
+def saved_client_states(grid: Grid) -> dict[int, RecordDict]:
+    """The clients' ``context.state`` by client id, for a checkpoint: only the local engine
+    holds them (on Flower's engine they live in its nodes, out of the server's reach)."""
+    states = getattr(grid, "client_states", None)
+    return states() if states is not None else {}
+
+
+def restore_client_states(grid: Grid, states: dict[int, RecordDict]) -> None:
+    """Give the clients back the states a checkpoint saved (local engine only, as above)."""
+    restore = getattr(grid, "restore_client_states", None)
+    if restore is not None:
+        restore(states)
+
+
 class InProcessGrid(Grid):
     """Runs a ClientApp for ``num_nodes`` simulated nodes, in-process or on a worker pool.
 

@@ -23,6 +23,7 @@ from torch import Tensor
 from clients.mbo import MboFederation, MboWorkload, mbo_federation
 from fedsim import results, wire
 from fedsim.errors import UserError
+from fedsim.grid import restore_client_states, saved_client_states
 from fedsim.progress import RoundProgress
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
@@ -87,9 +88,7 @@ def serve_designs(
         first = checkpoint["round"] + 1
         designs = checkpoint["model"]["designs"]
         members, states = checkpoint["strategy"]["members"], checkpoint["strategy"]["states"]
-        restore = getattr(grid, "restore_client_states", None)
-        if restore is not None:
-            restore(checkpoint["clients"])
+        restore_client_states(grid, checkpoint["clients"])
         writer.event("run_resumed", after_round=checkpoint["round"])
     sizes = fed.client_sizes()
     node_of = {client: node for node, client in client_ids.items()}
@@ -120,8 +119,8 @@ def serve_designs(
                 {
                     **scores,
                     **_ensemble_metrics(values, grads),
-                    "train_time_s": answered
-                    - started,  # the clients' gradients, transport included
+                    # the clients' gradients, transport included
+                    "train_time_s": answered - started,
                     "aggregate_time_s": combined - answered,
                     "round_time_s": time.perf_counter() - started,
                     "bytes_down": float(down),
@@ -262,10 +261,9 @@ def _ensemble_metrics(values: Tensor, grads: Tensor) -> dict[str, float]:
 def _checkpoint(
     rnd: int, designs: Tensor, members: list[int], states: list[Any], grid: Grid
 ) -> results.Checkpoint:
-    client_states = getattr(grid, "client_states", None)
     return {
         "round": rnd,
         "model": {"designs": designs},
         "strategy": {"members": members, "states": states},
-        "clients": client_states() if client_states is not None else {},
+        "clients": saved_client_states(grid),
     }
