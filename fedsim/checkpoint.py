@@ -218,7 +218,10 @@ def _ndarray_from_plain(tagged: dict[str, Any]) -> np.ndarray:
     tensor = tagged[NDARRAY]
     if not isinstance(tensor, Tensor):
         raise PlainFormatError(f"a numpy array is stored as a {type(tensor).__name__}")
-    return tensor.numpy()
+    try:
+        return tensor.detach().numpy()
+    except TypeError as err:  # a dtype numpy lacks, e.g. bfloat16: not written by to_plain
+        raise PlainFormatError(f"a numpy array is stored as a {tensor.dtype} tensor") from err
 
 
 def _namedtuple_to_plain(obj: Any) -> dict[str, Any]:

@@ -211,27 +211,52 @@ def test_a_truncated_file_is_reported_as_damaged(tmp_path: Path, keep: float) ->
     assert "\n" not in message
 
 
+def file_with_strategy(run_dir: Path, strategy: Any) -> Path:
+    """A well-formed checkpoint file whose strategy state is ``strategy``, as given."""
+    content = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "round": 1, "model": {}}
+    content |= {"strategy": strategy, "exchanges": {}, "clients": {}, "features": {}}
+    torch.save(content, run_dir / "checkpoint.pt")
+    return run_dir / "checkpoint.pt"
+
+
 @pytest.mark.parametrize(
     "tag", ["os:system", "collections:OrderedDict", "fedsim.checkpoint:Checkpoint", "fedsim:nope"]
 )
 def test_a_namedtuple_tag_naming_anything_but_fedsims_namedtuples_is_refused(
     tmp_path: Path, tag: str
 ) -> None:
-    # Prepare: a well-formed file whose strategy state names another class
+    # Prepare: the state names another class, with fields that would run a command
     marker = tmp_path / "ran"
-    strategy = {"__namedtuple__": tag, "fields": {"command": f"touch {marker}"}}
-    content = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "round": 1, "model": {}}
-    content |= {"strategy": strategy, "exchanges": {}, "clients": {}, "features": {}}
-    torch.save(content, tmp_path / "checkpoint.pt")
+    file = file_with_strategy(
+        tmp_path, {"__namedtuple__": tag, "fields": {"command": f"touch {marker}"}}
+    )
 
     # Execute
     with pytest.raises(UserError) as refused:
         checkpoint.load(tmp_path)
 
     # Assert
-    assert str(refused.value).startswith(f"{tmp_path / 'checkpoint.pt'} holds content")
+    assert str(refused.value).startswith(f"{file} holds content that fedsim refuses to rebuild")
     assert tag in str(refused.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "problem"),
+    [
+        ({"__namedtuple__": "strategies.pipeline:RoundInfo", "fields": {"x": 1}}, "has fields"),
+        ({"__namedtuple__": "strategies.pipeline:RoundInfo"}, "malformed"),
+        ({"__ndarray__": [1, 2]}, "stored as a list"),
+        ({"__ndarray__": torch.ones(2, dtype=torch.bfloat16)}, "stored as a torch.bfloat16"),
+    ],
+)
+def test_tags_that_to_plain_would_not_write_are_refused(
+    tmp_path: Path, strategy: Any, problem: str
+) -> None:
+    file = file_with_strategy(tmp_path, strategy)
+    with pytest.raises(UserError, match=problem) as refused:
+        checkpoint.load(tmp_path)
+    assert str(refused.value).startswith(str(file))
 
 
 @pytest.mark.parametrize(
