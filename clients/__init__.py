@@ -9,6 +9,28 @@ from clients import compression as compression
 from clients import gnn as gnn
 from clients import mbo as mbo
 from clients import sparsity as sparsity
-from clients.workload import TrainConfig, Workload, init_parameters
+from clients.workload import (
+    Aggregate,
+    Arrays,
+    Exchange,
+    Labelled,
+    Metrics,
+    State,
+    TrainConfig,
+    Workload,
+    WorkloadBase,
+    init_parameters,
+)
 
-__all__ = ["TrainConfig", "Workload", "init_parameters"]
+__all__ = [
+    "Aggregate",
+    "Arrays",
+    "Exchange",
+    "Labelled",
+    "Metrics",
+    "State",
+    "TrainConfig",
+    "Workload",
+    "WorkloadBase",
+    "init_parameters",
+]

@@ -8,10 +8,11 @@ from typing import Annotated, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
-from torch import Tensor, nn
+from torch import nn
 
 from clients.models import MLP, SmallCNN
-from clients.workload import TrainConfig, init_parameters
+from clients.workload import Labelled, State, TrainConfig, WorkloadBase, init_parameters
+from fedsim.data import Dataset
 from fedsim.registry import WORKLOADS, Params
 
 EVAL_BATCH_SIZE = 1024
@@ -34,15 +35,14 @@ class ClassificationParams(Params):
 
 
 @dataclass(frozen=True)
-class ClassificationWorkload:
+class ClassificationWorkload(WorkloadBase):
     """Cross-entropy classification; local training is SGD with an optional FedProx term."""
 
     params: ClassificationParams
 
-    def build_model(
-        self, input_shape: tuple[int, ...], num_classes: int, generator: torch.Generator
-    ) -> nn.Module:
+    def build_model(self, dataset: Dataset, generator: torch.Generator) -> nn.Module:
         """A fresh CPU model whose parameters are drawn from ``generator`` only."""
+        input_shape, num_classes = dataset.input_shape, dataset.num_classes
         # Built on the meta device so that construction draws nothing from the global RNG;
         # init_parameters then fills every parameter from ``generator``.
         with torch.device("meta"):
@@ -54,7 +54,9 @@ class ClassificationWorkload:
         model = model.to_empty(device="cpu")
         return init_parameters(model, generator)
 
-    def fit(self, model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig) -> dict[str, float]:
+    def fit(
+        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
+    ) -> dict[str, float]:
         """Train ``model`` in place by minibatch SGD: ``epochs`` passes, or ``steps`` batches.
 
         With ``mu > 0`` the FedProx objective CE(w) + mu/2·||w − w₀||² is minimised, w₀ being the
@@ -62,6 +64,7 @@ class ClassificationWorkload:
         cross-entropy ``train_loss`` (without the proximal term) and ``train_accuracy`` over every
         batch seen.
         """
+        x, y = data
         n = x.shape[0]
         if n == 0:
             raise ValueError("client has no training data")
@@ -117,8 +120,11 @@ class ClassificationWorkload:
             "train_accuracy": correct.item() / seen,
         }
 
-    def evaluate(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
+    ) -> dict[str, float]:
         """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` on ``(x, y)``, without grad."""
+        x, y = data
         n = x.shape[0]
         if n == 0:
             raise ValueError("no evaluation data")

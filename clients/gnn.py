@@ -17,15 +17,13 @@ from torch import Tensor, nn
 
 from clients.graph_models import GNN
 from clients.neighbour_sampler import sample_neighbours
-from clients.workload import TrainConfig, init_parameters
-from fedsim.graphs import Subgraph
+from clients.workload import Labelled, State, TrainConfig, WorkloadBase, init_parameters
+from fedsim.graphs import GraphDataset, Subgraph
 from fedsim.registry import WORKLOADS, Params
 
 
 class GnnParams(Params):
     """Model and local-training hyper-parameters of the GNN workload."""
-
-    reads_graphs: ClassVar[bool] = True  # the scenario pairs it with a graph dataset only
 
     model: Literal["gcn", "sage"] = "gcn"
     hidden: PositiveInt = 32
@@ -50,15 +48,15 @@ class GnnParams(Params):
 
 
 @dataclass(frozen=True)
-class GnnWorkload:
+class GnnWorkload(WorkloadBase):
     """Cross-entropy on the labelled nodes; Adam, full-batch or on sampled neighbourhoods."""
 
+    reads: ClassVar[str] = "graph"
     params: GnnParams
 
-    def build_model(
-        self, input_shape: tuple[int, ...], num_classes: int, generator: torch.Generator
-    ) -> nn.Module:
+    def build_model(self, dataset: GraphDataset, generator: torch.Generator) -> nn.Module:
         """A fresh CPU model whose parameters are drawn from ``generator`` only."""
+        input_shape, num_classes = dataset.input_shape, dataset.num_classes
         if len(input_shape) != 1:
             raise ValueError(
                 f"the gnn workload needs node feature vectors, got inputs of shape {input_shape}; "
@@ -70,13 +68,14 @@ class GnnWorkload:
         return init_parameters(model.to_empty(device="cpu"), generator)
 
     def fit(
-        self, model: nn.Module, x: Subgraph, y: Tensor, config: TrainConfig
+        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
     ) -> dict[str, float]:
         """Train ``model`` in place for ``epochs`` passes over the labelled nodes ``x.targets``.
 
         Returns the mean cross-entropy ``train_loss`` and ``train_accuracy`` over every labelled
         node seen (with dropout on, as trained).
         """
+        x, y = data
         _check(x, y)
         p = self.params
         model.train()
@@ -114,8 +113,11 @@ class GnnWorkload:
             for batch in order.split(self.params.batch_size)
         ]
 
-    def evaluate(self, model: nn.Module, x: Subgraph, y: Tensor) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
+    ) -> dict[str, float]:
         """Mean cross-entropy ``loss`` and ``accuracy`` on ``x.targets``, full neighbourhoods."""
+        x, y = data
         _check(x, y)
         model.eval()
         with torch.inference_mode():

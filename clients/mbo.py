@@ -5,16 +5,21 @@ model-based optimization", federated: each client trains one ensemble member (a 
 own offline (design, score) pairs, and the member never leaves the client. The server ascends a
 batch of candidate designs; at each step every client returns ∇ of its proxy at the designs and
 the server combines the gradients per design (mean, min, MGDA, CAGrad: the aggregator registry).
-This module is the client side and knows nothing of Flower: the proxy, its training, its
-gradients, and the designs' encoding (discrete designs live in logit space, as in
-design-baselines' gradient ascent; continuous ones as they are).
+An ordinary workload of the contract: the proxy is the client's model, kept whole on the client
+(``local = ("*",)``), and the design ascent is one exchange, ``ascent``: in its first round each
+client fits its proxy and reports its best offline designs, and the server starts from the best
+``designs`` of them; in every later round each client reports its proxy's values and gradients
+at the broadcast designs, and the scenario's pipeline (attack -> pre-aggregators -> aggregator ->
+server optimiser) combines them design by design, each design with its own pipeline state. The
+step is added to the design, so ``strategy.server_opt.lr`` is the ascent step size. Discrete
+designs live in logit space, as in design-baselines' gradient ascent; continuous ones as they are.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,11 +27,16 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from clients.mbo_tasks import MboTask, percentile_scores, to_logits
-from clients.workload import init_parameters
-from fedsim.data import load_data, split_among_clients
-from fedsim.errors import UserError
-from fedsim.registry import WORKLOADS, Component, Params
+from clients.workload import (
+    Aggregate,
+    Arrays,
+    Metrics,
+    State,
+    TrainConfig,
+    init_parameters,
+)
+from fedsim.mbo_tasks import MboClientData, MboTask, percentile_scores, to_logits
+from fedsim.registry import WORKLOADS, Params
 
 
 class MboParams(Params):
@@ -40,43 +50,6 @@ class MboParams(Params):
     weight_decay: NonNegativeFloat = 0.0
     # candidate designs the server ascends; they start as the best designs of the offline data
     designs: int = Field(64, ge=1, le=4096)
-
-
-@dataclass(frozen=True, eq=False)
-class MboFederation:
-    """An MBO task and which offline rows each client holds (indices into ``task.offline_*``)."""
-
-    task: MboTask
-    train: list[Tensor]
-    val: list[Tensor]
-
-    def client_sizes(self) -> list[int]:
-        return [len(t) for t in self.train]
-
-
-def mbo_federation(
-    data: Component, partitioner: Component, num_clients: int, seed: int, val_fraction: float
-) -> MboFederation:
-    """The offline data of the MBO task ``data`` names, split among the clients (cached)."""
-    return _mbo_federation(
-        data.model_dump_json(), partitioner.model_dump_json(), num_clients, seed, val_fraction
-    )
-
-
-@functools.lru_cache(maxsize=2)
-def _mbo_federation(
-    data_json: str, partitioner_json: str, num_clients: int, seed: int, val_fraction: float
-) -> MboFederation:
-    data = Component.model_validate_json(data_json)
-    task = load_data(data)
-    if not isinstance(task, MboTask):
-        raise UserError(
-            f"workload mbo needs an offline MBO task as data, got {data.name!r}; "
-            "use data: {name: tfbind8_like} or {name: mbo_continuous}"
-        )
-    partitioner = Component.model_validate_json(partitioner_json)
-    train, val = split_among_clients(task.offline_y, partitioner, num_clients, seed, val_fraction)
-    return MboFederation(task, train, val)
 
 
 class Proxy(nn.Module):
@@ -100,7 +73,44 @@ class Proxy(nn.Module):
 class MboWorkload:
     """Proxies trained by Adam on MSE; gradients of them at the server's designs."""
 
-    params: MboParams
+    reads: ClassVar[str] = "mbo_task"
+    headline: ClassVar[str] = "p100"
+    local: tuple[str, ...] = ("*",)  # the proxy never leaves its client
+    params: MboParams = field(default_factory=MboParams)
+
+    @property
+    def exchanges(self) -> tuple[Ascent, ...]:
+        return (Ascent(self),)
+
+    def build_model(self, dataset: MboTask, generator: torch.Generator) -> nn.Module:
+        """A fresh proxy of the task's designs (the client's own, never shared)."""
+        return self.build_proxy(dataset, generator)
+
+    def fit(self, model: nn.Module, data: Any, state: State, config: TrainConfig) -> Metrics:
+        """Nothing to train in the model rounds: the proxy is fitted in the ascent's first
+        report, and nothing of it is shared."""
+        return {}
+
+    def evaluate(self, model: nn.Module, data: Any, state: State, config: TrainConfig) -> Metrics:
+        """The fitted proxy's MSE and Spearman correlation on the client's held-out rows."""
+        if FITTED not in state:
+            return {}
+        x, y = self.rows(data.task, data.x_val, data.y_val)
+        return self.evaluate_proxy(model, x, y)
+
+    def evaluate_central(
+        self, model: nn.Module, test: MboTask, config: TrainConfig, memory: Mapping[str, Any]
+    ) -> Metrics:
+        """Normalised oracle scores of the designs the ascent has reached."""
+        designs = config.received.get(ASCENT, {}).get("designs")
+        if designs is None:
+            return {}
+        best = float(test.normalised(test.best_offline))
+        return {**self.scores(test, designs), "best_offline": best}
+
+    def rows(self, task: MboTask, x: Any, y: Any) -> tuple[Tensor, Tensor]:
+        """Designs encoded as the proxies see them, scores standardised."""
+        return self.encode(task, x), self.standardise(task, y)
 
     def encode(self, task: MboTask, designs: Any) -> Tensor:
         """Designs as the proxies see them and the server moves them: flat float32 rows.
@@ -170,6 +180,72 @@ class MboWorkload:
         return values.detach(), grads
 
 
+ASCENT = "ascent"  # the exchange's name: the key of its broadcast in ``config.received``
+FITTED = "fitted"  # a client's state entry once its proxy is trained
+
+
+@dataclass(frozen=True)
+class Ascent:
+    """The design ascent as an exchange: proxies' gradients up, ascended designs down."""
+
+    mbo: MboWorkload
+    name: str = ASCENT
+    everyone: bool = True  # every client answers every step
+
+    def report(
+        self, model: nn.Module, data: MboClientData, state: State, config: TrainConfig
+    ) -> tuple[Arrays, Metrics]:
+        designs = config.received.get(self.name, {}).get("designs")
+        if FITTED not in state:  # this client's first step: fit its proxy, kept local
+            x, y = self.mbo.rows(data.task, data.x, data.y)
+            metrics = self.mbo.fit_proxy(model, x, y, config.generator)
+            state[FITTED] = torch.ones(())
+            if designs is None:  # the ascent has no designs yet: this client's best ones
+                order = torch.argsort(y, descending=True, stable=True)[: self.mbo.params.designs]
+                return {"designs": x[order].contiguous(), "scores": y[order].contiguous()}, metrics
+        if designs is None:
+            raise RuntimeError("the ascent has no designs, but this client's proxy is fitted")
+        values, grads = self.mbo.gradients(model, designs)
+        return {"values": values, "gradients": grads}, {}
+
+    def reduce(
+        self, reports: Mapping[int, Arrays], memory: Any, aggregate: Aggregate, round: int
+    ) -> tuple[Arrays, Any, Metrics]:
+        clients = sorted(reports)  # arrival order depends on the engine
+        if memory is None:  # the first step: start from the best designs the clients reported
+            designs = torch.cat([reports[c]["designs"] for c in clients])
+            scores = torch.cat([reports[c]["scores"] for c in clients])
+            order = torch.argsort(scores, descending=True, stable=True)[: self.mbo.params.designs]
+            start = designs[order].clone()
+            return {"designs": start}, {"designs": start, "states": [None] * len(start)}, {}
+        designs, states = memory["designs"], list(memory["states"])
+        for c in clients:
+            if tuple(reports[c]["gradients"].shape) != tuple(designs.shape):
+                got = tuple(reports[c]["gradients"].shape)
+                raise ValueError(f"client {c} sent gradients of shape {got}, not {designs.shape}")
+        values = torch.stack([reports[c]["values"] for c in clients])  # (k, m)
+        grads = torch.stack([reports[c]["gradients"] for c in clients])  # (k, m, D)
+        moved = designs.clone()
+        for j in range(len(designs)):  # each design with its own pipeline state
+            step, states[j] = aggregate(grads[:, j], clients, states[j], values[:, j])
+            moved[j] += step
+        memory = {"designs": moved, "states": states}
+        return {"designs": moved}, memory, ensemble_metrics(values, grads)
+
+
+def ensemble_metrics(values: Tensor, grads: Tensor) -> dict[str, float]:
+    """How much the proxies agree: their mean and worst prediction, and gradient conflict."""
+    out = {"proxy_mean": float(values.mean()), "proxy_min": float(values.min(dim=0).values.mean())}
+    k = grads.shape[0]
+    if k > 1:
+        unit = torch.nn.functional.normalize(grads, dim=2)  # (k, m, D)
+        cos = torch.einsum("imd,jmd->mij", unit, unit)
+        pairs = torch.triu_indices(k, k, offset=1)
+        # share of client pairs whose gradients point against each other, over all designs
+        out["gradient_conflict"] = float((cos[:, pairs[0], pairs[1]] < 0).float().mean())
+    return out
+
+
 def _spearman(a: Tensor, b: Tensor) -> float:
     """Spearman's rank correlation (no tie correction: scores are real-valued)."""
     ra = a.argsort().argsort().double()
@@ -181,4 +257,4 @@ def _spearman(a: Tensor, b: Tensor) -> float:
 @WORKLOADS.register("mbo", MboParams)
 def mbo(p: MboParams) -> MboWorkload:
     """Federated offline MBO: client proxies, server ascent on designs (data: an MBO task)."""
-    return MboWorkload(p)
+    return MboWorkload(params=p)

@@ -1,17 +1,27 @@
-"""The contract between a workload (model + local training) and the rest of fedsim."""
+"""The contract between a workload (model, local training, its exchanges) and the rest of fedsim.
+
+One round, as the core runs it for every workload: the clients train (skipped when nothing is
+shared) -> the server aggregates the shared entries -> each of the workload's exchanges in
+declared order (clients report, the server reduces, every client receives the broadcast) ->
+federated ``evaluate`` -> ``evaluate_central`` on the server. Before every call the core loads a
+client's model with the shared entries it was sent and the local entries of its state; after
+the call it keeps the local entries and replies with the shared ones only. A client's first call
+draws its local entries from ``build_model(dataset, seeded(seed, client))``.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from fedsim.graphs import Subgraph
+from fedsim.data import Labelled as Labelled  # a client's labelled data
 
 
 class LocalTraining(Protocol):
@@ -85,14 +95,20 @@ def shuffled_passes(
         yield batches
 
 
-# A client's inputs: a tensor of samples (images, feature vectors), or for a graph workload the
-# client's subgraph, whose ``targets`` are the nodes the labels belong to.
-Inputs = Tensor | Subgraph
+Arrays = dict[
+    str, Tensor
+]  # named tensors: what an exchange sends (an ArrayRecord at Flower's edge)
+State = dict[
+    str, Tensor
+]  # one client's own tensors: kept across rounds and checkpoints, never sent
+Metrics = dict[str, float]
+
+SERVER = -1  # the ``client`` of a TrainConfig on the server (central evaluation)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What one local-training call needs besides the model and the data."""
+    """What one call of a workload needs besides the model, the data and the client's state."""
 
     round: int
     client: int  # the client's id (its partition), for workloads whose clients differ
@@ -101,41 +117,136 @@ class TrainConfig:
     device: torch.device
     # How minibatches are drawn and the optimiser steps: plain SGD, or DP-SGD under local DP.
     training: LocalTraining = field(default_factory=PlainTraining)
+    # Each exchange's latest broadcast, by exchange name (empty before its first round).
+    received: Mapping[str, Arrays] = field(default_factory=dict)
+
+
+# The scenario's attack -> pre-aggregators -> aggregator -> server optimiser on rows (n, d) sent
+# by ``clients``, from pipeline state ``state`` (None: a fresh one); ``objectives`` (n,) for rules
+# such as ``min``. Returns (step, new state); raises ValueError when the rule cannot hold.
+Aggregate = Callable[[Tensor, Sequence[int], Any, "Tensor | None"], tuple[Tensor, Any]]
+
+
+@runtime_checkable
+class Exchange(Protocol):
+    """An extra round trip after aggregation: clients report, the server reduces, all receive.
+
+    The core sends it every round, after the model's aggregation, as a Message of its own; the
+    broadcast reaches every client's next calls (``config.received[name]``) and the central
+    evaluation. Failed reports, and reports holding NaN or Inf, are dropped and recorded.
+    """
+
+    name: str
+    everyone: bool  # every client, or only the clients that trained this round
+
+    def report(
+        self, model: nn.Module, data: Any, state: State, config: TrainConfig
+    ) -> tuple[Arrays, Metrics]:
+        """Client side, with the new global model and this client's local entries loaded."""
+        ...
+
+    def reduce(
+        self, reports: Mapping[int, Arrays], memory: Any, aggregate: Aggregate, round: int
+    ) -> tuple[Arrays, Any, Metrics]:
+        """Server side: (broadcast, new memory, server metrics). ``memory`` (None at first) is
+        checkpointed; it must be tensors and plain containers."""
+        ...
 
 
 @runtime_checkable
 class Workload(Protocol):
-    """Builds a model, trains it locally and evaluates it; knows nothing of Flower."""
+    """Builds a model, trains it locally and evaluates it; knows nothing of Flower.
 
-    def build_model(
-        self, input_shape: tuple[int, ...], num_classes: int, generator: torch.Generator
-    ) -> nn.Module:
+    ``reads`` names the kind of data it trains on (a dataset's ``kind``: ``samples``, ``graph``,
+    ``mbo_task``, …). State-dict entries whose names match a pattern of ``local`` never leave a
+    client (``("*.bn*",)`` is FedBN, ``("*",)`` shares nothing); integer buffers never do either.
+    """
+
+    reads: ClassVar[str]
+    headline: ClassVar[str]  # the central metric a progress bar shows
+    local: tuple[str, ...]
+    exchanges: tuple[Exchange, ...]
+
+    def build_model(self, dataset: Any, generator: torch.Generator) -> nn.Module:
         """A fresh CPU model whose parameters are drawn from ``generator`` only."""
         ...
 
-    def fit(self, model: nn.Module, x: Inputs, y: Tensor, config: TrainConfig) -> dict[str, float]:
-        """Train ``model`` in place on ``(x, y)`` (already on ``config.device``); return metrics."""
+    def fit(self, model: nn.Module, data: Any, state: State, config: TrainConfig) -> Metrics:
+        """Train ``model`` in place on ``data`` (already on ``config.device``); return metrics.
+
+        ``state`` is the client's own, and the one argument a workload may change in place."""
         ...
 
-    def evaluate(self, model: nn.Module, x: Inputs, y: Tensor) -> dict[str, float]:
-        """Mean cross-entropy ``loss`` and ``accuracy`` of ``model`` on ``(x, y)``, without grad."""
+    def evaluate(self, model: nn.Module, data: Any, state: State, config: TrainConfig) -> Metrics:
+        """Metrics of ``model`` on ``data`` (e.g. ``loss`` and ``accuracy``), without grad."""
         ...
+
+    def evaluate_central(
+        self, model: nn.Module, test: Any, config: TrainConfig, memory: Mapping[str, Any]
+    ) -> Metrics:
+        """The server's own metrics of the global model on the federation's ``test`` data, with
+        the exchanges' latest broadcasts (``config.received``) and memories; {} for none."""
+        ...
+
+
+class WorkloadBase:
+    """The defaults of the contract: everything shared, no exchange, and the central
+    evaluation that of a client on the test data."""
+
+    reads: ClassVar[str] = "samples"
+    headline: ClassVar[str] = "accuracy"
+    local: tuple[str, ...] = ()
+    exchanges: tuple[Exchange, ...] = ()
+
+    def evaluate(self, model: nn.Module, data: Any, state: State, config: TrainConfig) -> Metrics:
+        raise NotImplementedError
+
+    def evaluate_central(
+        self, model: nn.Module, test: Any, config: TrainConfig, memory: Mapping[str, Any]
+    ) -> Metrics:
+        return self.evaluate(model, test, {}, config)
+
+
+def is_local(name: str, tensor: Tensor, patterns: Sequence[str]) -> bool:
+    """Whether a state-dict entry stays on its client: it matches ``patterns``, or it is an
+    integer buffer (a count such as BatchNorm's ``num_batches_tracked``, never averaged)."""
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return True
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def split_state(
+    state: Mapping[str, Tensor], patterns: Sequence[str]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A model's state dict as (shared entries, local entries), each in the model's order."""
+    shared, local = {}, {}
+    for name, tensor in state.items():
+        (local if is_local(name, tensor, patterns) else shared)[name] = tensor
+    return shared, local
 
 
 _INITIALISED = (nn.Linear, nn.modules.conv._ConvNd)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 @torch.no_grad()
 def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Re-initialise every Linear / Conv layer as PyTorch's defaults do, drawing from ``generator``.
+    """Re-initialise every parameter as PyTorch's defaults do, drawing from ``generator``.
 
-    Weights: ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)); biases:
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Layers are visited in ``model.modules()`` order, so the same
-    generator state gives the same parameters. Any other module that owns parameters is refused, so
-    that no parameter is left with values from the global RNG (or uninitialised memory).
+    Linear / Conv weights: ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)); their biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Normalisation layers
+    (BatchNorm, InstanceNorm, LayerNorm, GroupNorm): weight 1, bias 0, running statistics reset.
+    Embeddings: N(0, 1). A module of one's own initialises its own parameters (not its
+    children's) by defining ``init_parameters(generator)``. Modules are visited in
+    ``model.modules()`` order, so the same generator state gives the same parameters. Any other
+    module that owns parameters is refused, so that no parameter is left with values from the
+    global RNG (or uninitialised memory).
     """
     for name, module in model.named_modules():
-        if isinstance(module, _INITIALISED):
+        own_init = getattr(module, "init_parameters", None)
+        if callable(own_init):
+            own_init(generator)
+        elif isinstance(module, _INITIALISED):
             weight: Tensor = module.weight
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
             bias: Tensor | None = module.bias
@@ -143,9 +254,26 @@ def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
                 fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
                 bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
                 nn.init.uniform_(bias, -bound, bound, generator=generator)
+        elif isinstance(module, _NORMS):
+            _reset_norm(module)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, generator=generator)
         elif any(True for _ in module.parameters(recurse=False)):
             raise TypeError(
                 f"init_parameters does not know how to initialise {name or 'the model'!s} "
-                f"({type(module).__name__}); only Linear and Conv layers own parameters here"
+                f"({type(module).__name__}); give it a method init_parameters(generator) that "
+                "fills its own parameters from the generator"
             )
     return model
+
+
+def _reset_norm(module: nn.Module) -> None:
+    """A normalisation layer as constructed: identity affine map, fresh running statistics."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if weight is not None:
+        nn.init.ones_(weight)
+    if bias is not None:
+        nn.init.zeros_(bias)
+    reset = getattr(module, "reset_running_stats", None)
+    if callable(reset):
+        reset()

@@ -1,9 +1,11 @@
 """The ServerApp: whatever engine carries its Messages, it runs a scenario round by round.
 
 It reads the scenario named in the run config, drives the scenario's strategy and writes the run
-directory. Its counterpart, the ClientApp, is ``fedsim/client_app.py``; what both build from a
-scenario (data, initial model, byzantine clients) is ``fedsim/build.py``. Workload ``mbo``
-ascends designs instead of training a model: ``fedsim/mbo_server.py`` runs that loop.
+directory. Every workload goes through the same round (``clients/workload.py``): train the
+shared entries and aggregate them, run the workload's exchanges (``fedsim/exchanges.py``),
+evaluate on the clients and on the server. Features a scenario turns on act through their
+server halves' hooks (``fedsim/features``). Its counterpart, the ClientApp, is
+``fedsim/client_app.py``; what both build from a scenario is ``fedsim/build.py``.
 """
 
 from __future__ import annotations
@@ -19,29 +21,30 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from clients import Workload
-from fedsim import mbo_server, privacy, results, wire
+from clients import TrainConfig, Workload
+from clients.workload import SERVER, split_state
+from fedsim import privacy, results, wire
 from fedsim.build import (
-    MASK_STREAM,
     byzantine_clients,
     initial_model_and_changes,
     pick_device,
     scenario_federation,
     seeded_generator,
 )
-from fedsim.data import load_dataset
+from fedsim.data import to_device
 from fedsim.errors import UserError
-from fedsim.global_mask import GlobalMask
-from fedsim.graphs import GraphFederation
+from fedsim.exchanges import Exchanges
+from fedsim.features import ServerFeature, server_features
 from fedsim.grid import restore_client_states, saved_client_states
 from fedsim.progress import RoundProgress
 from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES, WORKLOADS
 from fedsim.scenario import Scenario, load
-from strategies import fedlaavg
 from strategies.attacks.base import DataAttack
 from strategies.availability import Population
 from strategies.central_dp import CentralDP
 from strategies.flower import PipelineStrategy, with_phase
+
+CENTRAL_STREAM = 37  # the central evaluation's generator, apart from the clients'
 
 NODE_WAIT_S = 120.0  # how long the server waits for the federation's nodes to register
 
@@ -107,24 +110,25 @@ def _serve(
 ) -> None:
     device = pick_device(scenario.device)
     client_ids = identify_clients(grid, scenario.clients.num)
-    if mbo_server.is_mbo(scenario):  # the server ascends designs rather than a model
-        ascent = pipeline_strategy(scenario, client_ids=client_ids, recorder=writer)
-        mbo_server.serve_designs(
-            grid, scenario, writer, checkpoint, show_progress, client_ids, ascent
-        )
-        return
     workload: Workload = WORKLOADS.build(scenario.workload)
-    dataset = load_dataset(scenario.data.dataset)
-    model, model_changes = initial_model_and_changes(workload, scenario, dataset)
+    federation = scenario_federation(scenario)
+    model, model_changes = initial_model_and_changes(workload, scenario, federation.dataset)
     model = model.to(device)
-    x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
-    strategy = build_strategy(scenario, client_ids=client_ids, recorder=writer)
-    mask = global_mask(scenario, strategy)
+    shared, _ = split_state(model.state_dict(), workload.local)
+    test = to_device(federation.test_data(), device)
+    strategy = build_strategy(
+        scenario, client_ids=client_ids, recorder=writer, workdir=str(writer.path)
+    )
+    features = server_features(scenario, strategy, model_changes)
+    exchanges = Exchanges(workload.exchanges, writer, federation.client_sizes(), client_ids)
+    arrays = ArrayRecord(shared)
     first = 1
     if checkpoint is None:
         writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
-        if scenario.privacy.mode != "none":
-            writer.event("privacy", **scenario.privacy.model_dump(), model_changes=model_changes)
+        for feature in features:
+            arrays = feature.start(arrays)
+            if started := feature.started():
+                writer.event(started.pop("event"), **started)
         if scenario.byzantine.num:
             writer.event(
                 "byzantine_clients",
@@ -132,92 +136,104 @@ def _serve(
                 attack=scenario.byzantine.attack.model_dump(),
             )
     else:
-        first = checkpoint["round"] + 1
-        model.load_state_dict(checkpoint["model"])
-        strategy.load_state_dict(checkpoint["strategy"])
-        if mask is not None:
-            mask.load_state_dict(checkpoint["sparsity"])
-        restore_client_states(grid, checkpoint["clients"])
-        writer.event("run_resumed", after_round=checkpoint["round"])
-    arrays = ArrayRecord(model.state_dict())
-    if mask is not None and checkpoint is None:
-        arrays = mask.start(arrays)
-    # Client memory (FedLaAvg's latest updates) lives in the run directory, so it resumes with it.
-    memory = str(writer.path / "client_memory")
-    config = ConfigRecord({"scenario": scenario.to_yaml(), fedlaavg.MEMORY_DIR: memory})
+        first = checkpoint.round + 1
+        arrays = ArrayRecord(checkpoint.model)
+        strategy.load_state_dict(checkpoint.strategy)
+        for i, feature in enumerate(features):
+            feature.load_state_dict(checkpoint.features.get(str(i)))
+        exchanges.load_state_dict(checkpoint.exchanges)
+        restore_client_states(grid, checkpoint.clients)
+        writer.event("run_resumed", after_round=checkpoint.round)
+    config = ConfigRecord({"scenario": scenario.to_yaml()})
 
-    with RoundProgress(scenario.rounds, done=first - 1, enabled=show_progress) as progress:
+    headline = getattr(workload, "headline", "accuracy")
+    with RoundProgress(scenario.rounds, first - 1, show_progress, headline) as progress:
         for rnd in range(first, scenario.rounds + 1):
             started = time.perf_counter()
-            messages = strategy.configure_train(rnd, arrays, config, grid)
-            replies, traffic = _exchange(grid, messages, arrays, mask, "")
-            trained = time.perf_counter()
-            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-            arrays = new_arrays if new_arrays is not None else arrays
-            if mask is not None:  # the server prunes the aggregate: the next global mask
-                arrays = mask.after_round(rnd, arrays)
-                traffic["density"] = mask.density
+            traffic: dict[str, float] = {}
+            trained: list[int] | None = None  # the clients whose updates were aggregated
+            if len(arrays):  # a workload that shares nothing skips training
+                messages = exchanges.carry(strategy.configure_train(rnd, arrays, config, grid))
+                replies, traffic = _send(grid, messages, arrays, features, "")
+                new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+                trained = [client_ids[r.metadata.src_node_id] for r in replies if _usable(r)]
+                arrays = new_arrays if new_arrays is not None else arrays
+                for feature in features:
+                    arrays, feature_metrics = feature.after_aggregate(rnd, arrays)
+                    traffic.update(feature_metrics)
+                writer.metrics(
+                    rnd, results.FEDERATED, None, with_phase(train_metrics or {}, "train")
+                )
+            if rnd == 1:  # the partition's own costs (a graph's edge cut, halo bytes, …)
+                writer.metrics(rnd, results.SERVER, None, federation.stats)
             aggregated = time.perf_counter()
-            writer.metrics(rnd, results.FEDERATED, None, with_phase(train_metrics or {}, "train"))
-            if rnd == 1:  # a graph partition's edge cut, balance, replication and halo bytes
-                writer.metrics(rnd, results.SERVER, None, partition_stats(scenario))
+            exchange_metrics = exchanges.run(rnd, grid, arrays, config, trained, strategy)
+            exchanged = time.perf_counter()
 
-            accuracy, evaluating = None, time.perf_counter()
+            accuracy = None
             if rnd % scenario.eval.every == 0 or rnd == scenario.rounds:
-                messages = strategy.configure_evaluate(rnd, arrays, config, grid)
-                replies, eval_traffic = _exchange(grid, messages, arrays, mask, "eval_")
+                messages = exchanges.carry(strategy.configure_evaluate(rnd, arrays, config, grid))
+                replies, eval_traffic = _send(grid, messages, arrays, features, "eval_")
                 traffic.update(eval_traffic)
                 eval_metrics = strategy.aggregate_evaluate(rnd, replies)
                 writer.metrics(rnd, results.FEDERATED, None, with_phase(eval_metrics or {}, "eval"))
-                model.load_state_dict(arrays.to_torch_state_dict())
-                central = workload.evaluate(model, x_test, y_test)
+                model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+                central_config = TrainConfig(
+                    rnd,
+                    SERVER,
+                    seeded_generator(scenario.seed, rnd, CENTRAL_STREAM),
+                    device,
+                    received=exchanges.received(device),
+                )
+                central = workload.evaluate_central(model, test, central_config, exchanges.memory)
                 writer.metrics(rnd, results.SERVER, None, central)
-                accuracy = central.get("accuracy")
+                accuracy = central.get(headline)
             finished = time.perf_counter()
             timings = {
-                "train_time_s": trained - started,  # clients' training, transport included
-                "aggregate_time_s": aggregated - trained,
-                "eval_time_s": finished - evaluating,  # clients' and the central evaluation
+                "train_time_s": aggregated - started,  # clients' training and aggregation
+                "exchange_time_s": exchanged - aggregated,
+                "eval_time_s": finished - exchanged,  # clients' and the central evaluation
                 "round_time_s": finished - started,
             }
-            writer.metrics(rnd, results.SERVER, None, {**timings, **traffic})
+            writer.metrics(rnd, results.SERVER, None, {**timings, **traffic, **exchange_metrics})
             writer.flush()
             every = scenario.checkpoint_every
             if every and (rnd % every == 0 or rnd == scenario.rounds):
-                writer.save_checkpoint(_checkpoint(rnd, arrays, strategy, grid, mask))
+                state = results.Checkpoint(
+                    round=rnd,
+                    model=arrays.to_torch_state_dict(),
+                    strategy=strategy.state_dict(),
+                    exchanges=exchanges.state_dict(),
+                    clients=saved_client_states(grid),
+                    features={str(i): f.state_dict() for i, f in enumerate(features)},
+                )
+                writer.save_checkpoint(state)
             progress.advance(accuracy)
 
-    model.load_state_dict(arrays.to_torch_state_dict())
-    writer.save_model(model.state_dict())
+    model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+    writer.save_model({**model.state_dict(), **exchanges.final()})
 
 
-def _exchange(
+def _usable(reply: Message) -> bool:
+    return not reply.has_error()
+
+
+def _send(
     grid: Grid,
     messages: Iterable[Message],
     arrays: ArrayRecord,
-    mask: GlobalMask | None,
+    features: list[ServerFeature],
     phase: str,
 ) -> tuple[list[Message], dict[str, float]]:
-    """Send one phase's Messages (a masked model as its unmasked entries), receive the replies
-    (encoded updates decoded back to models) and the bytes each way, measured as serialised."""
+    """Send one phase's Messages (as the features shape them), receive the replies (encoded
+    updates decoded back to models) and the bytes each way, measured as serialised."""
     sent = list(messages)
-    if mask is not None:
-        sent = wire.send_masked(sent, mask.flat(arrays))
+    for feature in features:
+        sent = feature.send(sent, arrays)
     replies = list(grid.send_and_receive(sent))
     down, up = wire.traffic(sent, replies)
     traffic = {f"{phase}bytes_down": float(down), f"{phase}bytes_up": float(up)}
     return wire.receive_updates(replies, arrays), traffic
-
-
-def global_mask(scenario: Scenario, strategy: PipelineStrategy | CentralDP) -> GlobalMask | None:
-    """The server's global mask when the workload trains sparse (checked against the strategy)."""
-    encoded = scenario.workload.sparsity is not None or scenario.compression.name != "none"
-    if encoded and isinstance(strategy, fedlaavg.FedLaAvgStrategy):
-        raise UserError(
-            f"strategy {scenario.strategy.name} has clients reply with the change of their latest "
-            "update, which workload.sparsity and compression do not encode; use strategy fedavg"
-        )
-    return GlobalMask.for_scenario(scenario, seeded_generator(scenario.seed, MASK_STREAM))
 
 
 def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy | CentralDP:
@@ -243,12 +259,6 @@ def pipeline_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
     return strategy
 
 
-def partition_stats(scenario: Scenario) -> dict[str, float]:
-    """What the partition of a graph dataset costs (none for image datasets)."""
-    federation = scenario_federation(scenario)
-    return federation.stats if isinstance(federation, GraphFederation) else {}
-
-
 def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
     """The scenario's availability schedule: round -> which clients are online."""
     counts = scenario_federation(scenario).class_counts()
@@ -257,23 +267,6 @@ def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
         population
     )
     return schedule
-
-
-def _checkpoint(
-    rnd: int,
-    arrays: ArrayRecord,
-    strategy: PipelineStrategy | CentralDP,
-    grid: Grid,
-    mask: GlobalMask | None,
-) -> results.Checkpoint:
-    """What a resumed run needs to go on exactly as an uninterrupted one would."""
-    return {
-        "round": rnd,
-        "model": arrays.to_torch_state_dict(),
-        "strategy": strategy.state_dict(),
-        "clients": saved_client_states(grid),
-        "sparsity": mask.state_dict() if mask is not None else None,
-    }
 
 
 def identify_clients(grid: Grid, num: int) -> dict[int, int]:

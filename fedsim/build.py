@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from clients import Workload
+from clients.workload import split_state
 from fedsim import privacy
-from fedsim.data import Dataset, Federation, federation_for
+from fedsim.data import Federation, federation_for
 from fedsim.errors import UserError
-from fedsim.graphs import GraphDataset, GraphFederation
 from fedsim.registry import ATTACKS
 from fedsim.scenario import Scenario
 from strategies.attacks.base import DataAttack, Poison
 
 BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
 MASK_STREAM = 19  # the same for the sparse-training method's initial mask
+LOCAL_STREAM = 31  # a client's local entries before its first call
 
 
 def pick_device(choice: str) -> torch.device:
@@ -33,7 +36,7 @@ def seeded_generator(*seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(entropy))
 
 
-def scenario_federation(scenario: Scenario) -> Federation | GraphFederation:
+def scenario_federation(scenario: Scenario) -> Federation:
     """The scenario's data, split among its clients (one copy per process, cached)."""
     return federation_for(
         scenario.data.dataset,
@@ -44,21 +47,25 @@ def scenario_federation(scenario: Scenario) -> Federation | GraphFederation:
     )
 
 
-def initial_model(
-    workload: Workload, scenario: Scenario, dataset: Dataset | GraphDataset
-) -> nn.Module:
+def initial_model(workload: Workload, scenario: Scenario, dataset: Any) -> nn.Module:
     """The global model before round 1, the same in every process for the same seed."""
     return initial_model_and_changes(workload, scenario, dataset)[0]
 
 
 def initial_model_and_changes(
-    workload: Workload, scenario: Scenario, dataset: Dataset | GraphDataset
+    workload: Workload, scenario: Scenario, dataset: Any, *stream: int
 ) -> tuple[nn.Module, list[str]]:
     """The global model, and the layers local DP's ``fix_model`` replaced in it."""
-    model = workload.build_model(
-        dataset.input_shape, dataset.num_classes, seeded_generator(scenario.seed)
-    )
+    model = workload.build_model(dataset, seeded_generator(scenario.seed, *stream))
     return privacy.private_model(model, scenario)
+
+
+def local_entries(
+    workload: Workload, scenario: Scenario, dataset: Any, client: int
+) -> dict[str, torch.Tensor]:
+    """``client``'s local entries before its first call: its own draw from (seed, client)."""
+    model, _ = initial_model_and_changes(workload, scenario, dataset, client, LOCAL_STREAM)
+    return split_state(model.state_dict(), workload.local)[1]
 
 
 def byzantine_clients(scenario: Scenario) -> frozenset[int]:
@@ -75,9 +82,4 @@ def data_poison(scenario: Scenario) -> Poison | None:
     attack = ATTACKS.build(scenario.byzantine.attack)
     if not isinstance(attack, DataAttack):
         return None
-    if isinstance(scenario_federation(scenario), GraphFederation):
-        raise UserError(
-            f"byzantine.attack: {scenario.byzantine.attack.name!r} poisons image tensors, but "
-            f"{scenario.data.name!r} is a graph; use a model attack (e.g. sign_flip)"
-        )
     return attack.poison

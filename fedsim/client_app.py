@@ -1,67 +1,48 @@
 """The ClientApp: a simulated client's work on whatever Message a round sends it.
 
 Each Message carries the resolved scenario, so a client needs nothing else: a worker process
-builds (once) the workload, the data and one model that is reset in place for every client it
-serves. Workload ``mbo`` has clients of its own kind (a proxy each, ``train.proxy`` and
-``query.gradients``); every other workload answers ``train`` and ``evaluate``.
+builds (once) the workload, the federation and one model that is reset in place for every
+client it serves. Every workload answers the same three Messages: ``train``, ``evaluate`` and
+``query.exchange`` (one of its exchanges). Before each call the model gets the shared entries
+the server sent and the client's local entries from its ``context.state``; after the call the
+local entries and the workload's own state go back there, and the reply carries the shared
+entries only. Features the scenario turns on wrap the training call as client mods
+(``fedsim.features``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, reduce
 from typing import cast
 
-import numpy as np
 import torch
 import yaml
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from clients import TrainConfig, Workload
-from clients.compression import Compressor
-from clients.mbo import MboFederation, MboWorkload
-from clients.sparsity import SparsityMethod, masked_training
-from fedsim import mbo_server, privacy, wire
+from clients import Exchange, State, TrainConfig, Workload
+from clients.workload import split_state
+from fedsim import wire
 from fedsim.build import (
-    MASK_STREAM,
-    byzantine_clients,
-    data_poison,
     initial_model,
+    local_entries,
     pick_device,
     scenario_federation,
     seeded_generator,
 )
-from fedsim.data import Federation
-from fedsim.errors import UserError
-from fedsim.global_mask import masks_from_flat
-from fedsim.graphs import GraphFederation
-from fedsim.registry import COMPRESSORS, SPARSITY, WORKLOADS
+from fedsim.data import Federation, Labelled
+from fedsim.features import ClientMod, Fit, Trained, client_mods
+from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario, parse
-from strategies import fedlaavg
-from strategies.attacks.base import Poison
-from strategies.client_memory import ClientMemory
-from strategies.flower import flatten, unflatten
 
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
-RESIDUAL = "compression-residual"  # a client's error-feedback memory in its context.state
-
-
-class ClientDropout(RuntimeError):
-    """A simulated failure mid-round (``clients.dropout``), not a fault of the client's code."""
-
+LOCAL = "local-entries"  # context.state: the model's entries that never leave this client
+STATE = "workload-state"  # context.state: the workload's own tensors
+EXCHANGE_STREAM = 23  # an exchange report's generator, apart from training's
+EVAL_STREAM = 29  # an evaluation's generator (e.g. a sampled neighbourhood)
 
 client_app = ClientApp()
 
@@ -70,27 +51,20 @@ client_app = ClientApp()
 class ClientRuntime:
     """What one worker process keeps for the whole run: data once, one model reset in place.
 
-    Data, client indices and the model live on the device for the whole run (on a GPU, nothing
-    of them goes back to the host per client; only each reply's weights do).
+    Data and the model live on the device for the whole run (on a GPU, nothing of them goes
+    back to the host per client; only each reply's tensors do).
     """
 
     scenario: Scenario
     workload: Workload
     device: torch.device
     model: nn.Module
-    # Each client's (inputs, labels): images for image datasets, a subgraph for graph datasets.
-    federation: Federation | GraphFederation
-    num_classes: int
-    byzantine: frozenset[int]
-    poison: Poison | None  # a data-poisoning attack's change to a byzantine client's data
-    template: ArrayRecord  # the model's arrays: names, shapes and dtypes of what travels
-    sparsity: SparsityMethod | None
-    compressor: Compressor
-
-    @property
-    def encodes_updates(self) -> bool:
-        """Whether replies carry the update as a sparse vector rather than the model."""
-        return self.sparsity is not None or self.compressor.active
+    federation: Federation
+    template: ArrayRecord  # the shared entries: names, shapes and dtypes of what travels
+    local_keys: tuple[str, ...]
+    sizes: list[int]
+    mods: list[ClientMod]
+    exchanges: dict[str, Exchange]
 
 
 @lru_cache(maxsize=2)
@@ -100,21 +74,19 @@ def runtime(scenario_text: str) -> ClientRuntime:
     workload: Workload = WORKLOADS.build(scenario.workload)
     federation = scenario_federation(scenario)
     device = pick_device(scenario.device)
-    dataset = federation.dataset
-    model = initial_model(workload, scenario, dataset)
-    sparsity = scenario.workload.sparsity
+    model = initial_model(workload, scenario, federation.dataset)
+    shared, local = split_state(model.state_dict(), workload.local)
     return ClientRuntime(
         scenario,
         workload,
         device,
         model.to(device),
         federation.to(device),
-        dataset.num_classes,
-        byzantine_clients(scenario),
-        data_poison(scenario),
-        ArrayRecord(model.state_dict()),
-        SPARSITY.build(sparsity) if sparsity is not None else None,
-        COMPRESSORS.build(scenario.compression),
+        ArrayRecord(shared),
+        tuple(local),
+        federation.client_sizes(),
+        client_mods(scenario),
+        {exchange.name: exchange for exchange in workload.exchanges},
     )
 
 
@@ -140,159 +112,132 @@ def evaluate(msg: Message, context: Context) -> Message:
     return _reply(msg, context, _evaluate)
 
 
-def _train(client: int, msg: RecordDict, context: Context) -> RecordDict:
-    rt = runtime(_scenario_text(msg))
-    config = msg.config_records["config"]
-    arrays, mask = wire.received_model(msg, rt.template)
+@client_app.query(wire.EXCHANGE)
+def exchange(msg: Message, context: Context) -> Message:
+    return _reply(msg, context, _report)
+
+
+def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
+    rt = runtime(_scenario_text(content))
+    config = content.config_records["config"]
     rnd = int(cast(int, config["server-round"]))
-    dropout = rt.scenario.clients.dropout
-    if dropout and np.random.default_rng([rt.scenario.seed, client, rnd, 11]).random() < dropout:
-        raise ClientDropout(f"simulated dropout (clients.dropout={dropout})")
-    rt.model.load_state_dict(arrays.to_torch_state_dict())
+    sent, mask = wire.received_model(content, rt.template)
+    state = _load(rt, client, sent, context)
     generator = seeded_generator(rt.scenario.seed, client, rnd)
-    x, y = rt.federation.train_data(client)
-    examples = len(y)
-    if rt.poison is not None and client in rt.byzantine and isinstance(x, torch.Tensor):
-        x, y = rt.poison(x, y, rt.num_classes, seeded_generator(rt.scenario.seed, client, rnd, 1))
-    training = privacy.local_training(rt.scenario, context.state, client, rnd)
-    train_config = TrainConfig(rnd, client, generator, rt.device, training)
-    try:
-        with _sparse_training(rt, mask, rnd, client):
-            metrics = rt.workload.fit(rt.model, x, y, train_config)
-        metrics.update(privacy.spent(training, rt.scenario, context.state))
-    finally:
-        privacy.release(training)  # DP-SGD's hooks off the model that serves every client
-    reply = ArrayRecord(rt.model.state_dict())
-    key = "arrays"
-    if rt.encodes_updates:
-        key, reply = wire.DELTA, _encoded_update(rt, context.state, arrays, reply)
-    elif fedlaavg.is_latest_averaging(config):
-        reply = _latest_difference(rt, client, config, arrays, reply)
-    return RecordDict({key: reply, "metrics": MetricRecord({**metrics, "num-examples": examples})})
-
-
-def _sparse_training(
-    rt: ClientRuntime, mask: torch.Tensor | None, rnd: int, client: int
-) -> AbstractContextManager[object]:
-    """Local training under the global mask the server sent (rewired by RigL / SET)."""
-    if rt.sparsity is None or mask is None:  # dense, or no weight pruned yet
-        return nullcontext()
-    masks = masks_from_flat(mask, rt.model.state_dict())
-    rewiring = rt.sparsity.rewiring(
-        rnd, rt.scenario.rounds, seeded_generator(rt.scenario.seed, client, rnd, MASK_STREAM)
+    train_config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
+    fit = Fit(
+        rt.scenario,
+        client,
+        rnd,
+        rt.model,
+        rt.federation.train_data(client),
+        state,
+        train_config,
+        context.state,
+        sent,
+        config,
+        mask,
     )
-    return masked_training(rt.model, masks, rewiring)
+    trained = reduce(_wrap, reversed(rt.mods), _fitted(rt))(fit)
+    _save(rt, context, state)
+    metrics = MetricRecord({**trained.metrics, "num-examples": rt.sizes[client]})
+    return RecordDict({trained.key: trained.arrays, "metrics": metrics})
 
 
-def _encoded_update(
-    rt: ClientRuntime, state: RecordDict, received: ArrayRecord, trained: ArrayRecord
-) -> ArrayRecord:
-    """The update (trained − received), compressed (error feedback kept in ``state``) and
-    encoded as a sparse vector."""
-    update = flatten(trained) - flatten(received)
-    kept = state.array_records.get(RESIDUAL)
-    residual = torch.from_numpy(kept["residual"].numpy().copy()) if kept is not None else None
-    out = rt.compressor.compress(update, residual)
-    if out.residual is not None:
-        state[RESIDUAL] = ArrayRecord({"residual": Array(out.residual.numpy())})
-    return wire.encode(out.sent, out.support)
+def _fitted(rt: ClientRuntime) -> Callable[[Fit], Trained]:
+    """The innermost call: the workload trains; the reply is the shared entries."""
+
+    def fit(call: Fit) -> Trained:
+        metrics = rt.workload.fit(call.model, call.data, call.state, call.config)
+        return Trained(metrics, wire.ARRAYS, _shared(rt))
+
+    return fit
 
 
-def _latest_difference(
-    rt: ClientRuntime, client: int, config: ConfigRecord, sent: ArrayRecord, trained: ArrayRecord
-) -> ArrayRecord:
-    """FedLaAvg's reply: the change in this client's latest update, which it keeps on disk."""
-    directory = config.get(fedlaavg.MEMORY_DIR)
-    if not directory:
-        raise UserError(f"latest averaging needs the train config entry {fedlaavg.MEMORY_DIR!r}")
-    update = (flatten(trained) - flatten(sent)).numpy()
-    memory = ClientMemory(str(directory), rt.scenario.clients.num, update.size)
-    diff = fedlaavg.latest_difference(memory, client, config, update)
-    return unflatten(torch.from_numpy(diff), sent)
+def _wrap(inner: Callable[[Fit], Trained], mod: ClientMod) -> Callable[[Fit], Trained]:
+    return lambda fit: mod(fit, inner)
 
 
-def _evaluate(client: int, msg: RecordDict, context: Context) -> RecordDict:
-    rt = runtime(_scenario_text(msg))
-    arrays, _ = wire.received_model(msg, rt.template)
-    x, y = rt.federation.val_data(client)
-    if len(y) == 0:  # no held-out data: evaluate on what it trains on
-        x, y = rt.federation.train_data(client)
-    rt.model.load_state_dict(arrays.to_torch_state_dict())
-    metrics = rt.workload.evaluate(rt.model, x, y)
-    return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(y)})})
+def _evaluate(client: int, content: RecordDict, context: Context) -> RecordDict:
+    rt = runtime(_scenario_text(content))
+    rnd = int(cast(int, content.config_records["config"].get("server-round", 0)))
+    sent, _ = wire.received_model(content, rt.template)
+    state = _load(rt, client, sent, context)
+    data = rt.federation.val_data(client)
+    if data is None:  # no held-out data: evaluate on what it trains on
+        data = rt.federation.train_data(client)
+    generator = seeded_generator(rt.scenario.seed, client, rnd, EVAL_STREAM)
+    config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
+    metrics = rt.workload.evaluate(rt.model, data, state, config)
+    _save(rt, context, state)
+    examples = len(data.labels) if isinstance(data, Labelled) else rt.sizes[client]
+    return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": examples})})
 
 
-# ---- the mbo workload's clients: a proxy each, kept in the client's state ----
-
-PROXY_STATE = "mbo-proxy"  # context.state entry holding the client's trained proxy
-
-PROXY_STREAM = 17  # keeps proxy initialisation and batch order apart from other uses of the seed
-
-
-@dataclass
-class MboRuntime:
-    """One worker process's copy of an mbo task's offline data, encoded for the proxies."""
-
-    scenario: Scenario
-    workload: MboWorkload
-    federation: MboFederation
-    x: torch.Tensor  # (offline rows, D) designs as the proxies see them
-    y: torch.Tensor  # (offline rows,) standardised scores
-
-
-@lru_cache(maxsize=2)
-def mbo_runtime(scenario_text: str) -> MboRuntime:
-    torch.set_num_threads(1)  # workers share the cores: more threads oversubscribe
-    scenario = parse(yaml.safe_load(scenario_text))
-    workload: MboWorkload = WORKLOADS.build(scenario.workload)
-    federation = mbo_server.federation(scenario)
-    task = federation.task
-    x = workload.encode(task, task.offline_x)
-    return MboRuntime(scenario, workload, federation, x, workload.standardise(task, task.offline_y))
+def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
+    """One exchange's report: what this client sends up after the round's aggregation."""
+    rt = runtime(_scenario_text(content))
+    config = content.config_records["config"]
+    rnd = int(cast(int, config["server-round"]))
+    exchange = rt.exchanges[str(config[wire.EXCHANGE])]
+    sent, _ = wire.received_model(content, rt.template)
+    state = _load(rt, client, sent, context)
+    generator = seeded_generator(rt.scenario.seed, client, rnd, EXCHANGE_STREAM)
+    report_config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
+    data = rt.federation.train_data(client)
+    arrays, metrics = exchange.report(rt.model, data, state, report_config)
+    _save(rt, context, state)
+    report = ArrayRecord({k: v.detach().contiguous() for k, v in arrays.items()})
+    metrics_record = MetricRecord({**metrics, "num-examples": rt.sizes[client]})
+    return RecordDict({wire.REPORT: report, "metrics": metrics_record})
 
 
-@client_app.train("proxy")
-def train_proxy(msg: Message, context: Context) -> Message:
-    return _reply(msg, context, _fit_proxy)
+# ---- the model's two halves and the client's state -----------------------------------------
 
 
-@client_app.query("gradients")
-def proxy_gradients(msg: Message, context: Context) -> Message:
-    return _reply(msg, context, _proxy_gradients)
+def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -> State:
+    """Load the shared entries sent and this client's local entries; its workload state."""
+    rt.model.load_state_dict(sent.to_torch_state_dict(), strict=False)
+    if rt.local_keys:
+        kept = context.state.array_records.get(LOCAL)
+        local = kept.to_torch_state_dict() if kept is not None else _first_local(rt, client)
+        rt.model.load_state_dict(local, strict=False)
+    kept_state = context.state.array_records.get(STATE)
+    if kept_state is None:
+        return {}
+    return {k: v.to(rt.device) for k, v in kept_state.to_torch_state_dict().items()}
 
 
-def _fit_proxy(client: int, msg: RecordDict, context: Context) -> RecordDict:
-    """Train this client's proxy on its offline data; reply its metrics and its best designs."""
-    rt = mbo_runtime(_scenario_text(msg))
-    fed, seed = rt.federation, rt.scenario.seed
-    generator = seeded_generator(seed, client, PROXY_STREAM)
-    proxy = rt.workload.build_proxy(fed.task, generator)
-    train, val = fed.train[client], fed.val[client]
-    metrics = rt.workload.fit_proxy(proxy, rt.x[train], rt.y[train], generator)
-    metrics.update(rt.workload.evaluate_proxy(proxy, rt.x[val], rt.y[val]))
-    context.state[PROXY_STATE] = ArrayRecord(proxy.state_dict())
-    best = train[torch.argsort(rt.y[train], descending=True, stable=True)]
-    best = best[: rt.workload.params.designs]
-    top = ArrayRecord({"designs": rt.x[best].contiguous(), "scores": rt.y[best].contiguous()})
-    return RecordDict(
-        {"metrics": MetricRecord({**metrics, "num-examples": len(train)}), "top": top}
-    )
+def _first_local(rt: ClientRuntime, client: int) -> dict[str, torch.Tensor]:
+    """A client's local entries before its first call: drawn from (seed, client)."""
+    return local_entries(rt.workload, rt.scenario, rt.federation.dataset, client)
 
 
-def _proxy_gradients(client: int, msg: RecordDict, context: Context) -> RecordDict:
-    """This client's proxy values and gradients at the designs the server sent."""
-    rt = mbo_runtime(_scenario_text(msg))
-    if PROXY_STATE not in context.state:
-        raise RuntimeError("this client has no trained proxy (its proxy round failed)")
-    proxy = rt.workload.build_proxy(rt.federation.task, torch.Generator())
-    proxy.load_state_dict(context.state.array_records[PROXY_STATE].to_torch_state_dict())
-    designs = msg.array_records["designs"].to_torch_state_dict()["designs"]
-    values, grads = rt.workload.gradients(proxy, designs)
-    return RecordDict({"gradients": ArrayRecord({"values": values, "gradients": grads})})
+def _save(rt: ClientRuntime, context: Context, state: State) -> None:
+    if rt.local_keys:
+        model_state = rt.model.state_dict()
+        context.state[LOCAL] = ArrayRecord({k: model_state[k].detach() for k in rt.local_keys})
+    if state:
+        context.state[STATE] = ArrayRecord({k: v.detach().contiguous() for k, v in state.items()})
 
 
-def _scenario_text(msg: RecordDict) -> str:
-    return str(msg.config_records["config"]["scenario"])
+def _shared(rt: ClientRuntime) -> ArrayRecord:
+    model_state = rt.model.state_dict()
+    return ArrayRecord({k: model_state[k] for k in rt.template})
+
+
+def _received(rt: ClientRuntime, content: RecordDict) -> dict[str, dict[str, torch.Tensor]]:
+    """The exchanges' latest broadcasts a Message carries, on the device."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, record in content.array_records.items():
+        if key.startswith(wire.RECEIVED):
+            tensors = record.to_torch_state_dict()
+            out[key.removeprefix(wire.RECEIVED)] = {k: v.to(rt.device) for k, v in tensors.items()}
+    return out
+
+
+def _scenario_text(content: RecordDict) -> str:
+    return str(content.config_records["config"]["scenario"])
 
 
 def _reply(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import gzip
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -18,11 +19,18 @@ from sklearn.model_selection import train_test_split
 
 from fedsim import partition as _partition  # noqa: F401  (registers the partitioners federate uses)
 from fedsim.errors import UserError
-from fedsim.graphs import GraphDataset, GraphFederation, federate_graph
-from fedsim.registry import DATASETS, PARTITIONERS, Component, Params
+from fedsim.registry import DATASETS, PARTITIONERS, Component, DatasetParams
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+
+
+class Labelled(NamedTuple):
+    """A client's labelled data: ``inputs`` (a tensor of samples, or a graph's ``Subgraph``
+    whose targets are the labelled nodes) and their ``labels``."""
+
+    inputs: Any
+    labels: torch.Tensor
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no boolean equality; compare by identity
@@ -77,7 +85,7 @@ def _stratified_split(
     return x_train, x_test, y_train, y_test
 
 
-class DigitsParams(Params):
+class DigitsParams(DatasetParams):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
 
@@ -107,7 +115,7 @@ FASHION_MNIST_FILES = {
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 
 
-class FashionMnistParams(Params):
+class FashionMnistParams(DatasetParams):
     root: str | None = None  # folder of the four IDX files; default: the Debian package's folder
 
 
@@ -186,7 +194,7 @@ def _read_idx(path: Path) -> npt.NDArray[np.uint8]:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
-class SyntheticParams(Params):
+class SyntheticParams(DatasetParams):
     num_samples: PositiveInt = 10_000
     num_features: PositiveInt = 32
     num_classes: int = Field(default=10, ge=2)
@@ -233,20 +241,9 @@ def _informative_features(num_features: int, num_classes: int) -> tuple[int, int
     )
 
 
-def load_dataset(spec: Component) -> Dataset | GraphDataset:
-    """The classification dataset (images, or a graph's nodes) that ``spec`` names, shared."""
-    data = load_data(spec)
-    if not isinstance(data, Dataset | GraphDataset):
-        raise UserError(
-            f"data: {spec.name} is not a classification dataset ({type(data).__name__}); "
-            f"use it with the workload made for it (`fedsim list dataset` says which)"
-        )
-    return data
-
-
 def load_data(spec: Component) -> Any:
-    """Whatever the ``DATASETS`` entry ``spec`` names builds (a ``Dataset``, an MBO task, …),
-    built once per process and shared."""
+    """Whatever the ``DATASETS`` entry ``spec`` names builds (a ``Dataset``, a graph, an MBO
+    task, …), built once per process and shared."""
     params = DATASETS.params(spec)
     # Keyed on the validated params, so `{name: digits}` and the same with defaults spelt out match.
     return _load_data(spec.name, params.model_dump_json())
@@ -258,10 +255,63 @@ def _load_data(name: str, params_json: str) -> Any:
     return entry.factory(entry.params.model_validate_json(params_json))
 
 
+def dataset_kind(name: str) -> str:
+    """The kind of data the dataset ``name`` is (``samples``, ``graph``, ``mbo_task``, …)."""
+    return str(DATASETS.entry(name).declared("kind", "samples"))
+
+
+class Federation(Protocol):
+    """A dataset dealt out among clients, whatever its kind: what the app asks of any of them.
+
+    ``train_data`` and ``val_data`` are what a workload's ``fit`` and ``evaluate`` receive
+    (``Labelled`` pairs for samples and graphs); ``test_data`` is what the central evaluation
+    receives; ``stats`` are the partition's costs the run records once (``{}`` when none).
+    """
+
+    kind: ClassVar[str]
+
+    @property
+    def dataset(self) -> Any: ...
+
+    @property
+    def num_clients(self) -> int: ...
+
+    @property
+    def stats(self) -> dict[str, float]: ...
+
+    def client_sizes(self) -> list[int]: ...
+
+    def class_counts(self) -> npt.NDArray[np.int64]: ...
+
+    def train_data(self, client: int) -> Any: ...
+
+    def val_data(self, client: int) -> Any | None: ...
+
+    def test_data(self) -> Any: ...
+
+    def to(self, device: torch.device) -> Federation: ...
+
+
+# Builds the federation of one kind of dataset: (dataset, partitioner, clients, seed, val_fraction).
+Federate = Callable[[Any, Component, int, int, float], Federation]
+_FEDERATE: dict[str, Federate] = {}
+
+
+def federates(kind: str) -> Callable[[Federate], Federate]:
+    """Registers how datasets of ``kind`` are split among clients."""
+
+    def register(build: Federate) -> Federate:
+        _FEDERATE[kind] = build
+        return build
+
+    return register
+
+
 @dataclass(frozen=True, eq=False)  # tensors have no boolean equality; compare by identity
-class Federation:
+class SampleFederation:
     """Which samples of a dataset each client holds, for training and for its own evaluation."""
 
+    kind: ClassVar[str] = "samples"
     dataset: Dataset
     train: list[torch.Tensor]  # per client: int64 indices into dataset.x_train used for training
     val: list[torch.Tensor]  # per client: held-out indices (client-side evaluation)
@@ -270,19 +320,28 @@ class Federation:
     def num_clients(self) -> int:
         return len(self.train)
 
+    @property
+    def stats(self) -> dict[str, float]:
+        return {}
+
     def client_sizes(self) -> list[int]:
         """Training samples of each client (FedAvg's weights)."""
         return [len(t) for t in self.train]
 
-    def train_data(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_data(self, client: int) -> Labelled:
         """Inputs and labels of ``client``'s training samples."""
         idx = self.train[client]
-        return self.dataset.x_train[idx], self.dataset.y_train[idx]
+        return Labelled(self.dataset.x_train[idx], self.dataset.y_train[idx])
 
-    def val_data(self, client: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and labels of ``client``'s held-out samples."""
+    def val_data(self, client: int) -> Labelled | None:
+        """Inputs and labels of ``client``'s held-out samples (None when it holds none out)."""
         idx = self.val[client]
-        return self.dataset.x_train[idx], self.dataset.y_train[idx]
+        if len(idx) == 0:
+            return None
+        return Labelled(self.dataset.x_train[idx], self.dataset.y_train[idx])
+
+    def test_data(self) -> Labelled:
+        return Labelled(self.dataset.x_test, self.dataset.y_test)
 
     def class_counts(self) -> npt.NDArray[np.int64]:
         """Training samples of each class on each client, shape (clients, classes)."""
@@ -291,20 +350,26 @@ class Federation:
             [np.bincount(labels[t.cpu().numpy()], minlength=classes) for t in self.train]
         )
 
-    def to(self, device: torch.device) -> Federation:
-        """The same federation with its training data and indices on ``device`` (tests stay)."""
+    def to(self, device: torch.device) -> SampleFederation:
+        """The same federation with its data and indices on ``device``."""
         d = self.dataset
         on_device = Dataset(
-            d.name, d.x_train.to(device), d.y_train.to(device), d.x_test, d.y_test, d.num_classes
+            d.name,
+            d.x_train.to(device),
+            d.y_train.to(device),
+            d.x_test.to(device),
+            d.y_test.to(device),
+            d.num_classes,
         )
-        return Federation(
+        return SampleFederation(
             on_device, [t.to(device) for t in self.train], [v.to(device) for v in self.val]
         )
 
 
+@federates("samples")
 def federate(
     dataset: Dataset, partitioner: Component, num_clients: int, seed: int, val_fraction: float
-) -> Federation:
+) -> SampleFederation:
     """Partition ``dataset``'s training set among clients, then hold out a part of each client's.
 
     Each client keeps ``floor(val_fraction * size)`` samples for validation, but at least one
@@ -313,7 +378,7 @@ def federate(
     train, val = split_among_clients(
         dataset.y_train.numpy(), partitioner, num_clients, seed, val_fraction
     )
-    return Federation(dataset, train, val)
+    return SampleFederation(dataset, train, val)
 
 
 def split_among_clients(
@@ -354,8 +419,9 @@ def federation_for(
     num_clients: int,
     seed: int,
     val_fraction: float,
-) -> Federation | GraphFederation:
-    """The federation of the dataset ``dataset_spec`` names, built once per process and shared."""
+) -> Federation:
+    """The dataset ``dataset_spec`` names, split among clients as its kind is split; built once
+    per process and shared."""
     return _federation_for(
         dataset_spec.model_dump_json(),
         partitioner.model_dump_json(),
@@ -368,9 +434,19 @@ def federation_for(
 @functools.lru_cache(maxsize=2)
 def _federation_for(
     dataset_json: str, partitioner_json: str, num_clients: int, seed: int, val_fraction: float
-) -> Federation | GraphFederation:
-    dataset = load_dataset(Component.model_validate_json(dataset_json))
+) -> Federation:
+    spec = Component.model_validate_json(dataset_json)
+    kind = dataset_kind(spec.name)
+    if kind not in _FEDERATE:
+        raise UserError(f"data: no federation is registered for {kind!r} data ({spec.name})")
     partitioner = Component.model_validate_json(partitioner_json)
-    if isinstance(dataset, GraphDataset):  # its nodes are split by a graph partitioner
-        return federate_graph(dataset, partitioner, num_clients, seed, val_fraction)
-    return federate(dataset, partitioner, num_clients, seed, val_fraction)
+    return _FEDERATE[kind](load_data(spec), partitioner, num_clients, seed, val_fraction)
+
+
+def to_device(data: Any, device: torch.device) -> Any:
+    """``data`` with its tensors on ``device``: a tensor, anything with ``.to`` (a subgraph),
+    or a tuple of those (``Labelled``); anything else as it is (an MBO task)."""
+    if isinstance(data, tuple):
+        return type(data)(*(to_device(part, device) for part in data))
+    to = getattr(data, "to", None)
+    return to(device) if callable(to) else data

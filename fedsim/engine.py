@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim import mbo_server, privacy
-from fedsim.app import build_strategy, global_mask, pipeline_strategy
-from fedsim.build import data_poison, initial_model_and_changes, scenario_federation
-from fedsim.data import Federation
+from clients.workload import split_state
+from fedsim import privacy
+from fedsim.app import build_strategy, pipeline_strategy
+from fedsim.build import initial_model_and_changes, scenario_federation
 from fedsim.errors import UserError
-from fedsim.graphs import GraphFederation
+from fedsim.features import server_features
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
 from strategies.pipeline import RoundInfo
@@ -30,38 +30,52 @@ def preflight(scenario: Scenario) -> None:
     """Fail now, before a run directory or an engine exists, on what would fail later.
 
     Loads the dataset and splits it as the clients will (missing data, impossible splits),
-    builds the strategy with its availability schedule (e.g. a trace file's shape) and
-    aggregates a round of random updates through its pipeline (impossible ``f``), and checks
-    that Flower's engine can place a client on this machine. Under local DP it checks that
-    Opacus can train the model and runs a few DP-SGD steps; under central DP it builds
-    Flower's DP wrapper (which checks its own parameters).
+    builds the model, the strategy with its availability schedule (e.g. a trace file's shape)
+    and the features' server halves (e.g. a sparse method's initial mask), and aggregates a
+    round of random updates through the pipeline (impossible ``f``), and checks that Flower's
+    engine can place a client on this machine. Under local DP it checks that Opacus can train
+    the model and runs a few DP-SGD steps; under central DP it builds Flower's DP wrapper
+    (which checks its own parameters).
     """
-    federation = None
-    if mbo_server.is_mbo(scenario):
-        mbo_server.check(scenario)
-    else:
-        federation = scenario_federation(scenario)
-        data_poison(scenario)  # an attack that cannot poison this data
-        _check_sparsity(scenario, federation)
-    _dry_run_pipeline(scenario)
-    if federation is not None:
-        _check_privacy(scenario, federation)
+    federation = scenario_federation(scenario)
+    workload = WORKLOADS.build(scenario.workload)
+    model, changes = initial_model_and_changes(workload, scenario, federation.dataset)
+    shared, _ = split_state(model.state_dict(), workload.local)
+    strategy = _checked_strategy(scenario)
+    for feature in server_features(scenario, strategy, changes):
+        feature.start(ArrayRecord(shared))
+    _dry_run_pipeline(scenario, objectives=bool(workload.exchanges))
+    if scenario.privacy.mode == "local":
+        try:
+            privacy.dry_run(scenario, workload, model, federation.train_data(0))
+        except (ValueError, RuntimeError) as err:
+            raise UserError(f"privacy: {err}") from None
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
         _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)
 
 
-def _dry_run_pipeline(scenario: Scenario) -> None:
+def _checked_strategy(scenario: Scenario) -> object:
+    try:
+        return build_strategy(scenario)
+    except ValueError as err:  # Flower's own checks, e.g. adaptive clipping's noise split
+        raise UserError(
+            f"privacy: {err} (clients.per_round={scenario.clients.per_round} clients a round)"
+        ) from None
+
+
+def _dry_run_pipeline(scenario: Scenario, objectives: bool) -> None:
     """Aggregate one round of random updates from ``per_round`` clients, as a full round would.
 
     A rule whose condition cannot hold (e.g. Krum's n > 2f + 2) says so before anything runs.
+    Exchanges may hand the rules objectives (the values of their reports): so does this.
     """
     strategy = pipeline_strategy(scenario)
     n = scenario.clients.per_round
     generator = torch.Generator().manual_seed(0)
     updates = torch.randn(n, 8, generator=generator)
     info = RoundInfo.uniform(n)
-    if mbo_server.is_mbo(scenario):  # the design ascent hands every rule the proxies' values
+    if objectives:
         info = info._replace(objectives=torch.randn(n, generator=generator))
     try:
         strategy.pipeline.update(updates, strategy.pipeline.init(8), info)
@@ -70,35 +84,6 @@ def _dry_run_pipeline(scenario: Scenario) -> None:
             f"strategy: {err} (a round aggregates up to clients.per_round={n} updates); "
             f"change the rule's parameters or clients.per_round"
         ) from None
-
-
-def _check_sparsity(scenario: Scenario, federation: Federation | GraphFederation) -> None:
-    """Sparse training's schedule against the rounds, a model with weights to prune, and a
-    strategy whose replies can be encoded (``global_mask`` refuses the others)."""
-    mask = global_mask(scenario, pipeline_strategy(scenario))
-    if mask is not None:
-        workload = WORKLOADS.build(scenario.workload)
-        model, _ = initial_model_and_changes(workload, scenario, federation.dataset)
-        mask.start(ArrayRecord(model.state_dict()))
-
-
-def _check_privacy(scenario: Scenario, federation: Federation | GraphFederation) -> None:
-    mode = scenario.privacy.mode
-    if mode == "central":
-        try:
-            build_strategy(scenario)
-        except ValueError as err:  # Flower's own checks, e.g. adaptive clipping's noise split
-            raise UserError(
-                f"privacy: {err} (clients.per_round={scenario.clients.per_round} clients a round)"
-            ) from None
-    elif mode == "local":
-        workload = WORKLOADS.build(scenario.workload)
-        try:
-            model, _ = initial_model_and_changes(workload, scenario, federation.dataset)
-            x, y = federation.train_data(0)
-            privacy.dry_run(scenario, workload, model, x, y)
-        except (ValueError, RuntimeError) as err:
-            raise UserError(f"privacy: {err}") from None
 
 
 def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
@@ -115,8 +100,7 @@ def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> 
     from fedsim.client_app import client_app
     from fedsim.grid import InProcessGrid
 
-    data = mbo_server.federation if mbo_server.is_mbo(scenario) else scenario_federation
-    sizes = data(scenario).client_sizes()
+    sizes = scenario_federation(scenario).client_sizes()
     workers = scenario.resources.workers
     grid = InProcessGrid(
         CLIENT_APP if workers > 1 else client_app,

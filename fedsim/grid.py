@@ -15,9 +15,10 @@ import importlib
 import multiprocessing as mp
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
+from typing import Any
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
@@ -27,18 +28,40 @@ from flwr.supercore.task_identity import TaskIdentity
 FIRST_NODE_ID = 1000  # node ids differ from partition ids, as on Flower's engines
 
 
-def saved_client_states(grid: Grid) -> dict[int, RecordDict]:
-    """The clients' ``context.state`` by client id, for a checkpoint: only the local engine
-    holds them (on Flower's engine they live in its nodes, out of the server's reach)."""
+def saved_client_states(grid: Grid) -> dict[int, Any]:
+    """The clients' ``context.state`` by client id, as plain containers for a checkpoint: only
+    the local engine holds them (on Flower's engine they live in its nodes, out of the server's
+    reach)."""
     states = getattr(grid, "client_states", None)
-    return states() if states is not None else {}
+    return {c: plain_record(s) for c, s in states().items()} if states is not None else {}
 
 
-def restore_client_states(grid: Grid, states: dict[int, RecordDict]) -> None:
+def restore_client_states(grid: Grid, states: dict[int, Any]) -> None:
     """Give the clients back the states a checkpoint saved (local engine only, as above)."""
     restore = getattr(grid, "restore_client_states", None)
     if restore is not None:
-        restore(states)
+        restore({int(c): record_of(s) for c, s in states.items()})
+
+
+def plain_record(record: RecordDict) -> dict[str, Any]:
+    """A client's ``RecordDict`` as tensors and plain values, by record kind."""
+    return {
+        "arrays": {k: dict(r.to_torch_state_dict()) for k, r in record.array_records.items()},
+        "configs": {k: dict(r) for k, r in record.config_records.items()},
+        "metrics": {k: dict(r) for k, r in record.metric_records.items()},
+    }
+
+
+def record_of(plain: dict[str, Any]) -> RecordDict:
+    """The inverse of ``plain_record``."""
+    record = RecordDict()
+    for key, arrays in plain["arrays"].items():
+        record[key] = ArrayRecord({k: t.contiguous() for k, t in arrays.items()})
+    for key, values in plain["configs"].items():
+        record[key] = ConfigRecord(values)
+    for key, values in plain["metrics"].items():
+        record[key] = MetricRecord(values)
+    return record
 
 
 class InProcessGrid(Grid):

@@ -16,10 +16,8 @@ from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
 from clients.privacy import DPSGD, HistoryEntry, opacus_compatible
-from clients.workload import LocalTraining, PlainTraining, TrainConfig, Workload
-from fedsim.registry import ATTACKS, Component
+from clients.workload import Labelled, LocalTraining, PlainTraining, TrainConfig, Workload
 from fedsim.scenario import CentralPrivacy, LocalPrivacy, Scenario
-from strategies.attacks.base import DataAttack
 from strategies.central_dp import AdaptiveClippingDP, CentralAccount, CentralDP, FixedClippingDP
 from strategies.flower import PipelineStrategy
 
@@ -103,14 +101,15 @@ def private_model(model: nn.Module, scenario: Scenario) -> tuple[nn.Module, list
     return opacus_compatible(model, spec.fix_model)
 
 
-def dry_run(scenario: Scenario, workload: Workload, model: nn.Module, x: Any, y: Any) -> None:
+def dry_run(scenario: Scenario, workload: Workload, model: nn.Module, data: Any) -> None:
     """A few DP-SGD steps on a few samples: a workload or model that cannot train privately
     fails here, before the run, rather than in every client of every round."""
     state = RecordDict()
     training = local_training(scenario, state, client=0, rnd=0)
     config = TrainConfig(0, 0, torch.Generator().manual_seed(0), torch.device("cpu"), training)
+    x, y = data
     try:
-        workload.fit(model, x[:DRY_RUN_SAMPLES], y[:DRY_RUN_SAMPLES], config)
+        workload.fit(model, Labelled(x[:DRY_RUN_SAMPLES], y[:DRY_RUN_SAMPLES]), {}, config)
         spent(training, scenario, state)
     finally:
         release(training)
@@ -146,62 +145,3 @@ def central(strategy: PipelineStrategy, scenario: Scenario) -> PipelineStrategy 
         seed=scenario.seed,
         account=account,
     )
-
-
-def problems(scenario: Scenario) -> list[str]:
-    """Why the scenario cannot carry its ``privacy`` guarantee (empty when it can).
-
-    The mbo workload's server ascends designs with the clients' proxies, not a model that
-    local or central DP could protect. Central DP: see ``central_problems``.
-    """
-    if scenario.privacy.mode == "none":
-        return []
-    if scenario.workload.name == "mbo":
-        return [
-            "privacy: the mbo workload releases designs found with its clients' proxies, which "
-            "neither DP mode covers; remove privacy"
-        ]
-    return central_problems(scenario)
-
-
-def central_problems(scenario: Scenario) -> list[str]:
-    """Why the scenario's strategy cannot carry central DP's guarantee (empty when it can).
-
-    The noise z·C/n covers one client's clipped update in a uniform mean over n clients, added
-    to the model once a round: the aggregate must be exactly that, and nothing may act on the
-    updates after clipping.
-    """
-    if scenario.privacy.mode != "central":
-        return []
-    strategy = scenario.strategy
-    if strategy.name != "fedavg":
-        return [
-            f"privacy: central DP wraps the fedavg strategy only, not {strategy.name!r} "
-            f"(its replies are not the clients' models); use strategy: {{name: fedavg}}"
-        ]
-    options = strategy.options
-    problems = []
-    aggregator = options.get("aggregator", {})
-    if aggregator != {"name": "mean", "weighted": False}:
-        problems.append(
-            "privacy: central DP needs the uniform mean (its noise covers one client in n "
-            "equal shares); set strategy.aggregator: {name: mean, weighted: false}"
-        )
-    if options.get("preagg"):
-        problems.append("privacy: central DP takes no pre-aggregators; set strategy.preagg: []")
-    server_opt = options.get("server_opt", {})
-    plain_step = server_opt.get("name") == "sgd" and server_opt.get("momentum", 0) == 0
-    if not plain_step or server_opt.get("lr", 1) > 1:
-        problems.append(
-            "privacy: central DP needs a server step of at most the noisy mean (momentum "
-            "would carry un-noised updates into later rounds); set strategy.server_opt: "
-            "{name: sgd, lr: 1, momentum: 0}"
-        )
-    if scenario.byzantine.num and not isinstance(
-        ATTACKS.build(Component(**scenario.byzantine.attack.model_dump())), DataAttack
-    ):
-        problems.append(
-            "privacy: byzantine model attacks act after the server's DP clipping and would "
-            "bypass it; use a data attack (label_flip, noisy_data) or remove privacy"
-        )
-    return problems

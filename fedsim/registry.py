@@ -10,7 +10,7 @@ import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,8 +34,25 @@ class Component(BaseModel):
         return dict(self.model_extra or {})
 
 
-class GraphDatasetParams(Params):
-    """Base of a graph dataset's params: its ``data.partition`` names a graph partitioner."""
+class DatasetParams(Params):
+    """Base of a dataset's params; its class declares what kind of data the dataset is.
+
+    ``kind`` is matched against a workload's ``reads`` and a data attack's ``poisons``; the
+    dataset's ``data.partition`` is a component of the ``partitioners`` registry, by default
+    ``default_partition``.
+    """
+
+    kind: ClassVar[str] = "samples"
+    partitioners: ClassVar[str] = "partitioner"
+    default_partition: ClassVar[str] = "iid"
+
+
+class GraphDatasetParams(DatasetParams):
+    """A graph's nodes are split among clients with the graph's structure in view."""
+
+    kind: ClassVar[str] = "graph"
+    partitioners: ClassVar[str] = "graph_partitioner"
+    default_partition: ClassVar[str] = "random"
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,10 @@ class Entry(Generic[T]):
     @property
     def doc(self) -> str:
         return (self.factory.__doc__ or "").strip().split("\n")[0]
+
+    def declared(self, name: str, default: Any = None) -> Any:
+        """A capability the entry declares on its params class (e.g. a dataset's ``kind``)."""
+        return getattr(self.params, name, default)
 
 
 class UnknownComponentError(LookupError):
@@ -133,6 +154,7 @@ _COMPONENT_MODULES = (
     "fedsim.data",
     "fedsim.partition",
     "fedsim.graphs",
+    "fedsim.mbo_tasks",
     "clients",
     "strategies",
 )

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from fedsim import checkpoint
+from fedsim.checkpoint import Checkpoint
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
 
@@ -123,9 +125,7 @@ class RunWriter:
 
     def save_checkpoint(self, state: Checkpoint) -> None:
         """The state after a completed round; written after that round's metrics are flushed."""
-        tmp = self.path / "checkpoint.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.path / CHECKPOINT)
+        checkpoint.save(self.path, state)
         self.update_manifest(wall_time_s=self._wall())
 
     def _manifest(self) -> dict[str, Any]:
@@ -148,17 +148,13 @@ class RunWriter:
         self._events.close()
 
 
-CHECKPOINT = "checkpoint.pt"
-Checkpoint = dict[str, Any]  # round, model (state_dict), strategy state, client states
+CHECKPOINT = checkpoint.FILE
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
-    """The last completed round's state, or None when no round completed."""
-    file = path / CHECKPOINT
-    if not file.exists():
-        return None
-    # Our own file, holding RecordDicts and pipeline states besides tensors.
-    return torch.load(file, weights_only=False)
+    """The last completed round's state, or None when no round completed; loaded safely
+    (tensors and plain containers only), a damaged file refused with one clear message."""
+    return checkpoint.load(path)
 
 
 def _keep_rounds(path: Path, completed_rounds: int) -> None:

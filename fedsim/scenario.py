@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedsim.errors import ScenarioError
 from fedsim.registry import (
+    ATTACKS,
     DATASETS,
     WORKLOADS,
     Component,
-    GraphDatasetParams,
     load_components,
     pydantic_errors,
     resolve,
@@ -193,8 +194,6 @@ class Scenario(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-GRAPH_DEFAULT_PARTITION = "random"  # the graph counterpart of the default "iid"
-
 # Where each top-level component lives and which registry validates it.
 _COMPONENTS = {
     "data": "dataset",
@@ -230,16 +229,17 @@ def parse(raw: Any, source: str = "") -> Scenario:
             continue
         if path == "data":  # the dataset's own options exclude the data section's fixed keys
             spec = scenario.data.dataset
-        if path == "data.partition" and _is_graph(scenario.data.name):
-            kind = "graph_partitioner"  # a graph's nodes are split with its structure in view
+        if path == "data.partition" and scenario.data.name in DATASETS:
+            # The dataset names the registry its clients split it with (a graph's nodes are
+            # split with its structure in view), and its default.
+            dataset = DATASETS.entry(scenario.data.name)
+            kind = dataset.declared("partitioners", kind)
             if "partition" not in scenario.data.model_fields_set:
-                spec = Component(name=GRAPH_DEFAULT_PARTITION)
+                spec = Component(name=dataset.declared("default_partition", "iid"))
         resolved[path], errs = resolve(spec, kind, path)
         problems += errs
-    problems += _graph_mismatch(scenario)
     if problems:
         raise ScenarioError(problems, source)
-    from fedsim import privacy  # it imports this module
 
     data = DataSpec(
         **resolved["data"].model_dump(),
@@ -261,28 +261,103 @@ def parse(raw: Any, source: str = "") -> Scenario:
             "compression": resolved["compression"],
         }
     )
-    problems = privacy.problems(resolved_scenario)
+    problems = [problem for check in VALIDATORS for problem in check(resolved_scenario)]
     if problems:
         raise ScenarioError(problems, source)
     return resolved_scenario
 
 
-def _is_graph(dataset: str) -> bool:
-    return dataset in DATASETS and issubclass(DATASETS.entry(dataset).params, GraphDatasetParams)
+def dataset_kind(name: str) -> str:
+    return str(DATASETS.entry(name).declared("kind", "samples"))
 
 
-def _graph_mismatch(scenario: Scenario) -> list[str]:
-    """A graph dataset needs a workload that reads graphs, and such a workload a graph dataset."""
-    dataset, workload = scenario.data.name, scenario.workload.name
-    if dataset not in DATASETS or workload not in WORKLOADS:
-        return []  # already reported as unknown names
-    reads_graphs = bool(getattr(WORKLOADS.entry(workload).params, "reads_graphs", False))
-    if _is_graph(dataset) == reads_graphs:
+def _data_mismatch(scenario: Scenario) -> list[str]:
+    """The workload reads the kind of data the dataset is; a data attack poisons that kind."""
+    kind = dataset_kind(scenario.data.name)
+    workload = WORKLOADS.build(scenario.workload.component)
+    problems = []
+    if workload.reads != kind:
+        fits = [d for d in DATASETS.names() if dataset_kind(d) == workload.reads]
+        fitting = [w for w in WORKLOADS.names() if _reads(w) == kind]
+        problems.append(
+            f"data.name: workload {scenario.workload.name!r} reads {workload.reads} data "
+            f"({', '.join(fits) or 'no dataset'}), but {scenario.data.name!r} is {kind} data "
+            f"(workloads for it: {', '.join(fitting) or 'none'})"
+        )
+    if scenario.byzantine.num:
+        poisons = getattr(ATTACKS.build(scenario.byzantine.attack), "poisons", None)
+        if poisons is not None and poisons != kind:
+            problems.append(
+                f"byzantine.attack: {scenario.byzantine.attack.name!r} poisons {poisons} data, "
+                f"but {scenario.data.name!r} is {kind} data; use a model attack (e.g. sign_flip)"
+            )
+    return problems
+
+
+def _reads(workload: str) -> str:
+    return str(WORKLOADS.build(workload).reads)
+
+
+def _privacy_problems(scenario: Scenario) -> list[str]:
+    """Why the scenario cannot carry its ``privacy`` guarantee (empty when it can).
+
+    Either mode protects a shared model: a workload that keeps all of its model on the
+    clients (``local = ("*",)``) releases something else, which neither mode covers.
+    """
+    if scenario.privacy.mode == "none":
         return []
-    if reads_graphs:
-        graphs = [d for d in DATASETS.names() if _is_graph(d)]
-        return [f"data.name: workload {workload!r} needs a graph dataset ({', '.join(graphs)})"]
-    return [f"workload.name: {dataset!r} is a graph; it needs a graph workload such as 'gnn'"]
+    if "*" in WORKLOADS.build(scenario.workload.component).local:
+        return [
+            f"privacy: workload {scenario.workload.name!r} shares no model (its model stays on "
+            "the clients), and what it releases is covered by neither DP mode; remove privacy"
+        ]
+    return central_problems(scenario)
+
+
+def central_problems(scenario: Scenario) -> list[str]:
+    """Why the scenario's strategy cannot carry central DP's guarantee (empty when it can).
+
+    The noise z·C/n covers one client's clipped update in a uniform mean over n clients, added
+    to the model once a round: the aggregate must be exactly that, and nothing may act on the
+    updates after clipping.
+    """
+    if scenario.privacy.mode != "central":
+        return []
+    strategy = scenario.strategy
+    if strategy.name != "fedavg":
+        return [
+            f"privacy: central DP wraps the fedavg strategy only, not {strategy.name!r} "
+            f"(its replies are not the clients' models); use strategy: {{name: fedavg}}"
+        ]
+    options = strategy.options
+    problems = []
+    aggregator = options.get("aggregator", {})
+    if aggregator != {"name": "mean", "weighted": False}:
+        problems.append(
+            "privacy: central DP needs the uniform mean (its noise covers one client in n "
+            "equal shares); set strategy.aggregator: {name: mean, weighted: false}"
+        )
+    if options.get("preagg"):
+        problems.append("privacy: central DP takes no pre-aggregators; set strategy.preagg: []")
+    server_opt = options.get("server_opt", {})
+    plain_step = server_opt.get("name") == "sgd" and server_opt.get("momentum", 0) == 0
+    if not plain_step or server_opt.get("lr", 1) > 1:
+        problems.append(
+            "privacy: central DP needs a server step of at most the noisy mean (momentum "
+            "would carry un-noised updates into later rounds); set strategy.server_opt: "
+            "{name: sgd, lr: 1, momentum: 0}"
+        )
+    attack = ATTACKS.build(scenario.byzantine.attack) if scenario.byzantine.num else None
+    if attack is not None and getattr(attack, "poisons", None) is None:
+        problems.append(
+            "privacy: byzantine model attacks act after the server's DP clipping and would "
+            "bypass it; use a data attack (label_flip, noisy_data) or remove privacy"
+        )
+    return problems
+
+
+# Checks of a resolved scenario beyond its schema, each returning its problems as lines.
+VALIDATORS: list[Callable[[Scenario], list[str]]] = [_data_mismatch, _privacy_problems]
 
 
 def _component_at(scenario: Scenario, path: str) -> Component:

@@ -35,6 +35,9 @@ from strategies.flower import flatten, unflatten
 MODEL = "model"  # a sparse global model in a server Message (replaces ``arrays``)
 DELTA = "delta"  # a sparse update in a client's reply (replaces ``arrays``)
 ARRAYS = "arrays"
+EXCHANGE = "exchange"  # message type ``query.exchange``; its config names the exchange
+REPORT = "report"  # an exchange report's record in a client's reply
+RECEIVED = "received."  # prefix of the records holding the exchanges' latest broadcasts
 DENSE, VALUES, INDICES, BITMAP = "dense", "values", "indices", "bitmap"
 DECODE_ERROR = 2  # Error.code of a reply whose encoded update cannot be decoded
 

@@ -20,6 +20,7 @@ model) and ``num-examples`` in ``metrics``. fedsim's ClientApp does this by itse
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -80,6 +81,8 @@ class FedLaAvgStrategy(PipelineStrategy):
         self.accepted: dict[int, int] = {}  # client -> round of its update that ū holds
         self._checkpointed: dict[int, int] = {}  # `accepted` as the last checkpoint saw it
 
+    replies = "the change of their latest update"
+
     # -- checkpoints -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -123,7 +126,11 @@ class FedLaAvgStrategy(PipelineStrategy):
     def _client_config(self, client: int, server_round: int) -> dict[str, Any]:
         self.last_picked[client] = server_round
         latest = self.accepted.get(client, 0)
+        # Clients keep their latest updates in the strategy's folder (the run directory), so
+        # that the memory resumes with the run.
+        memory = os.path.join(self.workdir, "client_memory") if self.workdir else ""
         return {
+            MEMORY_DIR: memory,
             LATEST_ROUND: latest,
             KEEP_ROUNDS: sorted({latest, self._checkpointed.get(client, 0)}),
         }

@@ -60,6 +60,8 @@ class _Silent:
 class PipelineStrategy(Strategy):
     """Sample clients, collect their models, aggregate the deltas with a pipeline stage.
 
+    ``replies`` says what its clients send: their ``model``, from which it takes the update.
+
     ``per_round`` clients train each round (all when None), ``fraction_evaluate`` of them evaluate.
     Sampling is drawn from ``seed`` and the round over clients ordered by ``client_ids`` (node id ->
     client id, so that runs with fresh random node ids sample the same clients). With ``online``
@@ -81,6 +83,7 @@ class PipelineStrategy(Strategy):
         online: Callable[[int], np.ndarray] | None = None,
         byzantine: Collection[int] = (),
         attack: Stage | None = None,
+        workdir: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.per_round = per_round
@@ -91,8 +94,11 @@ class PipelineStrategy(Strategy):
         self.online = online
         self.byzantine = frozenset(byzantine)
         self.attack = attack
+        self.workdir = workdir  # a folder the strategy may keep files in (the run directory)
         self.state: Any = None
         self._sent: ArrayRecord | None = None
+
+    replies: str = "model"
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -129,26 +135,43 @@ class PipelineStrategy(Strategy):
             return None, MetricRecord({"clients": 0, "failures": failures})
         updates = self._updates(ok, global_flat)
         clients = tuple(self._client(msg.metadata.src_node_id) for msg in ok)
-        info = RoundInfo(
-            round=server_round,
-            client_ids=clients,
-            num_examples=torch.tensor([_num_examples(msg) for msg in ok], dtype=torch.float32),
-            byzantine=torch.tensor([c in self.byzantine for c in clients], dtype=torch.bool),
-        )
-        if self.attack is not None:  # what the byzantine clients send instead
-            updates, _ = self.attack.update(updates, self.attack.init(updates.shape[1]), info)
-        if self.state is None:
-            self.state = self.pipeline.init(updates.shape[1])
+        counts = torch.tensor([_num_examples(msg) for msg in ok], dtype=torch.float32)
         try:
-            step, state = self.pipeline.update(updates, self.state, info)
+            step, state = self.aggregate_rows(server_round, updates, clients, self.state, counts)
         except ValueError as err:  # e.g. too few replies for the rule's f: keep the model
             self.recorder.event("round_skipped", round=server_round, reason=str(err))
             return None, MetricRecord({"clients": 0, "failures": failures})
         self.state = state
-        self._folded_in(server_round, info.client_ids)
+        self._folded_in(server_round, clients)
         metrics = _weighted_means(ok)
         metrics.update(clients=len(ok), failures=failures)
         return unflatten(global_flat + step, template), metrics
+
+    def aggregate_rows(
+        self,
+        server_round: int,
+        rows: Tensor,
+        clients: Sequence[int],
+        state: Any,
+        num_examples: Tensor | None = None,
+        objectives: Tensor | None = None,
+    ) -> tuple[Tensor, Any]:
+        """The pipeline on rows ``(n, d)`` sent by ``clients``: the byzantine ones' rows replaced
+        by the attack, then pre-aggregators -> aggregator -> server optimiser, from ``state``
+        (None: a fresh one). Returns (step, new state); a ValueError says the rule cannot hold.
+        """
+        info = RoundInfo(
+            round=server_round,
+            client_ids=tuple(clients),
+            num_examples=num_examples if num_examples is not None else torch.ones(len(clients)),
+            byzantine=torch.tensor([c in self.byzantine for c in clients], dtype=torch.bool),
+            objectives=objectives,
+        )
+        if self.attack is not None:  # what the byzantine clients send instead
+            rows, _ = self.attack.update(rows, self.attack.init(rows.shape[1]), info)
+        if state is None:
+            state = self.pipeline.init(rows.shape[1])
+        return self.pipeline.update(rows, state, info)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

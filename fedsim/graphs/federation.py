@@ -1,19 +1,20 @@
 """A graph dealt out among clients: each client's subgraph, its training and validation nodes.
 
-The graph counterpart of ``fedsim.data.Federation``, with the same methods the app calls
-(``train_data``, ``val_data``, ``client_sizes``, ``class_counts``, ``to``), so a graph workload's
-clients receive a ``Subgraph`` where an image workload's receive a tensor of images.
+A ``fedsim.data.Federation`` of kind ``graph``: a graph workload's clients receive a
+``Labelled(Subgraph, labels)`` where an image workload's receive a tensor of images.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fedsim.data import Labelled, federates
 from fedsim.errors import UserError
 from fedsim.graphs.graph import GraphDataset, IntArray, Subgraph, hop_ball, induced
 from fedsim.graphs.partition import GraphPartitioner, balance, edge_cut
@@ -26,6 +27,7 @@ FEATURE_BYTES = 4  # float32
 class GraphFederation:
     """Which nodes each client owns, and the subgraph each one trains on."""
 
+    kind: ClassVar[str] = "graph"
     dataset: GraphDataset
     owner: IntArray  # client of every node
     subgraphs: list[Subgraph]  # per client; its targets are the client's training nodes
@@ -42,13 +44,18 @@ class GraphFederation:
         """Training nodes of each client (FedAvg's weights)."""
         return [len(y) for y in self.train_labels]
 
-    def train_data(self, client: int) -> tuple[Subgraph, Tensor]:
-        return self.subgraphs[client], self.train_labels[client]
+    def train_data(self, client: int) -> Labelled:
+        return Labelled(self.subgraphs[client], self.train_labels[client])
 
-    def val_data(self, client: int) -> tuple[Subgraph, Tensor]:
-        return self.subgraphs[client].with_targets(self.val_targets[client]), self.val_labels[
-            client
-        ]
+    def val_data(self, client: int) -> Labelled | None:
+        if len(self.val_labels[client]) == 0:
+            return None
+        subgraph = self.subgraphs[client].with_targets(self.val_targets[client])
+        return Labelled(subgraph, self.val_labels[client])
+
+    def test_data(self) -> Labelled:
+        """The whole graph, its targets the test nodes."""
+        return Labelled(self.dataset.x_test, self.dataset.y_test)
 
     def class_counts(self) -> np.ndarray:
         """Training nodes of each class on each client, shape (clients, classes)."""
@@ -69,6 +76,7 @@ class GraphFederation:
         )
 
 
+@federates("graph")
 def federate_graph(
     graph: GraphDataset, partitioner: Component, num_clients: int, seed: int, val_fraction: float
 ) -> GraphFederation:

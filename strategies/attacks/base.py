@@ -62,3 +62,4 @@ class DataAttack:
     """A data-poisoning attack: byzantine clients train honestly on ``poison``ed data."""
 
     poison: Poison
+    poisons: str = "samples"  # the kind of data it poisons (a dataset's ``kind``)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clients.mbo import MboParams, MboWorkload, mbo_federation
-from clients.mbo_tasks import decode_logits, tfbind8_like
+from fedsim.mbo_tasks import decode_logits, tfbind8_like
 from fedsim.data import load_data
 from fedsim.errors import UserError
 from fedsim.registry import Component

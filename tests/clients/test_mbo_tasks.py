@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients.mbo_tasks import (
+from fedsim.mbo_tasks import (
     MboTask,
     continuous,
     decode_logits,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +20,8 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 
-from fedsim.registry import DATASETS, Params
+from fedsim.data import federates, split_among_clients
+from fedsim.registry import DATASETS, Component, DatasetParams
 
 FloatArray = npt.NDArray[np.floating]
 IntArray = npt.NDArray[np.int64]
@@ -284,7 +286,13 @@ def percentile_scores(task: MboTask, designs: FloatArray) -> dict[str, float]:
 # ---- as datasets of a scenario (``data: {name: tfbind8_like}``), for the mbo workload ----------
 
 
-class Tfbind8LikeParams(Params):
+class MboTaskParams(DatasetParams):
+    """An offline MBO task: its clients split the offline rows by score (``iid``, ``sorted``)."""
+
+    kind: ClassVar[str] = "mbo_task"
+
+
+class Tfbind8LikeParams(MboTaskParams):
     # The task is fixed by its own seed, as a benchmark task is: the scenario's seed varies the
     # clients' splits and proxies, not the landscape.
     task_seed: NonNegativeInt = 0
@@ -299,7 +307,7 @@ def tfbind8_like_data(p: Tfbind8LikeParams) -> MboTask:
     return tfbind8_like(p.task_seed, p.num_pairs, p.epistasis_scale, p.max_percentile)
 
 
-class MboContinuousParams(Params):
+class MboContinuousParams(MboTaskParams):
     task_seed: NonNegativeInt = 0
     dim: PositiveInt = 32
     pool: int = Field(20000, ge=2)
@@ -310,3 +318,67 @@ class MboContinuousParams(Params):
 def mbo_continuous_data(p: MboContinuousParams) -> MboTask:
     """Offline MBO task (workload mbo): a seeded random-MLP landscape on R^dim."""
     return continuous(p.task_seed, p.dim, p.pool, p.max_percentile)
+
+
+@dataclass(frozen=True, eq=False)
+class MboClientData:
+    """One client's offline rows of an MBO task: designs (n, *dim) and their true scores."""
+
+    task: MboTask
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[np.float64]
+    x_val: npt.NDArray[np.float32]
+    y_val: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, eq=False)
+class MboFederation:
+    """An MBO task and which offline rows each client holds (indices into ``task.offline_*``)."""
+
+    kind: ClassVar[str] = "mbo_task"
+    task: MboTask
+    train: list[torch.Tensor]
+    val: list[torch.Tensor]
+
+    @property
+    def dataset(self) -> MboTask:
+        return self.task
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def client_sizes(self) -> list[int]:
+        return [len(t) for t in self.train]
+
+    def class_counts(self) -> IntArray:
+        """One class: every row is a design with a score."""
+        return np.array(self.client_sizes(), dtype=np.int64)[:, None]
+
+    def train_data(self, client: int) -> MboClientData:
+        train, val = self.train[client].numpy(), self.val[client].numpy()
+        x, y = self.task.offline_x, self.task.offline_y
+        return MboClientData(self.task, x[train], y[train], x[val], y[val])
+
+    def val_data(self, client: int) -> MboClientData:
+        return self.train_data(client)
+
+    def test_data(self) -> MboTask:
+        """The task itself: its oracle scores the designs."""
+        return self.task
+
+    def to(self, device: torch.device) -> MboFederation:
+        return self  # offline rows stay on the host: the proxies are small
+
+
+@federates("mbo_task")
+def federate_mbo(
+    task: MboTask, partitioner: Component, num_clients: int, seed: int, val_fraction: float
+) -> MboFederation:
+    """The offline rows split among the clients by the (sample) partitioner, on their scores."""
+    train, val = split_among_clients(task.offline_y, partitioner, num_clients, seed, val_fraction)
+    return MboFederation(task, train, val)
