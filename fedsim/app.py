@@ -90,7 +90,7 @@ def serve(grid: Grid, scenario: Scenario, run_dir: Path, show_progress: bool = T
     checkpoint = results.load_checkpoint(run_dir)
     # A run killed before its first checkpoint starts over: drop whatever it wrote.
     started = (run_dir / "metrics.csv").exists()
-    resume_after = checkpoint["round"] if checkpoint else (0 if started else None)
+    resume_after = checkpoint.round if checkpoint else (0 if started else None)
     writer = results.RunWriter(run_dir, resume_after=resume_after)
     try:
         _serve(grid, scenario, writer, checkpoint, show_progress)

@@ -39,7 +39,10 @@ def preflight(scenario: Scenario) -> None:
     """
     federation = scenario_federation(scenario)
     workload = WORKLOADS.build(scenario.workload)
-    model, changes = initial_model_and_changes(workload, scenario, federation.dataset)
+    try:
+        model, changes = initial_model_and_changes(workload, scenario, federation.dataset)
+    except ValueError as err:  # a model the workload or local DP cannot build for this data
+        raise UserError(f"model: {err}") from None
     shared, _ = split_state(model.state_dict(), workload.local)
     strategy = _checked_strategy(scenario)
     for feature in server_features(scenario, strategy, changes):

@@ -13,7 +13,9 @@ from torch import Tensor, nn
 import clients
 from clients import TrainConfig, Workload, init_parameters
 from clients.classification import ClassificationParams, ClassificationWorkload
+from clients.workload import Labelled
 from fedsim.registry import WORKLOADS, Component
+from tests.workloads import EVAL, shape_of
 
 CPU = torch.device("cpu")
 
@@ -55,9 +57,9 @@ def test_build_model_is_deterministic_in_the_generator(model: str, shape: tuple[
     w = workload(model=model)
 
     # Execute
-    a = w.build_model(shape, 10, gen(1))
-    b = w.build_model(shape, 10, gen(1))
-    c = w.build_model(shape, 10, gen(2))
+    a = w.build_model(shape_of(shape, 10), gen(1))
+    b = w.build_model(shape_of(shape, 10), gen(1))
+    c = w.build_model(shape_of(shape, 10), gen(2))
     out = a(torch.zeros(3, *shape))
 
     # Assert
@@ -72,7 +74,7 @@ def test_build_model_does_not_touch_the_global_rng() -> None:
     before = torch.random.get_rng_state()
 
     # Execute
-    workload(model="cnn").build_model((1, 8, 8), 10, gen(0))
+    workload(model="cnn").build_model(shape_of((1, 8, 8), 10), gen(0))
 
     # Assert
     assert torch.equal(before, torch.random.get_rng_state())
@@ -95,17 +97,50 @@ def test_init_parameters_matches_pytorch_defaults() -> None:
     assert torch.equal(flat(ours), flat(reference))
 
 
+class _Scale(nn.Module):
+    """A module of one's own with a raw parameter and no way to initialise it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.empty(3))
+
+
+class _OwnInit(_Scale):
+    def init_parameters(self, generator: torch.Generator) -> None:
+        nn.init.uniform_(self.scale, 2.0, 3.0, generator=generator)
+
+
 def test_init_parameters_refuses_modules_it_cannot_initialise() -> None:
-    with pytest.raises(TypeError, match="BatchNorm1d"):
-        init_parameters(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), gen(0))
+    with pytest.raises(TypeError, match="_Scale.*init_parameters"):
+        init_parameters(nn.Sequential(nn.Linear(2, 2), _Scale()), gen(0))
+
+
+def test_init_parameters_resets_normalisation_layers_and_calls_a_modules_own_init() -> None:
+    # Prepare: layers built on the meta device hold no values until initialised
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.LayerNorm(3), _OwnInit())
+    model = model.to_empty(device="cpu")
+
+    # Execute
+    init_parameters(model, gen(0))
+
+    # Assert: norms as constructed (identity map, fresh statistics), the hook drew from gen
+    bn, ln, own = model[1], model[2], model[3]
+    assert torch.equal(bn.weight, torch.ones(3)) and torch.equal(bn.bias, torch.zeros(3))
+    assert torch.equal(bn.running_mean, torch.zeros(3))
+    assert torch.equal(bn.running_var, torch.ones(3)) and int(bn.num_batches_tracked) == 0
+    assert torch.equal(ln.weight, torch.ones(3)) and torch.equal(ln.bias, torch.zeros(3))
+    assert bool(((own.scale >= 2) & (own.scale <= 3)).all())
+    again = init_parameters(model, gen(0))[3].scale.clone()
+    assert torch.equal(again, own.scale)
 
 
 def test_small_cnn_refuses_inputs_too_small_or_without_channels() -> None:
     w = workload(model="cnn")
     with pytest.raises(ValueError, match="H, W >= 4"):
-        w.build_model((1, 3, 3), 10, gen(0))
+        w.build_model(shape_of((1, 3, 3), 10), gen(0))
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
-        w.build_model((28, 28), 10, gen(0))
+        w.build_model(shape_of((28, 28), 10), gen(0))
 
 
 def test_import_registers_the_workload_and_it_meets_the_protocol() -> None:
@@ -120,12 +155,12 @@ def test_fit_learns_a_separable_problem() -> None:
     # Prepare
     x, y = blobs()
     w = workload(hidden=16, epochs=1, batch_size=16, lr=0.1)
-    model = w.build_model((1, 8), 2, gen(0))
-    start = w.evaluate(model, x, y)["loss"]
+    model = w.build_model(shape_of((1, 8), 2), gen(0))
+    start = w.evaluate(model, Labelled(x, y), {}, EVAL)["loss"]
 
     # Execute
-    metrics = [w.fit(model, x, y, config(seed=r, round=r)) for r in range(3)]
-    end = w.evaluate(model, x, y)
+    metrics = [w.fit(model, Labelled(x, y), {}, config(seed=r, round=r)) for r in range(3)]
+    end = w.evaluate(model, Labelled(x, y), {}, EVAL)
 
     # Assert
     assert end["loss"] < start / 10
@@ -140,12 +175,12 @@ def test_fit_is_deterministic_for_the_same_generator_seed(model: str) -> None:
     g = gen(3)
     x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g)
     w = workload(model=model, batch_size=8, momentum=0.5, weight_decay=1e-3, mu=0.1)
-    m1, m2, m3 = (w.build_model((1, 8, 8), 3, gen(0)) for _ in range(3))
+    m1, m2, m3 = (w.build_model(shape_of((1, 8, 8), 3), gen(0)) for _ in range(3))
 
     # Execute
-    r1 = w.fit(m1, x, y, config(seed=5))
-    r2 = w.fit(m2, x, y, config(seed=5))
-    w.fit(m3, x, y, config(seed=6))
+    r1 = w.fit(m1, Labelled(x, y), {}, config(seed=5))
+    r2 = w.fit(m2, Labelled(x, y), {}, config(seed=5))
+    w.fit(m3, Labelled(x, y), {}, config(seed=6))
 
     # Assert
     assert r1 == r2
@@ -157,13 +192,13 @@ def test_proximal_term_keeps_weights_closer_to_the_start() -> None:
     # Prepare
     x, y = blobs(n=100)
     plain, prox = workload(epochs=3, lr=0.1), workload(epochs=3, lr=0.1, mu=1.0)
-    m_plain = plain.build_model((1, 8), 2, gen(0))
-    m_prox = prox.build_model((1, 8), 2, gen(0))
+    m_plain = plain.build_model(shape_of((1, 8), 2), gen(0))
+    m_prox = prox.build_model(shape_of((1, 8), 2), gen(0))
     start = flat(m_plain).clone()
 
     # Execute
-    plain.fit(m_plain, x, y, config(seed=1))
-    prox.fit(m_prox, x, y, config(seed=1))
+    plain.fit(m_plain, Labelled(x, y), {}, config(seed=1))
+    prox.fit(m_prox, Labelled(x, y), {}, config(seed=1))
 
     # Assert
     assert (flat(m_prox) - start).norm() < 0.9 * (flat(m_plain) - start).norm()
@@ -189,7 +224,7 @@ def test_one_full_batch_step_equals_the_hand_computed_update(weight_decay: float
     w = workload(epochs=1, batch_size=6, lr=lr, weight_decay=weight_decay)
 
     # Execute
-    metrics = w.fit(model, x, y, config())
+    metrics = w.fit(model, Labelled(x, y), {}, config())
 
     # Assert: SGD applies weight decay as wd·θ added to the gradient (bias included).
     gw, gb = softmax_grads(w0, b0, x, y)
@@ -211,7 +246,7 @@ def test_two_fedprox_steps_equal_the_hand_computed_updates() -> None:
     w = workload(epochs=2, batch_size=5, lr=lr, mu=mu)
 
     # Execute
-    w.fit(model, x, y, config())
+    w.fit(model, Labelled(x, y), {}, config())
 
     # Assert
     gw, gb = softmax_grads(w0, b0, x, y)
@@ -235,7 +270,7 @@ def test_steps_takes_exactly_that_many_batches_across_passes() -> None:
     w = workload(steps=4, batch_size=2, lr=lr, epochs=9)  # steps wins over epochs
 
     # Execute
-    metrics = w.fit(model, x, y, config(seed=5))
+    metrics = w.fit(model, Labelled(x, y), {}, config(seed=5))
 
     # Assert: the same four batches by hand.
     perms = gen(5)
@@ -253,20 +288,22 @@ def test_steps_takes_exactly_that_many_batches_across_passes() -> None:
 
 def test_fit_refuses_empty_data() -> None:
     w = workload()
-    model = w.build_model((1, 8), 2, gen(0))
+    model = w.build_model(shape_of((1, 8), 2), gen(0))
     with pytest.raises(ValueError, match="client has no training data"):
-        w.fit(model, torch.zeros(0, 1, 8), torch.zeros(0, dtype=torch.int64), config())
+        w.fit(
+            model, Labelled(torch.zeros(0, 1, 8), torch.zeros(0, dtype=torch.int64)), {}, config()
+        )
 
 
 def test_fit_raises_naming_the_round_when_the_loss_diverges() -> None:
     # Prepare: an absurd learning rate on large inputs overflows the logits.
     x, y = blobs(n=64)
     w = workload(lr=1e30, batch_size=8, epochs=2)
-    model = w.build_model((1, 8), 2, gen(0))
+    model = w.build_model(shape_of((1, 8), 2), gen(0))
 
     # Execute / Assert
     with pytest.raises(FloatingPointError, match="round 7"):
-        w.fit(model, x * 1e6, y, config(round=7))
+        w.fit(model, Labelled(x * 1e6, y), {}, config(round=7))
 
 
 # ---- evaluate ----
@@ -281,8 +318,8 @@ def test_evaluate_matches_hand_computed_loss_and_accuracy() -> None:
     y = torch.tensor([0, 1, 0])
 
     # Execute
-    right = workload().evaluate(model, x, y)
-    one_wrong = workload().evaluate(model, x, torch.tensor([0, 1, 1]))
+    right = workload().evaluate(model, Labelled(x, y), {}, EVAL)
+    one_wrong = workload().evaluate(model, Labelled(x, torch.tensor([0, 1, 1])), {}, EVAL)
 
     # Assert: CE of logits (a, 0) for class 0 is log(1 + e^-a).
     expected = (math.log1p(math.exp(-2)) + math.log1p(math.exp(-3)) + math.log1p(math.exp(-1))) / 3
@@ -296,10 +333,10 @@ def test_evaluate_over_several_batches_equals_one_pass() -> None:
     g = gen(4)
     x, y = torch.randn(2500, 1, 8, generator=g), torch.randint(0, 2, (2500,), generator=g)
     w = workload()
-    model = w.build_model((1, 8), 2, gen(0))
+    model = w.build_model(shape_of((1, 8), 2), gen(0))
 
     # Execute
-    metrics = w.evaluate(model, x, y)
+    metrics = w.evaluate(model, Labelled(x, y), {}, EVAL)
 
     # Assert
     with torch.no_grad():

@@ -12,10 +12,11 @@ from pydantic import ValidationError
 from clients.gnn import GnnParams, GnnWorkload
 from clients.graph_models import GCNLayer, SAGELayer
 from clients.neighbour_sampler import sample_neighbours
-from clients.workload import TrainConfig, Workload
+from clients.workload import Labelled, TrainConfig, Workload
 from fedsim.graphs import GraphDataset, Subgraph, federate_graph
 from fedsim.graphs.graph import undirected
 from fedsim.registry import DATASETS, WORKLOADS, Component
+from tests.workloads import EVAL, shape_of
 
 
 @pytest.fixture(autouse=True)
@@ -111,12 +112,12 @@ def test_local_training_learns_a_homophilous_csbm(options) -> None:
     federation = federate_graph(graph, Component(name="random"), 2, seed=0, val_fraction=0.0)
     workload = WORKLOADS.build(Component(name="gnn", epochs=40, **options))
     assert isinstance(workload, Workload)
-    model = workload.build_model(graph.input_shape, graph.num_classes, torch.Generator())
-    before = workload.evaluate(model, graph.x_test, graph.y_test)["accuracy"]
+    model = workload.build_model(shape_of(graph.input_shape, graph.num_classes), torch.Generator())
+    before = workload.evaluate(model, Labelled(graph.x_test, graph.y_test), {}, EVAL)["accuracy"]
     x, y = federation.train_data(0)
     config = TrainConfig(1, 0, torch.Generator().manual_seed(0), torch.device("cpu"))
-    metrics = workload.fit(model, x, y, config)
-    after = workload.evaluate(model, graph.x_test, graph.y_test)["accuracy"]
+    metrics = workload.fit(model, Labelled(x, y), {}, config)
+    after = workload.evaluate(model, Labelled(graph.x_test, graph.y_test), {}, EVAL)["accuracy"]
     assert metrics["train_loss"] > 0 and 0 <= metrics["train_accuracy"] <= 1
     assert before < 0.4 and after > 0.85  # five classes: chance is 0.2
 
@@ -126,9 +127,11 @@ def test_training_is_deterministic_given_the_generators() -> None:
     workload = GnnWorkload(GnnParams(model="sage", fanouts=[5, 5], epochs=2))
     states = []
     for _ in range(2):
-        model = workload.build_model(graph.input_shape, 5, torch.Generator().manual_seed(4))
+        model = workload.build_model(
+            shape_of(graph.input_shape, 5), torch.Generator().manual_seed(4)
+        )
         config = TrainConfig(1, 0, torch.Generator().manual_seed(9), torch.device("cpu"))
-        workload.fit(model, graph.x_test, graph.y_test, config)
+        workload.fit(model, Labelled(graph.x_test, graph.y_test), {}, config)
         states.append(model.state_dict())
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key])
@@ -142,4 +145,4 @@ def test_fanouts_need_one_entry_per_layer() -> None:
 def test_image_inputs_are_refused_with_a_hint() -> None:
     workload = GnnWorkload(GnnParams())
     with pytest.raises(ValueError, match="use a graph dataset"):
-        workload.build_model((1, 8, 8), 10, torch.Generator())
+        workload.build_model(shape_of((1, 8, 8), 10), torch.Generator())

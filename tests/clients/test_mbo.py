@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from clients.mbo import MboParams, MboWorkload, mbo_federation
+from clients.mbo import MboParams, MboWorkload
+from fedsim.data import federation_for, load_data
+from fedsim.errors import ScenarioError
 from fedsim.mbo_tasks import decode_logits, tfbind8_like
-from fedsim.data import load_data
-from fedsim.errors import UserError
 from fedsim.registry import Component
+from fedsim.scenario import parse
 
 SMALL = Component(name="mbo_continuous", dim=4, pool=1500, max_percentile=40.0)
 
 
 def workload(**options: object) -> MboWorkload:
-    return MboWorkload(MboParams.model_validate(options))
+    return MboWorkload(params=MboParams.model_validate(options))
 
 
 def test_discrete_designs_are_encoded_as_logits_that_decode_to_the_same_sequences() -> None:
@@ -77,12 +78,13 @@ def test_a_trained_proxy_ranks_held_out_designs() -> None:
 
 def test_the_federation_splits_the_offline_rows_and_refuses_a_classification_dataset() -> None:
     # Execute
-    fed = mbo_federation(SMALL, Component(name="sorted"), 3, seed=0, val_fraction=0.0)
+    fed = federation_for(SMALL, Component(name="sorted"), 3, seed=0, val_fraction=0.0)
 
     # Assert: every offline row once; client 0 holds the lowest scores
     rows = torch.cat(fed.train).sort().values
     assert torch.equal(rows, torch.arange(len(fed.task.offline_y)))
     y = fed.task.offline_y
     assert y[fed.train[0]].max() <= y[fed.train[1]].min() <= y[fed.train[2]].min()
-    with pytest.raises(UserError, match="needs an offline MBO task"):
-        mbo_federation(Component(name="digits"), Component(name="iid"), 3, 0, 0.0)
+    raw = {"name": "x", "rounds": 1, "data": {"name": "digits"}, "workload": {"name": "mbo"}}
+    with pytest.raises(ScenarioError, match="reads mbo_task data"):
+        parse(raw)

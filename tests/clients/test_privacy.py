@@ -11,7 +11,8 @@ from torch import nn
 
 from clients.classification import ClassificationParams, ClassificationWorkload
 from clients.privacy import DPSGD, opacus_compatible, spent_epsilon
-from clients.workload import TrainConfig
+from clients.workload import Labelled, TrainConfig
+from tests.workloads import shape_of
 
 N, BATCH, DELTA = 64, 16, 1e-5
 
@@ -27,7 +28,7 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def model(w: ClassificationWorkload) -> nn.Module:
-    return w.build_model((1, 4, 4), 3, torch.Generator().manual_seed(1))
+    return w.build_model(shape_of((1, 4, 4), 3), torch.Generator().manual_seed(1))
 
 
 def fit(w: ClassificationWorkload, m: nn.Module, training: DPSGD | None, rnd: int = 1) -> None:
@@ -37,7 +38,7 @@ def fit(w: ClassificationWorkload, m: nn.Module, training: DPSGD | None, rnd: in
     if training is not None:
         config = TrainConfig(rnd, 0, generator, torch.device("cpu"), training)
     try:
-        w.fit(m, x, y, config)
+        w.fit(m, Labelled(x, y), {}, config)
     finally:
         if training is not None:
             training.close()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clients.classification import ClassificationParams, ClassificationWorkload
-from clients.workload import TrainConfig
+from clients.workload import Labelled, TrainConfig
 from fedsim import results
 from fedsim.app import serve
 from fedsim.client_app import client_app
@@ -94,10 +94,10 @@ def test_eval_every_k_rounds_and_the_last(tiny, tmp_path) -> None:
 class FlakyWorkload(ClassificationWorkload):
     """Client 1 raises in every round; in round 2 every client returns NaN weights."""
 
-    def fit(self, model: torch.nn.Module, x, y, config: TrainConfig) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    def fit(self, model: torch.nn.Module, data, state, config: TrainConfig) -> dict[str, float]:  # type: ignore[no-untyped-def]
         if config.client == 1:
             raise RuntimeError("disk on fire")
-        metrics = super().fit(model, x, y, config)
+        metrics = super().fit(model, data, state, config)
         if config.round == 2:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))

@@ -20,7 +20,7 @@ from fedsim.data import (
     digits,
     federate,
     federation_for,
-    load_dataset,
+    load_data,
     synthetic,
 )
 from fedsim.errors import UserError
@@ -42,7 +42,7 @@ def test_the_documented_datasets_are_registered() -> None:
 
 def test_digits_shapes_dtypes_and_classes() -> None:
     # Execute
-    d = load_dataset(Component(name="digits"))
+    d = load_data(Component(name="digits"))
 
     # Assert: 1,797 images, a stratified 20% (rounded up) held out
     assert (d.name, d.num_classes, d.input_shape) == ("digits", 10, (1, 8, 8))
@@ -65,9 +65,9 @@ def test_digits_test_split_is_fixed_and_stratified() -> None:
 
 def test_load_dataset_is_cached_on_the_validated_params() -> None:
     # Execute
-    implicit = load_dataset(Component(name="digits"))
-    explicit = load_dataset(spec("digits", test_fraction=0.2))
-    other = load_dataset(spec("digits", test_fraction=0.3))
+    implicit = load_data(Component(name="digits"))
+    explicit = load_data(spec("digits", test_fraction=0.2))
+    other = load_data(spec("digits", test_fraction=0.3))
 
     # Assert
     assert implicit is explicit
@@ -86,7 +86,7 @@ def test_a_test_split_without_every_class_is_a_user_error() -> None:
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"{FASHION_MNIST_DIR} is absent")
 def test_fashion_mnist_loads_the_real_data() -> None:
     # Execute
-    d = load_dataset(Component(name="fashion_mnist"))
+    d = load_data(Component(name="fashion_mnist"))
 
     # Assert: the published sizes, 6,000 / 1,000 of each class, and the normalisation
     assert (d.num_classes, d.input_shape) == (10, (1, 28, 28))
@@ -104,7 +104,7 @@ def test_fashion_mnist_missing_files_say_where_and_how_to_get_them(tmp_path: Pat
 
     # Execute / Assert
     with pytest.raises(UserError, match=r"train-images-idx3-ubyte") as err:
-        load_dataset(spec("fashion_mnist", root=str(root)))
+        load_data(spec("fashion_mnist", root=str(root)))
     message = str(err.value)
     assert str(root) in message
     assert "sudo apt-get install dataset-fashion-mnist" in message
@@ -131,7 +131,7 @@ def test_fashion_mnist_reads_idx_files_from_root_gzipped_or_not(tmp_path: Path) 
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([1, 2]), compress=False)
 
     # Execute
-    d = load_dataset(spec("fashion_mnist", root=str(tmp_path)))
+    d = load_data(spec("fashion_mnist", root=str(tmp_path)))
 
     # Assert
     assert d.input_shape == (1, 4, 5) and d.num_classes == 10
@@ -152,7 +152,7 @@ def test_a_corrupt_idx_file_is_a_user_error(tmp_path: Path) -> None:
 
     # Execute / Assert
     with pytest.raises(UserError, match=r"needs 10 data bytes for shape \(10,\), got 3"):
-        load_dataset(spec("fashion_mnist", root=str(tmp_path)))
+        load_data(spec("fashion_mnist", root=str(tmp_path)))
 
 
 # ---- synthetic ----
@@ -170,7 +170,7 @@ def test_synthetic_is_deterministic_in_its_seed() -> None:
 
 def test_synthetic_shapes_classes_and_standardisation() -> None:
     # Execute
-    d = load_dataset(spec("synthetic", num_samples=500, num_features=6, num_classes=3))
+    d = load_data(spec("synthetic", num_samples=500, num_features=6, num_classes=3))
 
     # Assert
     assert d.input_shape == (6,) and d.num_classes == 3
@@ -202,7 +202,7 @@ IID = Component(name="iid")
 @pytest.mark.parametrize("name", PARTITIONERS.names())
 def test_federate_train_and_val_split_the_partition(name: str) -> None:
     # Prepare
-    dataset = load_dataset(Component(name="digits"))
+    dataset = load_data(Component(name="digits"))
     partitioner = Component(name=name)
     parts = PARTITIONERS.build(partitioner)(
         dataset.y_train.numpy(), 10, np.random.default_rng([7, 0])
@@ -298,4 +298,4 @@ def test_federation_for_is_cached_per_process() -> None:
 
     # Assert
     assert first is again and other is not first
-    assert first.dataset is load_dataset(Component(name="digits"))
+    assert first.dataset is load_data(Component(name="digits"))

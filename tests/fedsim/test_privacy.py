@@ -181,9 +181,9 @@ def test_flowers_own_check_of_adaptive_noise_fails_in_preflight(tiny) -> None:
         preflight(parse(tiny))
 
 
-def batchnorm_mlp(self, input_shape, num_classes, generator) -> nn.Module:  # type: ignore[no-untyped-def]
-    layers = [nn.Flatten(), nn.Linear(math.prod(input_shape), 16), nn.BatchNorm1d(16)]
-    model = nn.Sequential(*layers, nn.ReLU(), nn.Linear(16, num_classes))
+def batchnorm_mlp(self, dataset, generator) -> nn.Module:  # type: ignore[no-untyped-def]
+    layers = [nn.Flatten(), nn.Linear(math.prod(dataset.input_shape), 16), nn.BatchNorm1d(16)]
+    model = nn.Sequential(*layers, nn.ReLU(), nn.Linear(16, dataset.num_classes))
     with torch.no_grad():  # drawn from the generator only, as workloads must
         for p in model.parameters():
             p.copy_(torch.rand(p.shape, generator=generator) - 0.5)
@@ -222,7 +222,7 @@ def test_fedprox_with_local_dp_fails_preflight(tiny) -> None:
 
 
 def test_the_mbo_workload_refuses_privacy() -> None:
-    with pytest.raises(ScenarioError, match="mbo workload releases designs"):
+    with pytest.raises(ScenarioError, match="workload 'mbo' shares no model"):
         load(
             Path(__file__).parents[2] / "scenarios" / "mbo.yaml",
             ["privacy={mode: local, noise_multiplier: 1, max_grad_norm: 1}"],

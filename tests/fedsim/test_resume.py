@@ -55,7 +55,7 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(tiny, write_sc
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert results.run_status(killed) == "running"  # it never got to say it stopped
-    at_kill = torch.load(killed / "checkpoint.pt", weights_only=False)["round"]
+    at_kill = torch.load(killed / "checkpoint.pt", weights_only=True)["round"]
     # A kill between a round's metrics and its checkpoint leaves the checkpoint one behind.
     assert 4 <= at_kill < 60
     resumed = subprocess.run(
@@ -118,4 +118,4 @@ def test_checkpoint_every(tiny, tmp_path, every: int) -> None:
     if every == 0:
         assert checkpoint is None
     else:
-        assert checkpoint is not None and checkpoint["round"] == 3  # the last round always
+        assert checkpoint is not None and checkpoint.round == 3  # the last round always

@@ -47,9 +47,9 @@ def test_sparse_training_keeps_the_global_model_at_its_density(tiny, tmp_path) -
     assert metrics.density.tolist() == pytest.approx(
         [round(0.25 * weights) / weights] * 3, abs=0.01
     )
-    model = results.load_checkpoint(tmp_path / "rigl")["model"]  # type: ignore[index]
+    model = results.load_checkpoint(tmp_path / "rigl").model  # type: ignore[union-attr]
     nonzero = sum(int((model[k] != 0).sum()) for k in ("net.1.weight", "net.3.weight"))
-    masks = results.load_checkpoint(tmp_path / "rigl")["sparsity"]["masks"]  # type: ignore[index]
+    masks = results.load_checkpoint(tmp_path / "rigl").features["0"]["masks"]  # type: ignore[union-attr]
     assert nonzero <= sum(int(m.sum()) for m in masks.values())
     # The global model goes down as its unmasked entries: far fewer bytes than dense.
     assert (metrics.bytes_down < 0.5 * 4 * D * tiny["clients"]["per_round"]).all()

@@ -1,0 +1,481 @@
+"""A workload written outside fedsim, end to end: local BatchNorm, client state, one exchange.
+
+``toy_bn`` is defined and registered here, as a user's own workload would be: an MLP whose
+BatchNorm entries never leave a client (FedBN), a per-client counter of its training calls kept
+in the client's state, and an exchange (``centroid``) whose clients report their mean hidden
+feature, the server reducing the reports with the scenario's pipeline; the broadcast pulls the
+clients' features in their next training and enters the server's own central metric.
+
+Every process that runs clients must register it too, and the core imports only its own
+modules. Worker processes load their ClientApp by import path, Ray actors unpickle it:
+``client_app`` below is fedsim's ClientApp as an instance of a class of this module, so either
+way the process imports this module first. The engines are pointed at it by patching
+``fedsim.engine.CLIENT_APP`` (workers) and ``fedsim.client_app.client_app`` (Flower's engine);
+the ``fedsim run`` subprocess of the kill test imports this module before the CLI starts
+(``LAUNCH``). A scenario ``plugins:`` list of modules that the core imports before validating
+a scenario, in every process, would make all three unnecessary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from flwr.clientapp import ClientApp
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import Tensor, nn
+from typer.testing import CliRunner
+
+import fedsim.client_app
+import fedsim.engine
+import fedsim.grid
+from clients.workload import (
+    Aggregate,
+    Arrays,
+    Exchange,
+    Metrics,
+    State,
+    TrainConfig,
+    WorkloadBase,
+    init_parameters,
+    is_local,
+    split_state,
+)
+from fedsim import checkpoint, results, wire
+from fedsim.cli import app as cli
+from fedsim.client_app import LOCAL, STATE
+from fedsim.data import Dataset, Labelled, load_data
+from fedsim.registry import WORKLOADS, Params
+from fedsim.scenario import parse
+
+ROOT = Path(__file__).parents[2]
+TOY = "toy_bn"
+CENTROID = "centroid"  # the exchange's name, and the key of its broadcast
+
+
+# ---- the workload --------------------------------------------------------------------------
+
+
+class ToyParams(Params):
+    hidden: PositiveInt = 16
+    lr: PositiveFloat = 0.1
+    batch_size: PositiveInt = 32
+    pull: NonNegativeFloat = 0.05  # weight of ||mean feature - broadcast centroid||² in the loss
+
+
+class ToyNet(nn.Module):
+    """Flatten -> Linear -> BatchNorm -> ReLU -> Linear."""
+
+    def __init__(self, inputs: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.body = nn.Linear(inputs, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.head = nn.Linear(hidden, classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn(self.body(x.flatten(1))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass(frozen=True)
+class Centroid:
+    """Clients report their mean hidden feature; the pipeline reduces them to one centroid."""
+
+    name: str = CENTROID
+    everyone: bool = True
+
+    def report(
+        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
+    ) -> tuple[Arrays, Metrics]:
+        model.eval()
+        with torch.no_grad():
+            mean = cast(ToyNet, model).features(data.inputs).mean(dim=0)
+        return {"mean": mean}, {"feature_norm": float(mean.norm())}
+
+    def reduce(
+        self, reports: Mapping[int, Arrays], memory: Any, aggregate: Aggregate, round: int
+    ) -> tuple[Arrays, Any, Metrics]:
+        clients = sorted(reports)
+        rows = torch.stack([reports[c]["mean"] for c in clients])
+        memory = memory or {"pipeline": None, "reduced": 0}
+        centroid, pipeline = aggregate(rows, clients, memory["pipeline"], None)
+        memory = {"pipeline": pipeline, "reduced": memory["reduced"] + 1}
+        return {CENTROID: centroid}, memory, {"centroid_norm": float(centroid.norm())}
+
+
+@dataclass(frozen=True)
+class ToyWorkload(WorkloadBase):
+    """Cross-entropy plus a pull of the features towards the broadcast centroid; FedBN."""
+
+    params: ToyParams
+    local: tuple[str, ...] = ("bn.*",)
+    exchanges: tuple[Exchange, ...] = (Centroid(),)
+
+    def build_model(self, dataset: Dataset, generator: torch.Generator) -> nn.Module:
+        inputs = int(torch.tensor(dataset.input_shape).prod())
+        with torch.device("meta"):
+            model = ToyNet(inputs, self.params.hidden, dataset.num_classes)
+        return init_parameters(model.to_empty(device="cpu"), generator)
+
+    def fit(self, model: nn.Module, data: Labelled, state: State, config: TrainConfig) -> Metrics:
+        x, y = data
+        p = self.params
+        centroid = config.received.get(CENTROID, {}).get(CENTROID)
+        model.train()
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=p.lr)
+        model, optimizer = config.training.setup(
+            model, optimizer, len(y), p.batch_size, config.generator
+        )
+        total, seen = 0.0, 0
+        for batches in config.training.passes(1, None, x.device):
+            for idx in batches:
+                if idx.numel() < 2:  # BatchNorm needs two samples to train
+                    continue
+                features = cast(ToyNet, model).features(x[idx])
+                loss = F.cross_entropy(cast(ToyNet, model).head(features), y[idx])
+                if centroid is not None:
+                    loss = loss + p.pull * (features.mean(dim=0) - centroid).square().sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, seen = total + loss.item() * idx.numel(), seen + idx.numel()
+        calls = state.get("calls", torch.zeros((), dtype=torch.int64)) + 1
+        state["calls"] = calls
+        return {"train_loss": total / max(seen, 1), "calls": float(calls)}
+
+    def evaluate(
+        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
+    ) -> Metrics:
+        x, y = data
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+        loss = float(F.cross_entropy(logits, y))
+        return {"loss": loss, "accuracy": float((logits.argmax(dim=1) == y).float().mean())}
+
+    def evaluate_central(
+        self, model: nn.Module, test: Labelled, config: TrainConfig, memory: Mapping[str, Any]
+    ) -> Metrics:
+        """Accuracy, and how far the test set's mean feature lies from the broadcast centroid."""
+        metrics = self.evaluate(model, test, {}, config)
+        centroid = config.received.get(CENTROID, {}).get(CENTROID)
+        if centroid is None:  # no round of the exchange has succeeded yet
+            return metrics
+        with torch.no_grad():
+            test_mean = cast(ToyNet, model).features(test.inputs).mean(dim=0)
+        metrics["centroid_distance"] = float((test_mean - centroid).norm())
+        metrics["exchange_reductions"] = float(memory[CENTROID]["reduced"])
+        return metrics
+
+
+def toy_bn(p: ToyParams) -> ToyWorkload:
+    """A BatchNorm MLP with FedBN, a per-client call counter and a centroid exchange (test)."""
+    return ToyWorkload(p)
+
+
+if TOY not in WORKLOADS:  # this module may be imported under two names (e.g. as __main__)
+    WORKLOADS.register(TOY, ToyParams)(toy_bn)
+
+
+class _ThisModulesApp(ClientApp):
+    """A class of this module: unpickling an instance (in a Ray actor) imports the module."""
+
+
+client_app = _ThisModulesApp()
+client_app.query()(fedsim.client_app.query)
+client_app.train()(fedsim.client_app.train)
+client_app.evaluate()(fedsim.client_app.evaluate)
+client_app.query(wire.EXCHANGE)(fedsim.client_app.exchange)
+APP_PATH = f"{__name__}:client_app"
+LAUNCH = f"import {__name__}; from fedsim.cli import main; main()"  # `fedsim` knowing the toy
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def toy_scenario(**changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": "toy",
+        "seed": 0,
+        "rounds": 3,
+        "data": {"name": "digits", "partition": {"name": "iid"}},
+        "clients": {"num": 4, "per_round": 3},
+        "workload": {"name": TOY},
+        "strategy": {"name": "fedavg", "aggregator": {"name": "mean"}},
+        "eval": {"every": 1},
+    }
+    return {**raw, **changes}
+
+
+class RecordingGrid(fedsim.grid.InProcessGrid):
+    """The local engine's grid, keeping the names of the arrays in every reply."""
+
+    replies: ClassVar[list[tuple[str, str, set[str]]]] = []  # (message type, record, names)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            for key, record in reply.content.array_records.items():
+                kind = reply.metadata.message_type
+                RecordingGrid.replies.append((kind, key, set(record.keys())))
+        return replies
+
+
+def run_toy(run_dir: Path, raw: dict[str, Any]) -> list[tuple[str, str, set[str]]]:
+    """Run on the scenario's engine from this process; the arrays' names of every reply on the
+    local engine."""
+    scenario = parse(raw)
+    results.prepare(run_dir, scenario, command="test")
+    RecordingGrid.replies = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fedsim.engine, "CLIENT_APP", APP_PATH)
+        patch.setattr(fedsim.client_app, "client_app", client_app)
+        patch.setattr(fedsim.grid, "InProcessGrid", RecordingGrid)
+        fedsim.engine.run(scenario, run_dir, show_progress=False)
+    return RecordingGrid.replies
+
+
+def learned(run_dir: Path) -> pd.DataFrame:
+    """Everything a run learned and measured, except wall-clock timings."""
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
+
+
+def rows(metrics: pd.DataFrame, scope: str, metric: str) -> pd.DataFrame:
+    return metrics[(metrics.scope == scope) & (metrics.metric == metric)]
+
+
+def loaded(run_dir: Path) -> checkpoint.Checkpoint:
+    state = checkpoint.load(run_dir)
+    assert state is not None, f"{run_dir} has no checkpoint"
+    return state
+
+
+def rounds_done(run_dir: Path) -> int:
+    try:
+        return (run_dir / "metrics.csv").read_text().count(",server,,round_time_s,")
+    except FileNotFoundError:
+        return 0
+
+
+def invoke(*args: Any) -> Any:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@dataclass
+class Run:
+    path: Path
+    replies: list[tuple[str, str, set[str]]]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    path = tmp_path_factory.mktemp("toy") / "local"
+    return Run(path, run_toy(path, toy_scenario()))
+
+
+@pytest.fixture(scope="module")
+def shared_keys() -> set[str]:
+    workload = WORKLOADS.build(TOY)
+    dataset = load_data(parse(toy_scenario()).data.dataset)
+    model = workload.build_model(dataset, torch.Generator().manual_seed(0))
+    shared, local = split_state(model.state_dict(), workload.local)
+    assert local and all(name.startswith("bn.") for name in local)
+    return set(shared)
+
+
+# ---- engines --------------------------------------------------------------------------------
+
+
+def test_two_workers_give_the_in_process_metrics(local_run: Run, tmp_path: Path) -> None:
+    # Execute: the workers import this module to load their ClientApp, registering the toy
+    workers = tmp_path / "workers"
+    replies = run_toy(workers, toy_scenario(resources={"workers": 2}))
+
+    # Assert: the same metrics, and replies carrying the same arrays (no BN entry among them)
+    pd.testing.assert_frame_equal(learned(workers), learned(local_run.path))
+    assert replies == local_run.replies
+
+
+@pytest.mark.flower
+def test_flowers_engine_gives_the_local_engines_metrics(local_run: Run, tmp_path: Path) -> None:
+    # Execute: the Ray actors unpickle this module's ClientApp, registering the toy
+    flower = tmp_path / "flower"
+    run_toy(flower, toy_scenario(engine="flower"))
+
+    # Assert: same metrics, counters included; the model saved is the shared entries only
+    assert json.loads((flower / "manifest.json").read_text())["status"] == "completed"
+    pd.testing.assert_frame_equal(learned(flower), learned(local_run.path))
+    state = loaded(flower)
+    assert state.clients == {}  # on Flower's engine the clients' states live in its nodes
+    torch.testing.assert_close(state.model, loaded(local_run.path).model, rtol=0, atol=0)
+
+
+# ---- local entries, client state, the exchange ----------------------------------------------
+
+
+def test_batchnorm_entries_never_leave_their_client(local_run: Run, shared_keys: set[str]) -> None:
+    # Assert: every train reply carries exactly the shared entries, no reply a BN entry
+    train = [names for kind, key, names in local_run.replies if kind == "train"]
+    assert len(train) == 3 * 3  # 3 rounds of 3 clients
+    assert all(names == shared_keys for names in train)
+    every_name = {n for _, _, names in local_run.replies for n in names}
+    assert not [n for n in every_name if n.startswith("bn.")]
+    state = loaded(local_run.path)
+    assert set(state.model) == shared_keys
+    # The server's own BN entries are still those it built: nothing ever updated them.
+    model = torch.load(local_run.path / "model.pt", weights_only=True)
+    assert torch.equal(model["bn.running_mean"], torch.zeros(16))
+    assert torch.equal(model["bn.weight"], torch.ones(16))
+
+
+def test_each_client_keeps_its_own_batchnorm_statistics(local_run: Run) -> None:
+    # Prepare
+    clients = loaded(local_run.path).clients
+
+    # Assert: every client was reached (the exchange asks everyone), each with its own BN
+    assert sorted(clients) == [0, 1, 2, 3]
+    local = {c: clients[c]["arrays"][LOCAL] for c in clients}
+    assert all(set(entries) == set(local[0]) for entries in local.values())
+    assert all(all(is_local(k, t, ("bn.*",)) for k, t in e.items()) for e in local.values())
+    means = torch.stack([local[c]["bn.running_mean"] for c in sorted(local)])
+    trained = [c for c in sorted(local) if int(local[c]["bn.num_batches_tracked"]) > 0]
+    assert len(trained) >= 2
+    for i, a in enumerate(trained):
+        for b in trained[i + 1 :]:
+            assert not torch.allclose(means[a], means[b]), f"clients {a} and {b} share BN stats"
+    assert not means.eq(0).all(dim=1)[trained].any()  # trained statistics, not the initial ones
+
+
+def test_each_clients_counter_counts_the_rounds_it_trained(local_run: Run) -> None:
+    # Prepare
+    metrics = pd.read_csv(local_run.path / "metrics.csv")
+    counters = rows(metrics, "client", "train_calls")
+    clients = loaded(local_run.path).clients
+
+    # Assert: the reported counter runs 1, 2, … per client, and the saved state holds the last
+    for client in range(4):
+        reported = counters[counters.client == client].sort_values("round")["value"].tolist()
+        assert reported == [float(i) for i in range(1, len(reported) + 1)]
+        saved = clients[client]["arrays"].get(STATE, {}).get("calls")
+        assert (0 if saved is None else int(saved)) == len(reported)
+        assert saved is None or saved.dtype == torch.int64
+    assert len(counters) == 3 * 3
+
+
+def test_the_central_metric_reads_the_broadcast(local_run: Run) -> None:
+    # Prepare
+    metrics = pd.read_csv(local_run.path / "metrics.csv")
+    state = loaded(local_run.path)
+
+    # Assert: the exchange ran every round, its memory and broadcast are in the checkpoint
+    assert rows(metrics, "server", "exchange_reductions")["value"].tolist() == [1.0, 2.0, 3.0]
+    assert rows(metrics, "server", "centroid_distance")["value"].gt(0).all()
+    assert len(rows(metrics, "client", f"{CENTROID}_feature_norm")) == 3 * 4
+    saved = state.exchanges[CENTROID]
+    assert saved["memory"]["reduced"] == 3
+    centroid = saved["broadcast"][CENTROID]
+    assert centroid.shape == (16,)
+    final = torch.load(local_run.path / "model.pt", weights_only=True)[CENTROID]
+    torch.testing.assert_close(final, centroid, rtol=0, atol=0)
+    norm = rows(metrics, "server", "centroid_norm")
+    assert norm["value"].iloc[-1] == pytest.approx(float(centroid.norm()), rel=1e-6)
+
+
+# ---- resuming -------------------------------------------------------------------------------
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
+    write_scenario: Any, tmp_path: Path
+) -> None:
+    # Prepare: a `fedsim run` of the toy long enough to be killed with rounds to go
+    raw = toy_scenario(rounds=16)
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    command = [sys.executable, "-c", LAUNCH, "run", str(write_scenario(raw))]
+    command += ["--out", str(killed), "--no-progress"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while rounds_done(killed) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    # Execute: kill -9 mid-run, then resume (this process knows the toy too)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
+    at_kill = loaded(killed).round
+    assert 3 <= at_kill < 16
+    resumed = invoke("run", "--resume", killed, "--no-progress")
+    run_toy(reference, raw)
+
+    # Assert: the same metrics, counters and client states as a run never interrupted
+    assert resumed.exit_code == 0, resumed.output
+    pd.testing.assert_frame_equal(learned(killed), learned(reference))
+    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
+    assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [at_kill]
+    assert results.run_status(killed) == "completed"
+    for client, state in loaded(reference).clients.items():
+        for record, arrays in state["arrays"].items():
+            again = loaded(killed).clients[client]["arrays"][record]
+            torch.testing.assert_close(again, arrays, rtol=0, atol=0)
+
+
+class CodeOnLoad:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def prepared(run_dir: Path) -> Path:
+    """A run directory as `fedsim run` leaves it before its first round; its checkpoint path."""
+    results.prepare(run_dir, parse(toy_scenario()), command="test")
+    return run_dir / checkpoint.FILE
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None:
+    # Prepare
+    file, marker = prepared(tmp_path / "run"), tmp_path / "marker"
+    torch.save({"x": CodeOnLoad(marker)}, file)
+
+    # Execute
+    result = invoke("run", "--resume", tmp_path / "run", "--no-progress")
+
+    # Assert
+    assert result.exit_code == 2, result.output
+    assert str(file) in result.output and "refuses to load" in result.output
+    assert "Traceback" not in result.output
+    assert not marker.exists()
+
+
+def test_resume_reports_a_truncated_checkpoint_in_one_line(local_run: Run, tmp_path: Path) -> None:
+    # Prepare: half of a real checkpoint
+    file = prepared(tmp_path / "run")
+    whole = (local_run.path / checkpoint.FILE).read_bytes()
+    file.write_bytes(whole[: len(whole) // 2])
+
+    # Execute
+    result = invoke("run", "--resume", tmp_path / "run", "--no-progress")
+
+    # Assert
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(file) in errors[0] and "damaged" in errors[0]
+    assert "Traceback" not in result.output
