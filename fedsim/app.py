@@ -13,18 +13,18 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from clients import TrainConfig, Workload
 from clients.workload import SERVER, split_state
-from fedsim import privacy, results, wire
+from fedsim import results, wire
 from fedsim.build import (
+    build_strategy,
     byzantine_clients,
     initial_model_and_changes,
     pick_device,
@@ -37,12 +37,9 @@ from fedsim.exchanges import Exchanges
 from fedsim.features import ServerFeature, server_features
 from fedsim.grid import restore_client_states, saved_client_states
 from fedsim.progress import RoundProgress
-from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES, WORKLOADS
+from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario, load
-from strategies.attacks.base import DataAttack
-from strategies.availability import Population
-from strategies.central_dp import CentralDP
-from strategies.flower import PipelineStrategy, with_phase
+from strategies.flower import with_phase
 
 CENTRAL_STREAM = 37  # the central evaluation's generator, apart from the clients'
 
@@ -164,7 +161,7 @@ def _serve(
                 writer.metrics(
                     rnd, results.FEDERATED, None, with_phase(train_metrics or {}, "train")
                 )
-            if rnd == 1:  # the partition's own costs (a graph's edge cut, halo bytes, …)
+            if rnd == 1:  # the partition's own costs (e.g. edge cut and halo bytes), if any
                 writer.metrics(rnd, results.SERVER, None, federation.stats)
             aggregated = time.perf_counter()
             exchange_metrics = exchanges.run(rnd, grid, arrays, config, trained, strategy)
@@ -234,39 +231,6 @@ def _send(
     down, up = wire.traffic(sent, replies)
     traffic = {f"{phase}bytes_down": float(down), f"{phase}bytes_up": float(up)}
     return wire.receive_updates(replies, arrays), traffic
-
-
-def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy | CentralDP:
-    """The scenario's strategy, inside Flower's central-DP wrapper when ``privacy`` says so."""
-    return privacy.central(pipeline_strategy(scenario, **options), scenario)
-
-
-def pipeline_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
-    """The scenario's strategy with its sampling, availability and byzantine clients."""
-    attack = None
-    if scenario.byzantine.num:
-        built = ATTACKS.build(scenario.byzantine.attack)
-        attack = None if isinstance(built, DataAttack) else built  # data attacks act in clients
-    strategy: PipelineStrategy = STRATEGIES.build(scenario.strategy)(
-        per_round=scenario.clients.per_round,
-        fraction_evaluate=scenario.eval.clients,
-        seed=scenario.seed,
-        online=None if scenario.clients.availability.name == "always" else availability(scenario),
-        byzantine=byzantine_clients(scenario),
-        attack=attack,
-        **options,
-    )
-    return strategy
-
-
-def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
-    """The scenario's availability schedule: round -> which clients are online."""
-    counts = scenario_federation(scenario).class_counts()
-    population = Population(scenario.clients.num, scenario.seed, scenario.rounds, counts)
-    schedule: Callable[[int], np.ndarray] = AVAILABILITY.build(scenario.clients.availability)(
-        population
-    )
-    return schedule
 
 
 def identify_clients(grid: Grid, num: int) -> dict[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,12 @@ from clients.workload import split_state
 from fedsim import privacy
 from fedsim.data import Federation, federation_for
 from fedsim.errors import UserError
-from fedsim.registry import ATTACKS
+from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES
 from fedsim.scenario import Scenario
 from strategies.attacks.base import DataAttack, Poison
+from strategies.availability import Population
+from strategies.central_dp import CentralDP
+from strategies.flower import PipelineStrategy
 
 BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
 MASK_STREAM = 19  # the same for the sparse-training method's initial mask
@@ -83,3 +87,36 @@ def data_poison(scenario: Scenario) -> Poison | None:
     if not isinstance(attack, DataAttack):
         return None
     return attack.poison
+
+
+def build_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy | CentralDP:
+    """The scenario's strategy, inside Flower's central-DP wrapper when ``privacy`` says so."""
+    return privacy.central(pipeline_strategy(scenario, **options), scenario)
+
+
+def pipeline_strategy(scenario: Scenario, **options: Any) -> PipelineStrategy:
+    """The scenario's strategy with its sampling, availability and byzantine clients."""
+    attack = None
+    if scenario.byzantine.num:
+        built = ATTACKS.build(scenario.byzantine.attack)
+        attack = None if isinstance(built, DataAttack) else built  # data attacks act in clients
+    strategy: PipelineStrategy = STRATEGIES.build(scenario.strategy)(
+        per_round=scenario.clients.per_round,
+        fraction_evaluate=scenario.eval.clients,
+        seed=scenario.seed,
+        online=None if scenario.clients.availability.name == "always" else availability(scenario),
+        byzantine=byzantine_clients(scenario),
+        attack=attack,
+        **options,
+    )
+    return strategy
+
+
+def availability(scenario: Scenario) -> Callable[[int], np.ndarray]:
+    """The scenario's availability schedule: round -> which clients are online."""
+    counts = scenario_federation(scenario).class_counts()
+    population = Population(scenario.clients.num, scenario.seed, scenario.rounds, counts)
+    schedule: Callable[[int], np.ndarray] = AVAILABILITY.build(scenario.clients.availability)(
+        population
+    )
+    return schedule

@@ -121,7 +121,7 @@ def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
     rt = runtime(_scenario_text(content))
     config = content.config_records["config"]
     rnd = int(cast(int, config["server-round"]))
-    sent, mask = wire.received_model(content, rt.template)
+    sent, positions = wire.received_model(content, rt.template)
     state = _load(rt, client, sent, context)
     generator = seeded_generator(rt.scenario.seed, client, rnd)
     train_config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
@@ -136,7 +136,7 @@ def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
         context.state,
         sent,
         config,
-        mask,
+        positions,
     )
     trained = reduce(_wrap, reversed(rt.mods), _fitted(rt))(fit)
     _save(rt, context, state)

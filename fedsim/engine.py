@@ -15,8 +15,12 @@ from flwr.app import ArrayRecord
 
 from clients.workload import split_state
 from fedsim import privacy
-from fedsim.app import build_strategy, pipeline_strategy
-from fedsim.build import initial_model_and_changes, scenario_federation
+from fedsim.build import (
+    build_strategy,
+    initial_model_and_changes,
+    pipeline_strategy,
+    scenario_federation,
+)
 from fedsim.errors import UserError
 from fedsim.features import server_features
 from fedsim.registry import WORKLOADS

@@ -66,7 +66,7 @@ class ServerFeature:
         return arrays, {}
 
     def started(self) -> dict[str, Any]:
-        """An event to record when a fresh run starts ({} for none): ``{"event": ..., **fields}``."""
+        """An event to record when a fresh run starts: ``{"event": ..., **fields}``, {} for none."""
         return {}
 
     def state_dict(self) -> Any:

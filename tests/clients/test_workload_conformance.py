@@ -29,8 +29,14 @@ import fedsim.grid
 from clients import State, TrainConfig
 from clients.workload import split_state
 from fedsim import checkpoint, results
-from fedsim.app import pipeline_strategy, serve
-from fedsim.build import initial_model, local_entries, scenario_federation, seeded_generator
+from fedsim.app import serve
+from fedsim.build import (
+    initial_model,
+    local_entries,
+    pipeline_strategy,
+    scenario_federation,
+    seeded_generator,
+)
 from fedsim.client_app import LOCAL
 from fedsim.client_app import client_app as client_app
 from fedsim.grid import InProcessGrid, plain_record, record_of
