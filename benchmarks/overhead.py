@@ -46,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,12 @@ ENGINES = {
 }
 EVAL_BATCH_SIZE = 1024
 ACCURACY_TOLERANCE = 1e-4
+# All the plain loop implements; the scenario's strategy must resolve to the same (every other
+# key at its default, which is the plain one: no pre-aggregators, no clipping, ...).
+PLAIN_FEDAVG = (
+    "strategy={name: fedavg, aggregator: {name: mean, weighted: true}, "
+    "server_opt: {name: sgd, lr: 1.0, momentum: 0.0}}"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +101,11 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return correct / len(x)
 
 
+def initial_model(workload: Any, dataset: Any, seed: int) -> nn.Module:
+    """The initial global model, as fedsim builds it (the one call into the workload contract)."""
+    return workload.build_model(dataset.input_shape, dataset.num_classes, seeded_generator(seed))
+
+
 def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: bool) -> None:
     """Train the scenario as one plain PyTorch loop; write round times and accuracies as JSON.
 
@@ -108,15 +120,12 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: b
 
     scenario = load(scenario_path, overrides)
     hp = WORKLOADS.params(scenario.workload).model_dump()
-    unsupported = {k: hp[k] for k in ("momentum", "weight_decay", "mu") if hp.get(k)}
-    strategy = scenario.strategy.model_dump()
+    unsupported = {k: hp[k] for k in ("steps", "momentum", "weight_decay", "mu") if hp.get(k)}
     if scenario.workload.name != "classification" or unsupported:
         raise SystemExit(f"the plain loop does plain SGD only; the scenario has {unsupported}")
-    if strategy != {
-        "name": "fedavg",
-        "aggregator": {"name": "mean", "weighted": True},
-        "server_opt": {"name": "sgd", "lr": 1.0, "momentum": 0.0},
-    }:
+    # Compared resolved, so that a key added later with a plain default (as preagg: []) passes.
+    strategy = scenario.strategy.model_dump()
+    if strategy != load(scenario_path, [*overrides, PLAIN_FEDAVG]).strategy.model_dump():
         raise SystemExit(f"the plain loop does plain FedAvg only; the scenario has {strategy}")
     use_cuda = scenario.device in ("auto", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
@@ -139,8 +148,7 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: b
 
     # One model, reset in place for every client; the global weights as one flat vector.
     workload = WORKLOADS.build(scenario.workload)
-    model = workload.build_model(data.input_shape, data.num_classes, seeded_generator(seed))
-    model = model.to(device)
+    model = initial_model(workload, data, seed).to(device)
     if any(True for _ in model.buffers()):
         raise SystemExit("the plain loop handles models without buffers only")
     params = list(model.parameters())
