@@ -6,25 +6,24 @@ one table.
 
     python benchmarks/foundation.py                       # both scenarios, both engines
     python benchmarks/foundation.py --quick --engines local
+    python benchmarks/foundation.py --smoke               # seconds: quickstart, 2 rounds, local
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from command import FEDSIM, ROOT
 from measure import measure
 
-ROOT = Path(__file__).resolve().parents[1]
-FEDSIM = str(Path(sys.executable).parent / "fedsim")
 
-
-def run(scenario: str, engine: str, out: Path) -> dict[str, object]:
-    command = [FEDSIM, "run", str(ROOT / scenario), "--out", str(out), "--no-progress"]
-    command += ["--set", f"engine={engine}"]
+def run(scenario: str, engine: str, out: Path, sets: Sequence[str] = ()) -> dict[str, object]:
+    command = [*FEDSIM, "run", str(ROOT / scenario), "--out", str(out), "--no-progress"]
+    command += [arg for s in [f"engine={engine}", *sets] for arg in ("--set", s)]
     measured = measure(command).check(scenario)
     wall = measured.wall_s
     peak = measured.peak_rss
@@ -46,14 +45,20 @@ def run(scenario: str, engine: str, out: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="quickstart only")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: quickstart only, 2 rounds, local engine"
+    )
     parser.add_argument("--engines", default="local,flower", help="comma-separated engines")
     args = parser.parse_args()
     scenarios = ["scenarios/quickstart.yaml"]
-    if not args.quick:
+    if not (args.quick or args.smoke):
         scenarios.append("scenarios/fashion_mnist.yaml")
+    sets = ["rounds=2"] if args.smoke else []
+    if args.smoke and args.engines == parser.get_default("engines"):
+        args.engines = "local"
     with tempfile.TemporaryDirectory() as tmp:
         rows = [
-            run(s, engine, Path(tmp) / f"{Path(s).stem}-{engine}")
+            run(s, engine, Path(tmp) / f"{Path(s).stem}-{engine}", sets)
             for s in scenarios
             for engine in args.engines.split(",")
         ]

@@ -29,6 +29,7 @@ subprocess, the plain loop included, measured the same way (benchmarks/measure.p
     python benchmarks/overhead.py --quick               # 10 rounds
     python benchmarks/overhead.py --engines local,flower --rounds 20 --repeat 3
     python benchmarks/overhead.py --quick --exact       # correctness: weights equal bit for bit
+    python benchmarks/overhead.py --smoke --exact       # seconds: quickstart, 2 rounds, local
 
 The plain loop's running sum rounds differently from fedsim's aggregate (a weighted matrix
 product of the stacked updates), and training amplifies those last-bit differences: after 50
@@ -46,17 +47,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from command import FEDSIM, ROOT
 from measure import measure
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-FEDSIM = str(Path(sys.executable).parent / "fedsim")
 SCENARIO = ROOT / "scenarios" / "fashion_mnist.yaml"
+SMOKE_SCENARIO = ROOT / "scenarios" / "quickstart.yaml"
 BASE_OVERRIDES = ["eval.clients=0", "eval.every=10"]
 ENGINES = {
     "local": ["engine=local"],
@@ -65,6 +67,12 @@ ENGINES = {
 }
 EVAL_BATCH_SIZE = 1024
 ACCURACY_TOLERANCE = 1e-4
+# All the plain loop implements; the scenario's strategy must resolve to the same (every other
+# key at its default, which is the plain one: no pre-aggregators, no clipping, ...).
+PLAIN_FEDAVG = (
+    "strategy={name: fedavg, aggregator: {name: mean, weighted: true}, "
+    "server_opt: {name: sgd, lr: 1.0, momentum: 0.0}}"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +102,11 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return correct / len(x)
 
 
+def initial_model(workload: Any, dataset: Any, seed: int) -> nn.Module:
+    """The initial global model, as fedsim builds it (the one call into the workload contract)."""
+    return workload.build_model(dataset.input_shape, dataset.num_classes, seeded_generator(seed))
+
+
 def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: bool) -> None:
     """Train the scenario as one plain PyTorch loop; write round times and accuracies as JSON.
 
@@ -102,21 +115,19 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: b
     way, so that the final weights equal fedsim's bit for bit.
     """
     torch.set_num_threads(1)  # as each of fedsim's clients does
+    sys.path.insert(0, str(ROOT))  # this checkout's fedsim, as the fedsim runs use
     from fedsim.data import federation_for
     from fedsim.registry import WORKLOADS
     from fedsim.scenario import load
 
     scenario = load(scenario_path, overrides)
     hp = WORKLOADS.params(scenario.workload).model_dump()
-    unsupported = {k: hp[k] for k in ("momentum", "weight_decay", "mu") if hp.get(k)}
-    strategy = scenario.strategy.model_dump()
+    unsupported = {k: hp[k] for k in ("steps", "momentum", "weight_decay", "mu") if hp.get(k)}
     if scenario.workload.name != "classification" or unsupported:
         raise SystemExit(f"the plain loop does plain SGD only; the scenario has {unsupported}")
-    if strategy != {
-        "name": "fedavg",
-        "aggregator": {"name": "mean", "weighted": True},
-        "server_opt": {"name": "sgd", "lr": 1.0, "momentum": 0.0},
-    }:
+    # Compared resolved, so that a key added later with a plain default (as preagg: []) passes.
+    strategy = scenario.strategy.model_dump()
+    if strategy != load(scenario_path, [*overrides, PLAIN_FEDAVG]).strategy.model_dump():
         raise SystemExit(f"the plain loop does plain FedAvg only; the scenario has {strategy}")
     use_cuda = scenario.device in ("auto", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
@@ -139,8 +150,7 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: b
 
     # One model, reset in place for every client; the global weights as one flat vector.
     workload = WORKLOADS.build(scenario.workload)
-    model = workload.build_model(data.input_shape, data.num_classes, seeded_generator(seed))
-    model = model.to(device)
+    model = initial_model(workload, data, seed).to(device)
     if any(True for _ in model.buffers()):
         raise SystemExit("the plain loop handles models without buffers only")
     params = list(model.parameters())
@@ -246,7 +256,7 @@ def run_plain(scenario: Path, overrides: list[str], work: Path, exact: bool) -> 
 
 def run_fedsim(engine: str, scenario: Path, overrides: list[str], work: Path) -> Run:
     out = work / engine  # fedsim creates it
-    command = [FEDSIM, "run", str(scenario), "--out", str(out), "--no-progress"]
+    command = [*FEDSIM, "run", str(scenario), "--out", str(out), "--no-progress"]
     for override in [*overrides, *ENGINES[engine]]:
         command += ["--set", override]
     measured = measure(command, cwd=ROOT).check(f"fedsim ({engine})")
@@ -337,7 +347,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="10 rounds instead of 50")
-    parser.add_argument("--rounds", type=int, help="rounds to run (default 50; 10 with --quick)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds, to check that the benchmark works: the quickstart scenario (digits), "
+        "2 rounds, the local engine only, on the CPU",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="rounds to run (default 50; 10 with --quick, 2 with --smoke)"
+    )
     parser.add_argument(
         "--engines",
         default=",".join(ENGINES),
@@ -358,7 +376,10 @@ def main() -> None:
         help="override the scenario's device (it is auto: cuda when there is one)",
     )
     parser.add_argument(
-        "--scenario", type=Path, default=SCENARIO, help="scenario file (default: %(default)s)"
+        "--scenario",
+        type=Path,
+        help=f"scenario file (default: {SCENARIO.relative_to(ROOT)}; "
+        f"{SMOKE_SCENARIO.relative_to(ROOT)} with --smoke)",
     )
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep the run directories in DIR (must not exist)"
@@ -374,18 +395,27 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.scenario is None:
+        args.scenario = SMOKE_SCENARIO if args.smoke else SCENARIO
     if args.plain_loop is not None:  # the child process that runs the plain loop
         plain_loop(args.scenario, args.set, args.plain_loop, args.exact)
         return
 
+    if args.smoke and args.engines == parser.get_default("engines"):
+        args.engines = "local"
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or not engines:
         parser.error(f"--engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
-    rounds = args.rounds if args.rounds is not None else (10 if args.quick else 50)
+    if args.rounds is not None:
+        rounds = args.rounds
+    else:
+        rounds = 2 if args.smoke else 10 if args.quick else 50
     if rounds < 1 or args.repeat < 1:
         parser.error("--rounds and --repeat need to be at least 1")
     overrides = [*BASE_OVERRIDES, f"rounds={rounds}"]
+    if args.smoke and args.device is None:
+        args.device = "cpu"  # no CUDA start-up, and bit-for-bit reproducible for --exact
     if args.device is not None:
         overrides.append(f"device={args.device}")
     scenario = args.scenario.resolve()

@@ -7,6 +7,7 @@ twice, the unfinished round done again), and whether both ended with the same me
 
     python benchmarks/resume.py              # 50 rounds
     python benchmarks/resume.py --rounds 10
+    python benchmarks/resume.py --smoke      # seconds: the quickstart (digits), 20 short rounds
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ import argparse
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+from command import FEDSIM, ROOT
 from measure import measure
 
-ROOT = Path(__file__).resolve().parents[1]
-FEDSIM = str(Path(sys.executable).parent / "fedsim")
 SETS = ["engine=local", "eval.clients=0", "eval.every=10"]
+# Rounds of a few hundredths of a second: enough of them that the run is still going when the
+# kill comes, half-way.
+SMOKE_SCENARIO, SMOKE_ROUNDS = "scenarios/quickstart.yaml", 20
 
 
 def learned(run_dir: Path) -> pd.DataFrame:
@@ -43,12 +45,19 @@ def rounds_done(run_dir: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"seconds: {SMOKE_SCENARIO}, {SMOKE_ROUNDS} rounds (--rounds ignored)",
+    )
     args = parser.parse_args()
-    sets = [*SETS, f"rounds={args.rounds}"]
     scenario = str(ROOT / "scenarios/fashion_mnist.yaml")
+    if args.smoke:
+        scenario, args.rounds = str(ROOT / SMOKE_SCENARIO), SMOKE_ROUNDS
+    sets = [*SETS, f"rounds={args.rounds}"]
 
     def command(out: Path) -> list[str]:
-        return [FEDSIM, "run", scenario, "--out", str(out), "--no-progress"] + [
+        return [*FEDSIM, "run", scenario, "--out", str(out), "--no-progress"] + [
             arg for s in sets for arg in ("--set", s)
         ]
 
@@ -61,10 +70,14 @@ def main() -> None:
         while rounds_done(killed) < args.rounds // 2 and proc.poll() is None:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc.wait() != -signal.SIGKILL:
+            raise SystemExit(
+                f"the run to kill ended by itself (exit code {proc.returncode}) after "
+                f"{rounds_done(killed)} of {args.rounds} rounds; give it more --rounds"
+            )
         first_part = time.perf_counter() - started
         at_kill = rounds_done(killed)
-        resumed = measure([FEDSIM, "run", "--resume", str(killed), "--no-progress"])
+        resumed = measure([*FEDSIM, "run", "--resume", str(killed), "--no-progress"])
         resumed.check("resumed run")
 
         same = learned(whole).equals(learned(killed))

@@ -12,6 +12,7 @@ CPU always; CUDA too when ``torch.cuda.is_available()``.
 
     python benchmarks/byzantine/cost.py            # n ∈ {15, 30, 60} × d ∈ {1e5, 1e6, 1.1e7}
     python benchmarks/byzantine/cost.py --quick    # n ∈ {15, 30} × d ∈ {1e4, 1e5}
+    python benchmarks/byzantine/cost.py --smoke    # seconds: n = 8, d = 1e3, one call per rule
     python benchmarks/byzantine/cost.py --sizes 15x1e6,60x1e6 --repeat 5 --csv out.csv
 
 Targets: Flag / Krum ≤ 2 at every size (both are one Gram pass plus O(n³)); SVD form / Flag ≥ 20
@@ -27,15 +28,18 @@ import argparse
 import csv
 import functools
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 from torch import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's fedsim
 import strategies
 from fedsim.registry import AGGREGATORS, PREAGGREGATORS, Registry
 from strategies.aggregators.flag import _flag_svd_reference
@@ -44,6 +48,7 @@ from strategies.pipeline import RoundInfo
 
 FULL_SIZES = [(n, d) for d in (100_000, 1_000_000, 11_000_000) for n in (15, 30, 60)]
 QUICK_SIZES = [(n, d) for d in (10_000, 100_000) for n in (15, 30)]
+SMOKE_SIZES = [(8, 1_000)]  # n = 8 > 4f + 2 with f = n // 5 = 1: every rule applies
 MEMORY_FACTOR = 5  # bytes needed = (1 + MEMORY_FACTOR) × the updates' bytes
 FLAG_LAMBDA = 4.0
 SVD_FORM = "flag (SVD form)"
@@ -98,10 +103,14 @@ def rules_for(n: int, d: int, svd_max_d: float) -> list[Rule]:
 
 
 def seconds_per_call(
-    call: Callable[[], Tensor], device: torch.device, repeat: int, slow: float
+    call: Callable[[], Tensor],
+    device: torch.device,
+    repeat: int,
+    slow: float,
+    budget: float = FAST_BUDGET_S,
 ) -> float:
     """Median seconds per call after a warm-up: of ``repeat`` calls (more for fast rules, enough
-    to fill ~0.25 s; one only if the warm-up took over ``slow`` seconds)."""
+    to fill ``budget`` seconds; one only if the warm-up took over ``slow`` seconds)."""
 
     def once() -> float:
         gram_cache.clear()  # each call pays for its own Gram matrix
@@ -116,8 +125,8 @@ def seconds_per_call(
     warm_up = once()
     if warm_up > slow:
         return once()
-    # millisecond calls are at the mercy of the scheduler: take more of them (up to ~0.25 s)
-    calls = max(repeat, min(MAX_FAST_CALLS, int(FAST_BUDGET_S / max(warm_up, 1e-6))))
+    # millisecond calls are at the mercy of the scheduler: take more of them (up to ~budget)
+    calls = max(repeat, min(MAX_FAST_CALLS, int(budget / max(warm_up, 1e-6))))
     return statistics.median(once() for _ in range(calls))
 
 
@@ -150,7 +159,11 @@ def measure(
             for rule in rules_for(n, d, args.svd_max_d):
                 try:
                     seconds = seconds_per_call(
-                        functools.partial(rule.call, updates, info), device, args.repeat, args.slow
+                        functools.partial(rule.call, updates, info),
+                        device,
+                        args.repeat,
+                        args.slow,
+                        0.0 if args.smoke else FAST_BUDGET_S,
                     )
                 except (ValueError, RuntimeError) as err:
                     print(f"  {rule.label}: failed: {err}")
@@ -211,7 +224,12 @@ def report(timings: list[Timing], sizes: list[tuple[int, int]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a quick look")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"seconds: size {SMOKE_SIZES[0][0]}x{SMOKE_SIZES[0][1]}, one timed call per rule",
+    )
     parser.add_argument("--sizes", help="comma-separated NxD, e.g. 15x1e6,60x1.1e7")
     parser.add_argument("--repeat", type=int, default=3, help="timed calls per rule and size")
     parser.add_argument(
@@ -227,7 +245,9 @@ def main() -> None:
             n, d = item.lower().split("x")
             sizes.append((int(n), int(float(d))))
     else:
-        sizes = QUICK_SIZES if args.quick else FULL_SIZES
+        sizes = SMOKE_SIZES if args.smoke else QUICK_SIZES if args.quick else FULL_SIZES
+    if args.smoke:
+        args.repeat = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

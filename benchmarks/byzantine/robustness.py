@@ -2,6 +2,7 @@
 
     python benchmarks/byzantine/robustness.py            # the full grid (hours on 2 cores)
     python benchmarks/byzantine/robustness.py --quick    # 1 seed, Dirichlet only, 15 rounds
+    python benchmarks/byzantine/robustness.py --smoke --out /tmp/byz   # seconds (see --help)
 
 Fashion-MNIST, 15 clients all training every round, Dirichlet α=1 and IID splits, 2 seeds.
 Each rule is told the true f (rules with an ``f`` parameter); "none" runs f = 0 attackers with
@@ -10,6 +11,7 @@ attack), so every point is an ordinary fedsim run (resumable, reportable). Outpu
 benchmarks/out/byzantine/: the runs (a folder per split), ``robustness.csv`` (mean and std over
 seeds), a heat map per split (``heatmap_<split>.png``) and ``claim.md``: where Flag is at least
 as robust as the best of Krum, Multi-Krum, Bulyan and median at equal f, and where it is not.
+--out puts all of it elsewhere; an existing folder's sweeps are resumed.
 """
 
 from __future__ import annotations
@@ -27,22 +29,24 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from fedsim.registry import AGGREGATORS, load_components  # noqa: E402  (needs ROOT on the path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's fedsim
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared helpers
+from command import FEDSIM, ROOT
+
+from fedsim.registry import AGGREGATORS, load_components
 
 OUT = ROOT / "benchmarks" / "out" / "byzantine"
-FEDSIM = str(Path(sys.executable).parent / "fedsim")
 ATTACKS = ["none", "sign_flip", "alie", "ipm", "gaussian", "label_flip"]
 BASELINES = ["krum", "multi_krum", "bulyan", "median"]
 SPLITS = {"dirichlet": {"name": "dirichlet", "alpha": 1.0}, "iid": {"name": "iid"}}
 CLIENTS = 15
+DATASET, SMOKE_DATASET = "fashion_mnist", "digits"
 
 
-def base(rounds: int) -> dict[str, Any]:
+def base(rounds: int, dataset: str) -> dict[str, Any]:
     return {
         "rounds": rounds,
-        "data": {"name": "fashion_mnist", "val_fraction": 0.0},
+        "data": {"name": dataset, "val_fraction": 0.0},
         "clients": {"num": CLIENTS, "per_round": CLIENTS},
         "workload": {
             "name": "classification",
@@ -64,7 +68,7 @@ def aggregator(name: str, f: int) -> dict[str, Any]:
 
 
 def sweep(split: str, f: int, attack: str, args: argparse.Namespace) -> dict[str, Any]:
-    scenario = base(args.rounds)
+    scenario = base(args.rounds, args.dataset)
     scenario["data"]["partition"] = SPLITS[split]
     scenario["name"] = f"byz_f{f}_{attack}"
     scenario["byzantine"] = {
@@ -105,7 +109,7 @@ def collect(directory: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def heatmap(table: pd.DataFrame, split: str, path: Path) -> None:
+def heatmap(table: pd.DataFrame, split: str, path: Path, dataset: str) -> None:
     """Rows: aggregators; columns: (f, attack); colour and text: mean final accuracy."""
     part = table[table.split == split].pivot_table(
         index="aggregator", columns=["f", "attack"], values="mean"
@@ -130,7 +134,7 @@ def heatmap(table: pd.DataFrame, split: str, path: Path) -> None:
             ha="right",
         )
         ax.set_yticks(range(part.shape[0]), part.index)
-        ax.set_title(f"final test accuracy, Fashion-MNIST, {CLIENTS} clients, {split} split")
+        ax.set_title(f"final test accuracy, {dataset}, {CLIENTS} clients, {split} split")
         fig.colorbar(image, ax=ax, shrink=0.8)
         fig.savefig(path, dpi=150, bbox_inches="tight")
 
@@ -163,9 +167,9 @@ def run_sweep(out: Path, split: str, f: int, attack: str, args: argparse.Namespa
     directory, file = out / f"f{f}_{attack}", out / f"f{f}_{attack}.yaml"
     file.write_text(yaml.safe_dump(sweep(split, f, attack, args), sort_keys=False))
     if directory.exists():
-        command = [FEDSIM, "run", "--resume", str(directory)]
+        command = [*FEDSIM, "run", "--resume", str(directory)]
     else:
-        command = [FEDSIM, "run", str(file), "--out", str(directory)]
+        command = [*FEDSIM, "run", str(file), "--out", str(directory)]
     print(f"{split} f={f} {attack}", flush=True)
     subprocess.run([*command, "--no-progress"], check=True)
 
@@ -174,6 +178,13 @@ def main() -> None:
     load_components()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, Dirichlet, 15 rounds")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: digits, 2 rounds, 1 seed, Dirichlet, f=1, sign_flip, krum and flag "
+        "(into benchmarks/out/smoke/byzantine unless --out)",
+    )
+    parser.add_argument("--out", type=Path, help=f"output folder (default: {OUT})")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--f", type=int, nargs="+", default=[0, 1, 3])
@@ -181,9 +192,16 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     parser.add_argument("--aggregators", nargs="+", default=AGGREGATORS.names())
     args = parser.parse_args()
-    out = OUT / "quick" if args.quick else OUT  # delete a folder to start it over
+    # delete a folder to start it over
+    out = args.out or (
+        OUT.parent / "smoke" / OUT.name if args.smoke else OUT / "quick" if args.quick else OUT
+    )
+    args.dataset = DATASET
     if args.quick:
         args.rounds, args.seeds, args.splits = 15, 1, ["dirichlet"]
+    if args.smoke:
+        args.rounds, args.seeds, args.splits, args.dataset = 2, 1, ["dirichlet"], SMOKE_DATASET
+        args.f, args.attacks, args.aggregators = [1], ["sign_flip"], ["krum", "flag"]
     out.mkdir(parents=True, exist_ok=True)
     for split in args.splits:
         for f in args.f:
@@ -197,7 +215,7 @@ def main() -> None:
     )
     table.to_csv(out / "robustness.csv", index=False)
     for split in table.split.unique():
-        heatmap(table, split, out / f"heatmap_{split}.png")
+        heatmap(table, split, out / f"heatmap_{split}.png", args.dataset)
     (out / "claim.md").write_text(claim(table) + "\n")
     print(claim(table))
     print(f"table: {out / 'robustness.csv'}; heat maps: {out}/heatmap_*.png")

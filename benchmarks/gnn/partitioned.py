@@ -2,6 +2,7 @@
 
     nice python benchmarks/gnn/partitioned.py              # 72 + 9 runs, 30 rounds each
     nice python benchmarks/gnn/partitioned.py --rounds 10  # a quicker look
+    python benchmarks/gnn/partitioned.py --smoke           # seconds: one small cSBM, 2 runs
 
 Graphs: a contextual SBM (1,500 nodes, 5 classes, mean degree 10, feature SNR 1) at homophily
 0.8 and 0.3, and a 10-NN graph over 2,000 Fashion-MNIST test images (32 principal components).
@@ -9,7 +10,7 @@ Sizes are chosen for about 15 minutes on a shared 2-core machine: a 2-hop halo o
 gives every client nearly the whole graph, so those runs cost about 10 centralised ones.
 Runs the sweeps in federated.yaml and centralised.yaml (each with its own report), then writes
 gnn.md (final test accuracy, mean ± std over 3 seeds; edge cut, balance, replication factor and
-halo bytes of each partition) and accuracy.png. Output: benchmarks/out/gnn/.
+halo bytes of each partition) and accuracy.png. Output: benchmarks/out/gnn/, or --out.
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out" / "gnn"
 CENTRAL = "centralised"
 PARTITION_STATS = ("edge_cut", "balance", "replication_factor", "halo_bytes")
+# --smoke: one small graph, one seed, 2 rounds; the federated sweep under one partitioner.
+SMOKE_GRAPH = (
+    "{name: csbm, num_nodes: 300, num_classes: 3, avg_degree: 6, homophily: 0.8, feature_snr: 1.0}"
+)
+SMOKE = {
+    "centralised": ["rounds=2", f"sweep={{data: [{SMOKE_GRAPH}], seed: [0]}}"],
+    "federated": [
+        "rounds=2",
+        f"sweep={{data: [{SMOKE_GRAPH}], data.partition: [{{name: metis, edges: halo, hops: 1}}], "
+        "seed: [0]}",
+    ],
+}
 
 
 def graph_label(data: dict[str, Any]) -> str:
@@ -124,21 +137,29 @@ def figure(runs: pd.DataFrame, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, help="override the sweeps' rounds")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: a 300-node cSBM, 1 seed, 2 rounds, metis with 1-hop halos only",
+    )
+    parser.add_argument("--out", type=Path, help=f"output folder (default: {OUT})")
     args = parser.parse_args()
+    out = args.out or (OUT.parent / "smoke" / OUT.name if args.smoke else OUT)
     sets = [f"rounds={args.rounds}"] if args.rounds else []
     seconds = 0.0
     for name in ("centralised", "federated"):
-        seconds += run_sweep_with_report(HERE / f"{name}.yaml", OUT / name, sets)
-    runs = pd.concat([collect(OUT / "centralised"), collect(OUT / "federated")])
-    runs.to_csv(OUT / "runs.csv", index=False)
-    figure(runs, OUT / "accuracy.png")
+        smoke = SMOKE[name] if args.smoke else []
+        seconds += run_sweep_with_report(HERE / f"{name}.yaml", out / name, smoke + sets)
+    runs = pd.concat([collect(out / "centralised"), collect(out / "federated")])
+    runs.to_csv(out / "runs.csv", index=False)
+    figure(runs, out / "accuracy.png")
     text = (
         "## Final test accuracy (%)\n\n" + accuracy_table(runs)
         + "\n\n## Partition costs (mean over seeds)\n\n" + cost_table(runs)
         + f"\n\nSweeps ran in {seconds:.0f} s.\n"
     )  # fmt: skip
-    (OUT / "gnn.md").write_text(text)
-    print(f"{text}\nfigure: {OUT / 'accuracy.png'}")
+    (out / "gnn.md").write_text(text)
+    print(f"{text}\nfigure: {out / 'accuracy.png'}")
 
 
 if __name__ == "__main__":

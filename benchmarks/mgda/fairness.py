@@ -2,11 +2,12 @@
 
     python benchmarks/mgda/fairness.py            # 3 aggregators x 3 seeds, 100 rounds
     python benchmarks/mgda/fairness.py --rounds 20
+    python benchmarks/mgda/fairness.py --smoke    # seconds: digits, 10 clients, 2 rounds, 1 run
 
 Runs the sweep in fairness.yaml, builds its report (accuracy curves, per-client accuracy boxes)
 and prints, from each run's last evaluation of every client, the mean, the mean of the worst
 10% and the standard deviation of the client accuracies (mean ± std over seeds).
-Output: benchmarks/out/mgda_fairness/ (runs, report/, fairness.md).
+Output: benchmarks/out/mgda_fairness/ (runs, report/, fairness.md), or --out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from sweep_report import run_sweep_with_report  # benchmarks/ holds the shared h
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out" / "mgda_fairness"
+SMOKE = [
+    "rounds=2",
+    "data.name=digits",
+    "clients={num: 10, per_round: 5}",
+    "sweep={strategy.aggregator: [{name: mgda, epsilon: 0.1}], seed: [0]}",
+]
 
 
 def client_accuracy(sweep: Path) -> pd.DataFrame:
@@ -62,13 +69,19 @@ def table(runs: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, help="override the suite's rounds")
-    args = parser.parse_args()
-    run_sweep_with_report(
-        HERE / "fairness.yaml", OUT, [f"rounds={args.rounds}"] if args.rounds else []
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: digits, 10 clients, 5 a round, 2 rounds, FedMGDA+ with 1 seed",
     )
-    text = table(client_accuracy(OUT))
-    (OUT / "fairness.md").write_text(text + "\n")
-    print(f"{text}\nreport: {OUT / 'report' / 'report.html'}")
+    parser.add_argument("--out", type=Path, help=f"output folder (default: {OUT})")
+    args = parser.parse_args()
+    out = args.out or (OUT.parent / "smoke" / OUT.name if args.smoke else OUT)
+    sets = (SMOKE if args.smoke else []) + ([f"rounds={args.rounds}"] if args.rounds else [])
+    run_sweep_with_report(HERE / "fairness.yaml", out, sets)
+    text = table(client_accuracy(out))
+    (out / "fairness.md").write_text(text + "\n")
+    print(f"{text}\nreport: {out / 'report' / 'report.html'}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/privacy/run.py               # both sweeps, 2 seeds, 30 rounds (~10-15 min)
     python benchmarks/privacy/run.py --rounds 10   # a quick look
+    python benchmarks/privacy/run.py --smoke       # seconds: digits, 2 rounds, 1 run per sweep
 
 Runs local.yaml (plain SGD and DP-SGD at noise multipliers 0.6 / 1.0 / 2.0; 20 clients, 3 a
 round) and central.yaml (FedAvg, and Flower's central-DP wrapper with fixed and adaptive
@@ -12,7 +13,7 @@ on one client's data (interleaved, same process) and over the whole runs.
 
 ε differs in kind between the two modes: local DP's is per *sample* (a client's record), the
 largest over all clients so far; central DP's is per *client* (its whole data set).
-Output: benchmarks/out/privacy/ (local/, central/, privacy.md, accuracy_vs_epsilon.png).
+Output: benchmarks/out/privacy/ (local/, central/, privacy.md, accuracy_vs_epsilon.png), or --out.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sweep_report import run_sweep_with_report  # benchmarks/ holds the shared helper
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's fedsim
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared helpers
+from sweep_report import run_sweep_with_report
 
 from clients.privacy import DPSGD
 from clients.workload import TrainConfig
@@ -46,6 +48,19 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out" / "privacy"
 TARGETS = (1.0, 3.0, 8.0)
 REPEATS = 5  # side-by-side timing: interleaved plain / DP-SGD fits of one client
+# --smoke: digits, 2 rounds, one DP configuration per sweep, one timed pair of fits.
+SMOKE_DATA = ["rounds=2", "data={name: digits, partition: {name: iid}}"]
+SMOKE = {
+    "local": [
+        *SMOKE_DATA,
+        "sweep={privacy: [{mode: local, noise_multiplier: 1.0, max_grad_norm: 1.0}], seed: [0]}",
+    ],
+    "central": [
+        *SMOKE_DATA,
+        "clients={num: 20, per_round: 10}",
+        "sweep={privacy: [{mode: central, noise_multiplier: 1.0, clipping_norm: 1.0}], seed: [0]}",
+    ],
+}
 
 
 def label(spec: dict[str, Any]) -> str:
@@ -135,49 +150,70 @@ def figure(runs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def side_by_side(scenario_path: Path) -> dict[str, float]:
+def timed_fit(workload: Any, scenario: Any, federation: Any, seed: int, dp: bool) -> float:
+    """Seconds of one local epoch on client 0's data, plain SGD or DP-SGD.
+
+    Every call into the workload contract is here, so that a change of contract is one edit.
+    """
+    model, _ = initial_model_and_changes(workload, scenario, federation.dataset)
+    x = federation.dataset.x_train[federation.train[0]]
+    y = federation.dataset.y_train[federation.train[0]]
+    generator = torch.Generator().manual_seed(seed)
+    training = DPSGD(1.0, 1.0, noise_seed=seed) if dp else None
+    config = TrainConfig(1, 0, generator, torch.device("cpu"))
+    if training is not None:
+        config = TrainConfig(1, 0, generator, torch.device("cpu"), training)
+    started = time.perf_counter()
+    workload.fit(model, x, y, config)
+    seconds = time.perf_counter() - started
+    if training is not None:
+        training.close()
+    return seconds
+
+
+def side_by_side(scenario_path: Path, sets: list[str], repeats: int = REPEATS) -> dict[str, float]:
     """Seconds of one client's local epoch, plain SGD and DP-SGD, interleaved in one process."""
-    raw = read(scenario_path)
+    raw = read(scenario_path, sets)
     raw.pop("sweep")
     raw["privacy"] = {"mode": "local", "noise_multiplier": 1.0, "max_grad_norm": 1.0}
     scenario = parse(raw)
     torch.set_num_threads(1)
     federation = scenario_federation(scenario)
     workload = WORKLOADS.build(scenario.workload)
-    x = federation.dataset.x_train[federation.train[0]]
-    y = federation.dataset.y_train[federation.train[0]]
     times: dict[str, list[float]] = {"plain": [], "dp": []}
-    for repeat in range(REPEATS + 1):  # the first pair warms up
+    for repeat in range(repeats + 1):  # the first pair warms up
         for kind in ("plain", "dp"):
-            model, _ = initial_model_and_changes(workload, scenario, federation.dataset)
-            generator = torch.Generator().manual_seed(repeat)
-            training = DPSGD(1.0, 1.0, noise_seed=repeat) if kind == "dp" else None
-            config = TrainConfig(1, 0, generator, torch.device("cpu"))
-            if training is not None:
-                config = TrainConfig(1, 0, generator, torch.device("cpu"), training)
-            started = time.perf_counter()
-            workload.fit(model, x, y, config)
+            seconds = timed_fit(workload, scenario, federation, repeat, dp=kind == "dp")
             if repeat:
-                times[kind].append(time.perf_counter() - started)
-            if training is not None:
-                training.close()
+                times[kind].append(seconds)
     plain, dp = statistics.median(times["plain"]), statistics.median(times["dp"])
-    return {"samples": len(y), "plain_s": plain, "dp_s": dp, "slowdown": dp / plain}
+    samples = len(federation.train[0])
+    return {"samples": samples, "plain_s": plain, "dp_s": dp, "slowdown": dp / plain}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, help="override both sweeps' rounds")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: digits, 2 rounds, local DP-SGD z=1 and central DP z=1 with 1 seed each, "
+        "one timed pair of fits",
+    )
+    parser.add_argument("--out", type=Path, help=f"output folder (default: {OUT})")
     args = parser.parse_args()
-    sets = [f"rounds={args.rounds}"] if args.rounds else []
-    OUT.mkdir(parents=True, exist_ok=True)
-    timing = side_by_side(HERE / "local.yaml")
+    out = args.out or (OUT.parent / "smoke" / OUT.name if args.smoke else OUT)
+    repeats = 1 if args.smoke else REPEATS
+    rounds = [f"rounds={args.rounds}"] if args.rounds else []
+    sets = {s: (SMOKE[s] if args.smoke else []) + rounds for s in ("local", "central")}
+    out.mkdir(parents=True, exist_ok=True)
+    timing = side_by_side(HERE / "local.yaml", sets["local"], repeats)
     seconds = {
-        suite: run_sweep_with_report(HERE / f"{suite}.yaml", OUT / suite, sets)
+        suite: run_sweep_with_report(HERE / f"{suite}.yaml", out / suite, sets[suite])
         for suite in ("local", "central")
     }
-    runs = pd.concat([curves(OUT / suite, suite) for suite in ("local", "central")])
-    figure(runs, OUT / "accuracy_vs_epsilon.png")
+    runs = pd.concat([curves(out / suite, suite) for suite in ("local", "central")])
+    figure(runs, out / "accuracy_vs_epsilon.png")
 
     local = runs[runs.suite == "local"]
     plain_time = local[local.epsilon.isna()].groupby("seed").train_time_s.first().mean()
@@ -195,7 +231,7 @@ def main() -> None:
             "",
             "DP-SGD slowdown against plain SGD:",
             f"- side by side (one client's epoch, {timing['samples']} samples, batch 64, "
-            f"interleaved, median of {REPEATS}): plain {timing['plain_s']:.3f} s, DP-SGD "
+            f"interleaved, median of {repeats}): plain {timing['plain_s']:.3f} s, DP-SGD "
             f"{timing['dp_s']:.3f} s, **{timing['slowdown']:.1f}x**",
             f"- whole runs (clients' training time, same clients sampled, 2 runs in parallel): "
             f"plain {plain_time:.0f} s, DP-SGD {dp_time:.0f} s, {dp_time / plain_time:.1f}x",
@@ -204,7 +240,7 @@ def main() -> None:
             "Figure: accuracy_vs_epsilon.png; per-sweep reports: local/report, central/report.",
         ]
     )
-    (OUT / "privacy.md").write_text(text + "\n")
+    (out / "privacy.md").write_text(text + "\n")
     print(text)
 
 

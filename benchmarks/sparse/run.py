@@ -2,13 +2,14 @@
 
     nice python benchmarks/sparse/run.py              # 4 densities x 3 top-k ratios, 40 rounds
     nice python benchmarks/sparse/run.py --rounds 10  # a quicker look
+    python benchmarks/sparse/run.py --smoke           # seconds: digits, 2 rounds, 2 x 2 runs
 
 LeNet-300-100 on Fashion-MNIST, 50 clients, 10 a round (sparse.yaml). Runs the sweep, builds its
 report (with accuracy against bytes) and writes sparse.md: per configuration the final test
 accuracy, the bytes sent to clients and back over the whole run, the saving against dense
 FedAvg, the bytes spent until the accuracy first reached --target, and the configuration that
 sends least while losing at most one accuracy point.
-Output: benchmarks/out/sparse/ (runs, report/, sparse.md).
+Output: benchmarks/out/sparse/ (runs, report/, sparse.md), or --out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from sweep_report import run_sweep_with_report  # benchmarks/ holds the shared h
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out" / "sparse"
 TOLERANCE = 0.01  # one accuracy point
+SMOKE = [
+    "rounds=2",
+    "data.name=digits",
+    "clients={num: 10, per_round: 5}",
+    "sweep={workload.sparsity: [null, {name: rigl, density: 0.2}], "
+    "compression: [{name: none}, {name: topk, ratio: 0.1}]}",
+]
 
 
 def runs(sweep: Path, target: float) -> pd.DataFrame:
@@ -99,16 +107,22 @@ def main() -> None:
     parser.add_argument(
         "--tables-only", action="store_true", help="rebuild sparse.md from the runs in OUT"
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: digits, 10 clients, 2 rounds, dense and RigL 0.2 x no and top-k 0.1",
+    )
+    parser.add_argument("--out", type=Path, help=f"output folder (default: {OUT})")
     args = parser.parse_args()
+    out = args.out or (OUT.parent / "smoke" / OUT.name if args.smoke else OUT)
     timing = ""
     if not args.tables_only:
-        seconds = run_sweep_with_report(
-            HERE / "sparse.yaml", OUT, [f"rounds={args.rounds}"] if args.rounds else []
-        )
+        sets = (SMOKE if args.smoke else []) + ([f"rounds={args.rounds}"] if args.rounds else [])
+        seconds = run_sweep_with_report(HERE / "sparse.yaml", out, sets)
         timing = f"\n\nSweep wall time: {seconds:.0f} s.\n"
-    text = report(runs(OUT, args.target), args.target) + timing
-    (OUT / "sparse.md").write_text(text)
-    print(f"{text}\nreport: {OUT / 'report' / 'report.html'}")
+    text = report(runs(out, args.target), args.target) + timing
+    (out / "sparse.md").write_text(text)
+    print(f"{text}\nreport: {out / 'report' / 'report.html'}")
 
 
 if __name__ == "__main__":
