@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # CPU wheel first, so that no CUDA build of torch is pulled in (see README).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup quickstart test check lint typecheck format bench clean
+.PHONY: setup quickstart test check lint typecheck format bench bench-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,11 @@ quickstart: setup
 	$(BIN)/fedsim run scenarios/quickstart.yaml
 
 test: setup
-	$(BIN)/pytest -n 2 tests
+	$(BIN)/pytest -n 2 tests -m "not benchmarks"
+
+# Every benchmark script at its smoke size (about 5 minutes on 2 cores; not yet part of `test`).
+bench-smoke: setup
+	$(BIN)/pytest -n 2 tests/benchmarks
 
 lint: setup
 	$(BIN)/ruff check fedsim strategies clients tests benchmarks

@@ -104,7 +104,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def initial_model(workload: Any, dataset: Any, seed: int) -> nn.Module:
     """The initial global model, as fedsim builds it (the one call into the workload contract)."""
-    return workload.build_model(dataset.input_shape, dataset.num_classes, seeded_generator(seed))
+    return workload.build_model(dataset, seeded_generator(seed))
 
 
 def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: bool) -> None:

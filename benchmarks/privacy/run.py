@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the
 from sweep_report import run_sweep_with_report
 
 from clients.privacy import DPSGD
-from clients.workload import TrainConfig
+from clients.workload import Labelled, TrainConfig
 from fedsim.build import initial_model_and_changes, scenario_federation
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import parse, read
@@ -164,7 +164,7 @@ def timed_fit(workload: Any, scenario: Any, federation: Any, seed: int, dp: bool
     if training is not None:
         config = TrainConfig(1, 0, generator, torch.device("cpu"), training)
     started = time.perf_counter()
-    workload.fit(model, x, y, config)
+    workload.fit(model, Labelled(x, y), {}, config)
     seconds = time.perf_counter() - started
     if training is not None:
         training.close()

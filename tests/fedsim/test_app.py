@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clients.classification import ClassificationParams, ClassificationWorkload
-from clients.workload import Labelled, TrainConfig
+from clients.workload import TrainConfig
 from fedsim import results
 from fedsim.app import serve
 from fedsim.client_app import client_app
