@@ -120,7 +120,7 @@ def run(command: list[str], cwd: Path) -> tuple[str, str, int]:
     return stdout, stdout + stderr, proc.returncode
 
 
-def test_every_smoke_listed_is_a_script():
+def test_every_smoke_listed_is_a_script() -> None:
     # Prepare / Execute
     stale = set(SMOKES) - set(scripts())
 
