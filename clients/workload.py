@@ -136,8 +136,13 @@ class Exchange(Protocol):
     evaluation. Failed reports, and reports holding NaN or Inf, are dropped and recorded.
     """
 
-    name: str
-    everyone: bool  # every client, or only the clients that trained this round
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def everyone(self) -> bool:
+        """Every client reports, or only the clients that trained this round."""
+        ...
 
     def report(
         self, model: nn.Module, data: Any, state: State, config: TrainConfig
@@ -219,7 +224,8 @@ def split_state(
     state: Mapping[str, Tensor], patterns: Sequence[str]
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """A model's state dict as (shared entries, local entries), each in the model's order."""
-    shared, local = {}, {}
+    shared: dict[str, Tensor] = {}
+    local: dict[str, Tensor] = {}
     for name, tensor in state.items():
         (local if is_local(name, tensor, patterns) else shared)[name] = tensor
     return shared, local

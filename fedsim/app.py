@@ -124,8 +124,8 @@ def _serve(
         writer.event("run_started", clients=scenario.clients.num, rounds=scenario.rounds)
         for feature in features:
             arrays = feature.start(arrays)
-            if started := feature.started():
-                writer.event(started.pop("event"), **started)
+            if event := feature.started():
+                writer.event(event.pop("event"), **event)
         if scenario.byzantine.num:
             writer.event(
                 "byzantine_clients",
@@ -143,17 +143,18 @@ def _serve(
         writer.event("run_resumed", after_round=checkpoint.round)
     config = ConfigRecord({"scenario": scenario.to_yaml()})
 
-    headline = getattr(workload, "headline", "accuracy")
+    headline = workload.headline
     with RoundProgress(scenario.rounds, first - 1, show_progress, headline) as progress:
         for rnd in range(first, scenario.rounds + 1):
-            started = time.perf_counter()
+            started = replied = time.perf_counter()
             traffic: dict[str, float] = {}
             trained: list[int] | None = None  # the clients whose updates were aggregated
             if len(arrays):  # a workload that shares nothing skips training
                 messages = exchanges.carry(strategy.configure_train(rnd, arrays, config, grid))
                 replies, traffic = _send(grid, messages, arrays, features, "")
+                replied = time.perf_counter()
                 new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-                trained = [client_ids[r.metadata.src_node_id] for r in replies if _usable(r)]
+                trained = [client_ids[r.metadata.src_node_id] for r in replies if not r.has_error()]
                 arrays = new_arrays if new_arrays is not None else arrays
                 for feature in features:
                     arrays, feature_metrics = feature.after_aggregate(rnd, arrays)
@@ -187,7 +188,8 @@ def _serve(
                 accuracy = central.get(headline)
             finished = time.perf_counter()
             timings = {
-                "train_time_s": aggregated - started,  # clients' training and aggregation
+                "train_time_s": replied - started,  # clients' training, transport included
+                "aggregate_time_s": aggregated - replied,
                 "exchange_time_s": exchanged - aggregated,
                 "eval_time_s": finished - exchanged,  # clients' and the central evaluation
                 "round_time_s": finished - started,
@@ -209,10 +211,6 @@ def _serve(
 
     model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
     writer.save_model({**model.state_dict(), **exchanges.final()})
-
-
-def _usable(reply: Message) -> bool:
-    return not reply.has_error()
 
 
 def _send(

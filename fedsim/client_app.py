@@ -117,29 +117,48 @@ def exchange(msg: Message, context: Context) -> Message:
     return _reply(msg, context, _report)
 
 
-def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
+@dataclass(frozen=True)
+class Call:
+    """One Message's work as every handler starts it: the model loaded, the client's state."""
+
+    rt: ClientRuntime
+    round: int
+    sent: ArrayRecord  # the shared entries as received
+    positions: torch.Tensor | None  # the global mask, when the model came masked
+    state: State
+    config: TrainConfig
+
+
+def _start(client: int, content: RecordDict, context: Context, *stream: int) -> Call:
+    """Load the model (shared entries sent, local ones kept) and build the call's config, its
+    generator seeded from (seed, client, round, *stream)."""
     rt = runtime(_scenario_text(content))
-    config = content.config_records["config"]
-    rnd = int(cast(int, config["server-round"]))
+    rnd = int(cast(int, content.config_records["config"]["server-round"]))
     sent, positions = wire.received_model(content, rt.template)
     state = _load(rt, client, sent, context)
-    generator = seeded_generator(rt.scenario.seed, client, rnd)
-    train_config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
+    generator = seeded_generator(rt.scenario.seed, client, rnd, *stream)
+    config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
+    return Call(rt, rnd, sent, positions, state, config)
+
+
+def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
+    call = _start(client, content, context)
+    rt = call.rt
     fit = Fit(
         rt.scenario,
         client,
-        rnd,
+        call.round,
         rt.model,
         rt.federation.train_data(client),
-        state,
-        train_config,
+        call.state,
+        call.config,
         context.state,
-        sent,
-        config,
-        positions,
+        call.sent,
+        content.config_records["config"],
+        call.positions,
     )
     trained = reduce(_wrap, reversed(rt.mods), _fitted(rt))(fit)
-    _save(rt, context, state)
+    _save(rt, context, call.state)
     metrics = MetricRecord({**trained.metrics, "num-examples": rt.sizes[client]})
     return RecordDict({trained.key: trained.arrays, "metrics": metrics})
 
@@ -159,34 +178,25 @@ def _wrap(inner: Callable[[Fit], Trained], mod: ClientMod) -> Callable[[Fit], Tr
 
 
 def _evaluate(client: int, content: RecordDict, context: Context) -> RecordDict:
-    rt = runtime(_scenario_text(content))
-    rnd = int(cast(int, content.config_records["config"].get("server-round", 0)))
-    sent, _ = wire.received_model(content, rt.template)
-    state = _load(rt, client, sent, context)
+    call = _start(client, content, context, EVAL_STREAM)
+    rt = call.rt
     data = rt.federation.val_data(client)
     if data is None:  # no held-out data: evaluate on what it trains on
         data = rt.federation.train_data(client)
-    generator = seeded_generator(rt.scenario.seed, client, rnd, EVAL_STREAM)
-    config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
-    metrics = rt.workload.evaluate(rt.model, data, state, config)
-    _save(rt, context, state)
+    metrics = rt.workload.evaluate(rt.model, data, call.state, call.config)
+    _save(rt, context, call.state)
     examples = len(data.labels) if isinstance(data, Labelled) else rt.sizes[client]
     return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": examples})})
 
 
 def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
     """One exchange's report: what this client sends up after the round's aggregation."""
-    rt = runtime(_scenario_text(content))
-    config = content.config_records["config"]
-    rnd = int(cast(int, config["server-round"]))
-    exchange = rt.exchanges[str(config[wire.EXCHANGE])]
-    sent, _ = wire.received_model(content, rt.template)
-    state = _load(rt, client, sent, context)
-    generator = seeded_generator(rt.scenario.seed, client, rnd, EXCHANGE_STREAM)
-    report_config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
+    call = _start(client, content, context, EXCHANGE_STREAM)
+    rt = call.rt
+    exchange = rt.exchanges[str(content.config_records["config"][wire.EXCHANGE])]
     data = rt.federation.train_data(client)
-    arrays, metrics = exchange.report(rt.model, data, state, report_config)
-    _save(rt, context, state)
+    arrays, metrics = exchange.report(rt.model, data, call.state, call.config)
+    _save(rt, context, call.state)
     report = ArrayRecord({k: v.detach().contiguous() for k, v in arrays.items()})
     metrics_record = MetricRecord({**metrics, "num-examples": rt.sizes[client]})
     return RecordDict({wire.REPORT: report, "metrics": metrics_record})
@@ -200,17 +210,16 @@ def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -
     rt.model.load_state_dict(sent.to_torch_state_dict(), strict=False)
     if rt.local_keys:
         kept = context.state.array_records.get(LOCAL)
-        local = kept.to_torch_state_dict() if kept is not None else _first_local(rt, client)
+        local: dict[str, torch.Tensor]
+        if kept is not None:
+            local = dict(kept.to_torch_state_dict())
+        else:  # the client's first call: its own draw from (seed, client)
+            local = local_entries(rt.workload, rt.scenario, rt.federation.dataset, client)
         rt.model.load_state_dict(local, strict=False)
     kept_state = context.state.array_records.get(STATE)
     if kept_state is None:
         return {}
     return {k: v.to(rt.device) for k, v in kept_state.to_torch_state_dict().items()}
-
-
-def _first_local(rt: ClientRuntime, client: int) -> dict[str, torch.Tensor]:
-    """A client's local entries before its first call: drawn from (seed, client)."""
-    return local_entries(rt.workload, rt.scenario, rt.federation.dataset, client)
 
 
 def _save(rt: ClientRuntime, context: Context, state: State) -> None:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from clients import Aggregate, Arrays, Exchange
 from fedsim import results, wire
+from strategies.flower import with_phase
 
 EXCHANGE_TYPE = f"{MessageType.QUERY}.{wire.EXCHANGE}"
 
@@ -42,15 +43,21 @@ class Exchanges:
         self.client_ids = dict(client_ids)  # node id -> client id
         self.memory: dict[str, Any] = {}
         self.broadcasts: dict[str, Arrays] = {}
+        self._records: dict[str, ArrayRecord] = {}  # the broadcasts as Messages carry them
 
     def carry(self, messages: Iterable[Message]) -> list[Message]:
         """``messages`` with the latest broadcasts added to their content."""
         out = list(messages)
-        for name, arrays in self.broadcasts.items():
-            record = ArrayRecord({k: v.contiguous() for k, v in arrays.items()})
+        for name, record in self._records.items():
             for msg in out:
                 msg.content[wire.RECEIVED + name] = record
         return out
+
+    def _broadcast(self, name: str, arrays: Arrays) -> None:
+        self.broadcasts[name] = {k: v.detach().cpu() for k, v in arrays.items()}
+        self._records[name] = ArrayRecord(
+            {k: v.contiguous() for k, v in self.broadcasts[name].items()}
+        )
 
     def received(self, device: torch.device) -> dict[str, Arrays]:
         return {
@@ -72,8 +79,7 @@ class Exchanges:
         node_of = {client: node for node, client in self.client_ids.items()}
         for exchange in self.exchanges:
             started = time.perf_counter()
-            everyone = exchange.everyone or trained is None
-            clients = sorted(node_of) if everyone else sorted(trained)
+            clients = sorted(node_of if exchange.everyone or trained is None else trained)
             exchange_config = ConfigRecord(
                 {**config, "server-round": rnd, wire.EXCHANGE: exchange.name}
             )
@@ -96,7 +102,7 @@ class Exchanges:
                 except ValueError as err:  # the rule cannot hold this round: memory kept
                     self.writer.event("round_skipped", round=rnd, exchange=name, reason=str(err))
                 else:
-                    self.broadcasts[name] = {k: v.detach().cpu() for k, v in broadcast.items()}
+                    self._broadcast(name, broadcast)
                     self.memory[name] = memory
                     metrics.update(reduced)
             metrics[f"{name}_time_s"] = time.perf_counter() - started
@@ -115,9 +121,8 @@ class Exchanges:
                 continue
             metrics = reply.content.metric_records.get("metrics")
             if metrics is not None:
-                values = {
-                    f"{name}_{k}": float(v) for k, v in metrics.items() if k != "num-examples"
-                }  # type: ignore[arg-type]
+                values = with_phase(metrics, name)
+                values.pop("examples", None)
                 self.writer.metrics(rnd, results.CLIENT, client, values)
             reports[client] = report
         return reports
@@ -148,7 +153,7 @@ class Exchanges:
             if saved.get("memory") is not None:
                 self.memory[name] = saved["memory"]
             if saved.get("broadcast") is not None:
-                self.broadcasts[name] = dict(saved["broadcast"])
+                self._broadcast(name, saved["broadcast"])
 
     def final(self) -> dict[str, Tensor]:
         """The last broadcasts' tensors, saved beside the model (mbo: the designs)."""

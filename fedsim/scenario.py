@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedsim.data import dataset_kind
 from fedsim.errors import ScenarioError
 from fedsim.registry import (
     ATTACKS,
@@ -265,10 +266,6 @@ def parse(raw: Any, source: str = "") -> Scenario:
     if problems:
         raise ScenarioError(problems, source)
     return resolved_scenario
-
-
-def dataset_kind(name: str) -> str:
-    return str(DATASETS.entry(name).declared("kind", "samples"))
 
 
 def _data_mismatch(scenario: Scenario) -> list[str]:

@@ -160,6 +160,7 @@ def fairness(configs: list[Configuration]) -> Figure | None:
 TIMED_PHASES = [
     ("train_time_s", "client training (incl. transport)"),
     ("aggregate_time_s", "aggregation"),
+    ("exchange_time_s", "exchanges"),
     ("eval_time_s", "evaluation (clients + central)"),
 ]
 

@@ -1,7 +1,8 @@
 """The layer table of DESIGN.md, enforced on the source: who may import whom.
 
 | layer | modules | never imports |
-| foundation | fedsim's registry, errors, scenario, checkpoint and data modules | flwr, opacus, clients, strategies, the app |
+| foundation | fedsim's registry, errors, scenario, checkpoint and data | flwr, opacus, clients, |
+|            | modules                                                  | strategies, the app   |
 | workloads | clients/ | flwr, strategies, the app |
 | aggregation math | strategies/ but its Flower strategies | flwr, clients, the app |
 | Flower strategies | strategies/{flower,fedavg,fedlaavg,central_dp}.py | clients, the app |

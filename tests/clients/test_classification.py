@@ -111,7 +111,7 @@ class _OwnInit(_Scale):
 
 
 def test_init_parameters_refuses_modules_it_cannot_initialise() -> None:
-    with pytest.raises(TypeError, match="_Scale.*init_parameters"):
+    with pytest.raises(TypeError, match=r"_Scale.*init_parameters"):
         init_parameters(nn.Sequential(nn.Linear(2, 2), _Scale()), gen(0))
 
 
