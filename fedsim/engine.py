@@ -18,13 +18,14 @@ from fedsim import privacy
 from fedsim.build import (
     build_strategy,
     initial_model_and_changes,
-    pipeline_strategy,
     scenario_federation,
 )
 from fedsim.errors import UserError
 from fedsim.features import server_features
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
+from strategies.central_dp import CentralDP
+from strategies.flower import PipelineStrategy
 from strategies.pipeline import RoundInfo
 
 CLIENT_APP = "fedsim.client_app:client_app"
@@ -51,7 +52,8 @@ def preflight(scenario: Scenario) -> None:
     strategy = _checked_strategy(scenario)
     for feature in server_features(scenario, strategy, changes):
         feature.start(ArrayRecord(shared))
-    _dry_run_pipeline(scenario, objectives=bool(workload.exchanges))
+    inner = strategy.inner if isinstance(strategy, CentralDP) else strategy
+    _dry_run_pipeline(scenario, inner, bool(workload.exchanges))
     if scenario.privacy.mode == "local":
         try:
             privacy.dry_run(scenario, workload, model, federation.train_data(0))
@@ -62,7 +64,7 @@ def preflight(scenario: Scenario) -> None:
         _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)
 
 
-def _checked_strategy(scenario: Scenario) -> object:
+def _checked_strategy(scenario: Scenario) -> PipelineStrategy | CentralDP:
     try:
         return build_strategy(scenario)
     except ValueError as err:  # Flower's own checks, e.g. adaptive clipping's noise split
@@ -71,13 +73,12 @@ def _checked_strategy(scenario: Scenario) -> object:
         ) from None
 
 
-def _dry_run_pipeline(scenario: Scenario, objectives: bool) -> None:
+def _dry_run_pipeline(scenario: Scenario, strategy: PipelineStrategy, objectives: bool) -> None:
     """Aggregate one round of random updates from ``per_round`` clients, as a full round would.
 
     A rule whose condition cannot hold (e.g. Krum's n > 2f + 2) says so before anything runs.
     Exchanges may hand the rules objectives (the values of their reports): so does this.
     """
-    strategy = pipeline_strategy(scenario)
     n = scenario.clients.per_round
     generator = torch.Generator().manual_seed(0)
     updates = torch.randn(n, 8, generator=generator)
