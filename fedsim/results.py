@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fedsim import checkpoint
+from fedsim import checkpoint, plugins
 from fedsim.checkpoint import Checkpoint
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
@@ -61,6 +61,7 @@ def prepare(path: Path, scenario: Scenario, command: str) -> None:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "versions": _versions(),
+        "plugins": [plugin.as_dict() for plugin in plugins.used_by(scenario.plugins)],
         "status": "prepared",
     }
     _atomic_write(path / "manifest.json", json.dumps(manifest, indent=2).encode())

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOUNDATION = (
     "fedsim.registry",
     "fedsim.errors",
+    "fedsim.plugins",
     "fedsim.scenario",
     "fedsim.checkpoint",
     "fedsim.data",
