@@ -31,11 +31,11 @@ from fedsim.build import (
     scenario_federation,
     seeded_generator,
 )
+from fedsim.client_states import ClientStateGrid
 from fedsim.data import to_device
 from fedsim.errors import UserError
 from fedsim.exchanges import Exchanges
 from fedsim.features import ServerFeature, server_features
-from fedsim.grid import restore_client_states, saved_client_states
 from fedsim.progress import RoundProgress
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario, load
@@ -107,6 +107,8 @@ def _serve(
 ) -> None:
     device = pick_device(scenario.device)
     client_ids = identify_clients(grid, scenario.clients.num)
+    # Every Message from here on goes through it: it keeps track of the clients' own states.
+    grid = states = ClientStateGrid(grid, client_ids, writer)
     workload: Workload = WORKLOADS.build(scenario.workload)
     federation = scenario_federation(scenario)
     model, model_changes = initial_model_and_changes(workload, scenario, federation.dataset)
@@ -139,7 +141,7 @@ def _serve(
         for i, feature in enumerate(features):
             feature.load_state_dict(checkpoint.features.get(str(i)))
         exchanges.load_state_dict(checkpoint.exchanges)
-        restore_client_states(grid, checkpoint.clients)
+        states.restore_client_states(checkpoint.clients)
         writer.event("run_resumed", after_round=checkpoint.round)
     config = ConfigRecord({"scenario": scenario.to_yaml()})
 
@@ -203,7 +205,7 @@ def _serve(
                     model=arrays.to_torch_state_dict(),
                     strategy=strategy.state_dict(),
                     exchanges=exchanges.state_dict(),
-                    clients=saved_client_states(grid),
+                    clients=states.client_states(rnd),
                     features={str(i): f.state_dict() for i, f in enumerate(features)},
                 )
                 writer.save_checkpoint(state)

@@ -6,8 +6,11 @@ client it serves. Every workload answers the same three Messages: ``train``, ``e
 ``query.exchange`` (one of its exchanges). Before each call the model gets the shared entries
 the server sent and the client's local entries from its ``context.state``; after the call the
 local entries and the workload's own state go back there, and the reply carries the shared
-entries only. Features the scenario turns on wrap the training call as client mods
-(``fedsim.features``).
+entries only (evaluation changes neither, and keeps only a first call's draw). Features the
+scenario turns on wrap the training call as client mods (``fedsim.features``).
+
+The server checkpoints and restores a client's ``context.state`` with ``query.state`` and
+``query.restore`` (``fedsim.client_states``); a reply whose call changed the state says so.
 """
 
 from __future__ import annotations
@@ -19,13 +22,21 @@ from typing import cast
 
 import torch
 import yaml
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients import Exchange, State, TrainConfig, Workload
 from clients.workload import split_state
-from fedsim import wire
+from fedsim import client_states, wire
 from fedsim.build import (
     initial_model,
     local_entries,
@@ -117,6 +128,19 @@ def exchange(msg: Message, context: Context) -> Message:
     return _reply(msg, context, _report)
 
 
+@client_app.query(client_states.STATE)
+def state(msg: Message, context: Context) -> Message:
+    """Reply with this client's state (all of its ``context.state``) for a checkpoint."""
+    return Message(context.state.copy(), reply_to=msg)
+
+
+@client_app.query(client_states.RESTORE)
+def restore(msg: Message, context: Context) -> Message:
+    """Take the state a checkpoint saved, in place of whatever this client holds."""
+    context.state = msg.content.copy()
+    return Message(RecordDict(), reply_to=msg)
+
+
 @dataclass(frozen=True)
 class Call:
     """One Message's work as every handler starts it: the model loaded, the client's state."""
@@ -184,7 +208,8 @@ def _evaluate(client: int, content: RecordDict, context: Context) -> RecordDict:
     if data is None:  # no held-out data: evaluate on what it trains on
         data = rt.federation.train_data(client)
     metrics = rt.workload.evaluate(rt.model, data, call.state, call.config)
-    _save(rt, context, call.state)
+    if rt.local_keys and LOCAL not in context.state:  # a first call keeps its draw
+        _save(rt, context, call.state)
     examples = len(data.labels) if isinstance(data, Labelled) else rt.sizes[client]
     return RecordDict({"metrics": MetricRecord({**metrics, "num-examples": examples})})
 
@@ -254,11 +279,21 @@ def _reply(
     context: Context,
     work: Callable[[int, RecordDict, Context], RecordDict],
 ) -> Message:
-    """Run a client's work; an exception becomes an error reply the server records."""
+    """Run a client's work; an exception becomes an error reply the server records. A reply
+    whose work changed the client's state says so (the server's checkpoint asks for it)."""
+    before: dict[str, object] = dict(context.state.items())
     try:
         content = work(int(context.node_config["partition-id"]), msg.content, context)
     except Exception as err:  # the round goes on without this client
         return Message(
             Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg
         )
+    if _changed(before, context.state):
+        content[client_states.CHANGED] = ConfigRecord()
     return Message(content, reply_to=msg)
+
+
+def _changed(before: dict[str, object], state: RecordDict) -> bool:
+    """Whether ``state`` holds other records than ``before`` (fedsim's handlers and mods
+    replace a record to change it, never edit one in place)."""
+    return state.keys() != before.keys() or any(state[k] is not r for k, r in before.items())

@@ -15,10 +15,9 @@ import importlib
 import multiprocessing as mp
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
 from uuid import uuid4
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
@@ -26,42 +25,6 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 FIRST_NODE_ID = 1000  # node ids differ from partition ids, as on Flower's engines
-
-
-def saved_client_states(grid: Grid) -> dict[int, Any]:
-    """The clients' ``context.state`` by client id, as plain containers for a checkpoint: only
-    the local engine holds them (on Flower's engine they live in its nodes, out of the server's
-    reach)."""
-    states = getattr(grid, "client_states", None)
-    return {c: plain_record(s) for c, s in states().items()} if states is not None else {}
-
-
-def restore_client_states(grid: Grid, states: dict[int, Any]) -> None:
-    """Give the clients back the states a checkpoint saved (local engine only, as above)."""
-    restore = getattr(grid, "restore_client_states", None)
-    if restore is not None:
-        restore({int(c): record_of(s) for c, s in states.items()})
-
-
-def plain_record(record: RecordDict) -> dict[str, Any]:
-    """A client's ``RecordDict`` as tensors and plain values, by record kind."""
-    return {
-        "arrays": {k: dict(r.to_torch_state_dict()) for k, r in record.array_records.items()},
-        "configs": {k: dict(r) for k, r in record.config_records.items()},
-        "metrics": {k: dict(r) for k, r in record.metric_records.items()},
-    }
-
-
-def record_of(plain: dict[str, Any]) -> RecordDict:
-    """The inverse of ``plain_record``."""
-    record = RecordDict()
-    for key, arrays in plain["arrays"].items():
-        record[key] = ArrayRecord({k: t.contiguous() for k, t in arrays.items()})
-    for key, values in plain["configs"].items():
-        record[key] = ConfigRecord(values)
-    for key, values in plain["metrics"].items():
-        record[key] = MetricRecord(values)
-    return record
 
 
 class InProcessGrid(Grid):
@@ -136,15 +99,16 @@ class InProcessGrid(Grid):
     ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
-    # -- client state, for checkpoints ---------------------------------------------------------
+    # -- client state --------------------------------------------------------------------------
+    # Checkpoints reach it through Messages, as on every engine (``fedsim.client_states``).
 
     def client_states(self) -> dict[int, RecordDict]:
-        """Each addressed client's ``context.state``, by partition id."""
+        """Each addressed client's ``context.state``, by partition id (for inspection)."""
         return {_partition(ctx): ctx.state for ctx in self._contexts.values() if ctx.state}
 
-    def restore_client_states(self, states: dict[int, RecordDict]) -> None:
-        for partition, state in states.items():
-            self._context(FIRST_NODE_ID + partition).state = state
+    def forget_clients(self) -> None:
+        """Drop every client's context, as a new run on the same workers needs."""
+        self._contexts.clear()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord
 from torch import Tensor, nn
 
 import fedsim.engine
@@ -39,7 +39,8 @@ from fedsim.build import (
 )
 from fedsim.client_app import LOCAL
 from fedsim.client_app import client_app as client_app
-from fedsim.grid import InProcessGrid, plain_record, record_of
+from fedsim.client_states import plain_record, record_of
+from fedsim.grid import InProcessGrid
 from fedsim.registry import WORKLOADS, load_components
 from fedsim.scenario import Scenario, parse
 
@@ -164,7 +165,7 @@ class Runs:
             scenario = parse(tiny(name, resources={"workers": 2}))
             results.prepare(out, scenario, command="test")
             pool = self.pool()
-            pool.restore_client_states({c: RecordDict() for c in range(CLIENTS)})  # a new run
+            pool.forget_clients()  # a new run
             serve(pool, scenario, out, show_progress=False)
         return out
 

@@ -34,6 +34,7 @@ from clients.workload import (
 from fedsim import checkpoint, results
 from fedsim.cli import app as cli
 from fedsim.client_app import LOCAL, STATE
+from fedsim.client_states import STATE_TYPE
 from fedsim.data import load_data
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import parse
@@ -111,6 +112,22 @@ def rounds_done(run_dir: Path) -> int:
         return 0
 
 
+def assert_same_client_states(got: checkpoint.Checkpoint, want: checkpoint.Checkpoint) -> None:
+    """The clients' saved states are the same records, with bit-exact tensors."""
+    assert sorted(got.clients) == sorted(want.clients)
+    for client, state in want.clients.items():
+        assert got.clients[client].keys() == state.keys()
+        for kind, records in state.items():
+            assert got.clients[client][kind].keys() == records.keys(), (client, kind)
+            for key, record in records.items():
+                again = got.clients[client][kind][key]
+                if kind == "arrays":  # same names, dtypes and values
+                    assert again.keys() == record.keys()
+                    torch.testing.assert_close(again, record, rtol=0, atol=0)
+                else:
+                    assert again == record, (client, kind, key)
+
+
 def invoke(*args: Any) -> Any:
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -156,24 +173,51 @@ def test_flowers_engine_gives_the_local_engines_metrics(local_run: Run, tmp_path
     flower = tmp_path / "flower"
     run_toy(flower, toy_scenario(engine="flower"))
 
-    # Assert: same metrics, counters included; the model saved is the shared entries only
+    # Assert: same metrics, counters included; the model saved is the shared entries only;
+    # the clients' states reached the checkpoint through Messages, bit for bit those of the
+    # local engine
     assert json.loads((flower / "manifest.json").read_text())["status"] == "completed"
     pd.testing.assert_frame_equal(learned(flower), learned(local_run.path))
     state = loaded(flower)
-    assert state.clients == {}  # on Flower's engine the clients' states live in its nodes
     torch.testing.assert_close(state.model, loaded(local_run.path).model, rtol=0, atol=0)
+    assert sorted(state.clients) == [0, 1, 2, 3]
+    assert_same_client_states(state, loaded(local_run.path))
+
+
+@pytest.mark.flower
+def test_a_flower_run_resumes_with_its_clients_states(local_run: Run, tmp_path: Path) -> None:
+    # Prepare: a Flower run stopped after round 2 of 3, as if killed after its checkpoint
+    flower = tmp_path / "flower"
+    run_toy(flower, toy_scenario(engine="flower", rounds=2))
+    scenario = parse(toy_scenario(engine="flower"))
+    (flower / "scenario.yaml").write_text(scenario.to_yaml())  # the run wanted 3 rounds
+
+    # Execute: resume it on Flower's engine, whose new nodes start with empty states
+    fedsim.engine.run(scenario, flower, show_progress=False)
+
+    # Assert: the metrics and client states of the uninterrupted local run (a client that had
+    # redrawn its BatchNorm entries or restarted its counter would differ in round 3)
+    events = [json.loads(line) for line in (flower / "events.jsonl").read_text().splitlines()]
+    assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [2]
+    assert not [e for e in events if e["event"] == "client_failed"]
+    assert results.run_status(flower) == "completed"
+    pd.testing.assert_frame_equal(learned(flower), learned(local_run.path))
+    assert_same_client_states(loaded(flower), loaded(local_run.path))
 
 
 # ---- local entries, client state, the exchange ----------------------------------------------
 
 
 def test_batchnorm_entries_never_leave_their_client(local_run: Run, shared_keys: set[str]) -> None:
-    # Assert: every train reply carries exactly the shared entries, no reply a BN entry
+    # Assert: every train reply carries exactly the shared entries, no reply a BN entry but
+    # those to the checkpoint's state queries
     train = [names for kind, key, names in local_run.replies if kind == "train"]
     assert len(train) == 3 * 3  # 3 rounds of 3 clients
     assert all(names == shared_keys for names in train)
-    every_name = {n for _, _, names in local_run.replies for n in names}
+    every_name = {n for kind, _, names in local_run.replies if kind != STATE_TYPE for n in names}
     assert not [n for n in every_name if n.startswith("bn.")]
+    to_checkpoint = {key for kind, key, _ in local_run.replies if kind == STATE_TYPE}
+    assert to_checkpoint == {LOCAL, STATE}
     state = loaded(local_run.path)
     assert set(state.model) == shared_keys
     # Whatever BN entries the saved model holds are the server's as built: none came back.
@@ -267,10 +311,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
     assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [at_kill]
     assert results.run_status(killed) == "completed"
-    for client, state in loaded(reference).clients.items():
-        for record, arrays in state["arrays"].items():
-            again = loaded(killed).clients[client]["arrays"][record]
-            torch.testing.assert_close(again, arrays, rtol=0, atol=0)
+    assert_same_client_states(loaded(killed), loaded(reference))
 
 
 class CodeOnLoad:
