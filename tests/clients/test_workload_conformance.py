@@ -3,10 +3,11 @@
 Each workload is built with its default parameters and run on a tiny federation of the kind of
 data it reads (``TINY_DATA``), so a workload added later is checked without touching this file;
 one that reads a kind of data no entry provides fails the suite until an entry is added.
-Workloads that tests register are covered as well: the toy of ``tests/fedsim/
-test_toy_workload.py`` is imported below, and the worker processes of the 2-worker runs import
-this module (it holds their ClientApp's path) and with it every module named in
-``MODULES_ENV``, which the parent sets to the modules that registered the workloads under test.
+Workloads that tests register are covered as well: the toy of ``tests/fedsim/toy_workload.py``
+is a plugin that every scenario here names (so that every process that parses one imports it),
+and the worker processes of the 2-worker runs import this module (it holds their ClientApp's
+path) and with it every module named in ``MODULES_ENV``, which the parent sets to the modules
+that registered the workloads under test (plugin files excepted: the scenario brings them).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import fedsim.engine
 import fedsim.grid
 from clients import State, TrainConfig
 from clients.workload import split_state
-from fedsim import checkpoint, results
+from fedsim import checkpoint, plugins, results
 from fedsim.app import serve
 from fedsim.build import (
     initial_model,
@@ -46,8 +47,9 @@ from fedsim.scenario import Scenario, parse
 
 MODULES_ENV = "FEDSIM_CONFORMANCE_MODULES"  # comma-separated modules that register workloads
 
+TOY_PLUGIN = str(Path(__file__).parents[1] / "fedsim" / "toy_workload.py")
 load_components()
-importlib.import_module("tests.fedsim.test_toy_workload")  # registers the toy workload
+PLUGIN_MODULES = {p.module for p in plugins.load([TOY_PLUGIN])}  # registers the toy workload
 for _module in filter(None, os.environ.get(MODULES_ENV, "").split(",")):
     importlib.import_module(_module)
 
@@ -81,6 +83,7 @@ def tiny(name: str, **changes: Any) -> dict[str, Any]:
         "workload": {"name": name},
         "strategy": {"name": "fedavg", "aggregator": {"name": "mean"}},
         "eval": {"every": 1},
+        "plugins": [TOY_PLUGIN],
     }
     return {**raw, **changes}
 
@@ -172,7 +175,8 @@ class Runs:
     def pool(self) -> InProcessGrid:
         if self._pool is None:
             # The workers import this module for their ClientApp, and it imports these.
-            modules = sorted({WORKLOADS.entry(n).factory.__module__ for n in NAMES})
+            modules = {WORKLOADS.entry(n).factory.__module__ for n in NAMES}
+            modules = sorted(modules - PLUGIN_MODULES)
             self._patch.setenv(MODULES_ENV, ",".join(modules))
             self._pool = InProcessGrid(f"{__name__}:client_app", CLIENTS, workers=2)
         return self._pool
