@@ -33,7 +33,7 @@ def report(
     debug: Annotated[bool, typer.Option(help="Show tracebacks for user errors.")] = False,
 ) -> None:
     """Group runs by configuration (scenario without seed), summarise and plot them."""
-    from fedsim.report import build_report  # matplotlib only when reporting
+    from fedsim.reporting import build_report  # matplotlib only when reporting
 
     result = build_report(paths, out, target=target)
     console = Console(highlight=False)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.report.runs import Run, flatten
+from fedsim.reporting.runs import Run, flatten
 from fedsim.results import SERVER
 
 # Keys that tell seeds of one configuration apart rather than configurations.

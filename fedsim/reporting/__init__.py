@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from fedsim.errors import UserError
-from fedsim.report import figures, render
-from fedsim.report.runs import Run, Skipped, load_runs
-from fedsim.report.summary import Configuration, configurations, format_value, summarise
+from fedsim.reporting import figures, render
+from fedsim.reporting.runs import Run, Skipped, load_runs
+from fedsim.reporting.summary import Configuration, configurations, format_value, summarise
 
 __all__ = ["ReportResult", "Skipped", "build_report"]
 
