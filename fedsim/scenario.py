@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedsim.data import dataset_kind
 from fedsim.errors import ScenarioError
@@ -145,6 +153,40 @@ class CentralPrivacy(Section):
 Privacy = Annotated[NoPrivacy | LocalPrivacy | CentralPrivacy, Field(discriminator="mode")]
 
 
+class MlflowSpec(Section):
+    """``tracking.mlflow:`` — an MLflow tracking store (a server's URL, ``sqlite:///…``, …)."""
+
+    uri: str | None = Field(None, description="tracking URI (None: MLflow's own default)")
+    experiment: str | None = Field(None, description="experiment (None: the scenario's name)")
+
+
+class TrackingSpec(Section):
+    """``tracking:`` — where metric rows go besides metrics.csv, each round as it is written."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files in RUN_DIR/tensorboard")
+    mlflow: MlflowSpec | None = None  # params (the scenario) and metrics to MLflow
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _true_means_defaults(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, value: bool) -> bool:
+        # Looked up, not imported: a scenario that does not ask for a tracker never loads it.
+        if value and find_spec("tensorboard") is None:
+            raise ValueError("needs the tensorboard package: pip install 'fedsim[tensorboard]'")
+        return value
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow_installed(cls, value: MlflowSpec | None) -> MlflowSpec | None:
+        if value is not None and find_spec("mlflow") is None:
+            raise ValueError("needs the mlflow package: pip install 'fedsim[mlflow]'")
+        return value
+
+
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0)
@@ -163,6 +205,7 @@ class Scenario(Section):
     byzantine: ByzantineSpec = ByzantineSpec()
     eval: EvalSpec = EvalSpec()
     privacy: Privacy = NoPrivacy()
+    tracking: TrackingSpec = TrackingSpec()
 
     @model_validator(mode="after")
     def _byzantine_fit(self) -> Scenario:
