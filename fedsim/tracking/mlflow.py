@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mlflow import get_tracking_uri
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -59,12 +60,13 @@ class MlflowTracker:
                 self._logged_through = int(run.data.tags.get(LOGGED_THROUGH, 0))
                 self._client.update_run(self._run_id, status="RUNNING")
             else:
-                self._run_id = self._start(spec.experiment or scenario.name, scenario, run_dir)
+                self._run_id = self._start(spec, scenario, run_dir)
                 self._logged_through = 0
         except MlflowException as err:
             raise UserError(f"tracking.mlflow: {err.message}") from None
 
-    def _start(self, experiment: str, scenario: Scenario, run_dir: Path) -> str:
+    def _start(self, spec: MlflowSpec, scenario: Scenario, run_dir: Path) -> str:
+        experiment = spec.experiment or scenario.name
         run = self._client.create_run(
             _experiment_id(self._client, experiment),
             run_name=run_dir.name,
@@ -77,7 +79,8 @@ class MlflowTracker:
         ]
         for chunk in _chunks(params, PARAMS_PER_BATCH):
             self._client.log_batch(run_id, params=chunk)
-        mlflow = {"run_id": run_id, "experiment": experiment, "uri": self._client.tracking_uri}
+        uri = spec.uri or get_tracking_uri()
+        mlflow = {"run_id": run_id, "experiment": experiment, "uri": uri}
         results.update_manifest(run_dir, tracking={"mlflow": mlflow})
         return run_id
 
