@@ -5,6 +5,7 @@ each round), ``events.jsonl`` (failures, skipped rounds, timings), ``manifest.js
 seed, command, wall time, status), ``checkpoint.pt`` (the state after the last completed round,
 from which ``--resume`` continues) and ``model.pt`` (the final global model). Files that are
 replaced are written to a temporary file and renamed, so a crash never leaves half of one.
+The trackers a scenario asks for (``fedsim.tracking``) get each round's rows as they are flushed.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,39 @@ def test_a_resume_replaces_rounds_logged_after_the_checkpoint(  # type: ignore[n
         ("server/accuracy", r): [v] for r, v in zip(range(1, 5), (0.1, 0.2, 0.3, 0.4), strict=True)
     }
     assert mlflow_run.info.status == "FINISHED"
+
+
+def test_a_failing_tracker_is_recorded_and_dropped_and_the_run_goes_on(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: a tracker whose server goes away after the first round
+    logged: list[Row] = []
+
+    class Flaky:
+        name = "flaky"
+
+        def log(self, rows: Sequence[Row]) -> None:
+            if logged:
+                raise ConnectionError("server gone")
+            logged.extend(rows)
+
+        def close(self, status: str) -> None:
+            raise AssertionError("a dropped tracker is not closed")
+
+    results.prepare(tmp_path / "run", parse(tiny), command="test")
+    writer = results.RunWriter(tmp_path / "run", trackers=[Flaky()])
+
+    # Execute
+    with pytest.warns(UserWarning, match="tracking to flaky failed.*server gone"):
+        for rnd in (1, 2, 3):
+            writer.metrics(rnd, results.SERVER, None, {"accuracy": rnd / 10})
+            writer.flush()
+    writer.close("completed")
+
+    # Assert
+    assert logged == [Row(1, "server", None, "accuracy", 0.1)]
+    assert len(fedsim.load_run(tmp_path / "run").metrics) == 3
+    (failed,) = fedsim.load_run(tmp_path / "run").events
+    assert failed["event"] == "tracker_failed" and failed["tracker"] == "flaky"
+    assert failed["error"] == "ConnectionError: server gone"
 
 
 def test_a_missing_tracker_package_is_one_clear_error(tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
