@@ -404,11 +404,6 @@ def with_phase(values: Mapping[str, Any], phase: str) -> dict[str, float]:
     return out
 
 
-def reply_arrays(msg: Message) -> ArrayRecord:
-    """The ``arrays`` record of a reply (the model, or what a strategy asked for instead)."""
-    return msg.content.array_records[ARRAYS]
-
-
 def reply_update(msg: Message, global_flat: Tensor) -> Tensor:
     """A train reply's update, flat: its ``update`` as sent, else its model minus the global."""
     records = msg.content.array_records
