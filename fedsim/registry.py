@@ -148,6 +148,7 @@ SERVER_OPTIMISERS: Registry[Any] = Registry("server_optimiser")
 AVAILABILITY: Registry[Any] = Registry("availability")
 SPARSITY: Registry[Any] = Registry("sparsity")
 COMPRESSORS: Registry[Any] = Registry("compressor")
+MODELS: Registry[Any] = Registry("model")  # a workload's network: (input_shape, classes) -> Module
 
 # Modules whose import registers components; imported lazily so that layers stay independent.
 _COMPONENT_MODULES = (

@@ -48,6 +48,13 @@ def test_list_marks_required_parameters() -> None:
     assert "path: str (required)" in result.output and "Undefined" not in result.output
 
 
+def test_list_shows_the_models_and_the_workloads_model_option() -> None:
+    models, workloads = invoke("list", "model"), invoke("list", "workload")
+    assert models.exit_code == 0 and workloads.exit_code == 0
+    assert all(name in models.output for name in ("mlp", "cnn", "lenet_300_100", "hidden"))
+    assert "model: model = {'name':" in workloads.output
+
+
 def test_list_unknown_kind() -> None:
     result = invoke("list", "aggregators")
     assert result.exit_code == 2
