@@ -168,6 +168,7 @@ MODELS: Registry[Any] = Registry("model")  # a workload's network: (input_shape,
 # Modules whose import registers components; imported lazily so that layers stay independent.
 _COMPONENT_MODULES = (
     "fedsim.data",
+    "fedsim.files",
     "fedsim.partition",
     "fedsim.graphs",
     "fedsim.mbo_tasks",
