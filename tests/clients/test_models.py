@@ -128,7 +128,7 @@ def test_a_model_of_ones_own_keeps_its_buffers_and_trains() -> None:
 
 
 def test_a_parameter_init_parameters_cannot_draw_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="'tests_unseeded_net'.*init_parameters"):
+    with pytest.raises(UserError, match=r"'tests_unseeded_net'.*init_parameters"):
         workload("tests_unseeded_net").build_model(shape_of(SHAPE, CLASSES), EVAL.generator)
 
 
