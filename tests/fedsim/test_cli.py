@@ -55,6 +55,17 @@ def test_list_shows_the_models_and_the_workloads_model_option() -> None:
     assert "model: model = {'name':" in workloads.output
 
 
+def test_list_names_unions_optionals_and_nested_components() -> None:
+    from clients.models import MLPParams
+    from fedsim.cli.list import describe
+    from fedsim.files.images import ImageFolderParams
+    from strategies.fedavg import FedAvgParams
+
+    assert describe(MLPParams) == "hidden: int | list[int] = 128"
+    assert "size: int | tuple[int, int] (required)" in describe(ImageFolderParams)
+    assert "preagg: list[preaggregator] = []" in describe(FedAvgParams)
+
+
 def test_list_unknown_kind() -> None:
     result = invoke("list", "aggregators")
     assert result.exit_code == 2
