@@ -43,6 +43,8 @@ def checked_dataset(
     xs, ys = {}, {}
     for split in SPLITS:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 0:
+            raise UserError(f"{where}: x_{split} is a single value; give it one row per sample")
         xs[split] = x.reshape(-1, 1) if x.ndim == 1 else x
         ys[split] = _labels(where, f"y_{split}", y)
         if len(x) == 0:

@@ -97,6 +97,7 @@ def test_client_train_numbers_clients_by_sorted_id_and_natural_splits_by_them(np
         ({"x_test": np.zeros((6, 4))}, "a row of x_train has shape (1, 2, 2) but one of x_test"),
         ({"x_test": np.zeros((0, 1, 2, 2)), "y_test": np.zeros(0)}, "x_test has no rows"),
         ({"client_train": np.arange(5)}, "client_train needs shape (12,)"),
+        ({"x_train": np.float64(3.0)}, "x_train is a single value"),
     ],
     ids=[
         "missing-key",
@@ -109,6 +110,7 @@ def test_client_train_numbers_clients_by_sorted_id_and_natural_splits_by_them(np
         "shapes",
         "empty",
         "client-ids",
+        "scalar",
     ],
 )
 def test_bad_arrays_are_one_user_error_each(npz, changes: dict[str, Any], message: str) -> None:  # type: ignore[no-untyped-def]
