@@ -18,8 +18,8 @@ from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES
 from fedsim.scenario import Scenario
 from strategies.attacks.base import DataAttack, Poison
 from strategies.availability import Population
-from strategies.central_dp import CentralDP
 from strategies.flower import PipelineStrategy
+from strategies.flower.central_dp import CentralDP
 
 BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
 MASK_STREAM = 19  # the same for the sparse-training method's initial mask

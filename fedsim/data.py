@@ -15,8 +15,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt
-from sklearn.datasets import load_digits, make_classification
-from sklearn.model_selection import train_test_split
 
 from fedsim import partition as _partition  # noqa: F401  (registers the partitioners federate uses)
 from fedsim.errors import UserError
@@ -82,6 +80,10 @@ def _stratified_split(
             f"and test, got {n_train} train and {n_test} test samples (test_fraction="
             f"{test_fraction}, {len(y)} samples); move test_fraction towards 0.5 or add samples"
         )
+    from sklearn.model_selection import (
+        train_test_split,  # scikit-learn once data loads, not to validate
+    )
+
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=n_test, stratify=y, random_state=seed
     )
@@ -95,6 +97,8 @@ class DigitsParams(DatasetParams):
 @DATASETS.register("digits", DigitsParams)
 def digits(p: DigitsParams) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes); fast, bundled, offline."""
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None]  # pixels are 0..16
     # Seed 0, not the scenario's: every run of every scenario evaluates on the same test set.
@@ -209,6 +213,8 @@ class SyntheticParams(DatasetParams):
 @DATASETS.register("synthetic", SyntheticParams)
 def synthetic(p: SyntheticParams) -> Dataset:
     """Gaussian clusters from scikit-learn's make_classification: feature vectors, any size."""
+    from sklearn.datasets import make_classification
+
     informative, clusters = _informative_features(p.num_features, p.num_classes)
     x, y = make_classification(
         n_samples=p.num_samples,

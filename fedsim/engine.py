@@ -24,8 +24,8 @@ from fedsim.errors import UserError
 from fedsim.features import server_features
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
-from strategies.central_dp import CentralDP
 from strategies.flower import PipelineStrategy
+from strategies.flower.central_dp import CentralDP
 from strategies.pipeline import RoundInfo
 
 CLIENT_APP = "fedsim.client_app:client_app"

@@ -3,7 +3,7 @@
 Local DP trains each client by DP-SGD (``clients.privacy.DPSGD``) and keeps the client's
 accountant history in its ``context.state``, so ε accumulates over every round it trained in.
 Central DP wraps the scenario's strategy in Flower's server-side DP wrapper
-(``strategies.central_dp``).
+(``strategies.flower.central_dp``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,13 @@ from torch import nn
 from clients.privacy import DPSGD, HistoryEntry, opacus_compatible
 from clients.workload import Labelled, LocalTraining, PlainTraining, TrainConfig, Workload
 from fedsim.scenario import CentralPrivacy, LocalPrivacy, Scenario
-from strategies.central_dp import AdaptiveClippingDP, CentralAccount, CentralDP, FixedClippingDP
 from strategies.flower import PipelineStrategy
+from strategies.flower.central_dp import (
+    AdaptiveClippingDP,
+    CentralAccount,
+    CentralDP,
+    FixedClippingDP,
+)
 
 STATE_KEY = "privacy"  # the client's context.state entry holding its accountant history
 NOISE_STREAM = 19  # keeps DP-SGD's noise apart from other uses of the seed

@@ -96,6 +96,10 @@ class UnknownComponentError(LookupError):
     """A name that no entry of the registry has; the message lists the choices."""
 
 
+class DuplicateComponentError(ValueError):
+    """A second registration of a name (e.g. a plugin's, clashing with a built-in)."""
+
+
 class Registry(Generic[T]):
     """Named factories of one kind of component."""
 
@@ -109,7 +113,11 @@ class Registry(Generic[T]):
     ) -> Callable[[Callable[[Any], T]], Callable[[Any], T]]:
         def decorate(factory: Callable[[Any], T]) -> Callable[[Any], T]:
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                first = self._entries[name].factory.__module__
+                raise DuplicateComponentError(
+                    f"{self.kind} {name!r} is registered twice: by {first} and again by "
+                    f"{factory.__module__}; rename one of them"
+                )
             self._entries[name] = Entry(name, params, factory)
             return factory
 
@@ -178,9 +186,22 @@ _COMPONENT_MODULES = (
 
 
 def load_components() -> None:
-    """Import every module that registers components (idempotent)."""
+    """Import every module that registers components, and installed plugins (idempotent)."""
     for module in _COMPONENT_MODULES:
         importlib.import_module(module)
+    importlib.import_module("fedsim.plugins").load_entry_points()
+
+
+def registrations() -> dict[str, set[str]]:
+    """The names each registry holds now, to ``rollback`` to."""
+    return {kind: set(registry._entries) for kind, registry in REGISTRIES.items()}
+
+
+def rollback(before: dict[str, set[str]]) -> None:
+    """Forget entries registered since ``before`` (a plugin that failed half-way)."""
+    for kind, registry in REGISTRIES.items():
+        for name in set(registry._entries) - before.get(kind, set()):
+            del registry._entries[name]
 
 
 def resolve(

@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedsim import plugins as _plugins
 from fedsim.data import dataset_kind
-from fedsim.errors import ScenarioError
+from fedsim.errors import ScenarioError, UserError
 from fedsim.registry import (
     ATTACKS,
     DATASETS,
@@ -148,6 +149,10 @@ Privacy = Annotated[NoPrivacy | LocalPrivacy | CentralPrivacy, Field(discriminat
 
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules (dotted) or .py files imported first; they register components",
+    )
     seed: int = Field(0, ge=0)
     rounds: int = Field(ge=1)
     engine: Literal["local", "flower"] = "local"
@@ -227,7 +232,14 @@ def parse(raw: Any, source: str = "") -> Scenario:
             [f"{loc.lstrip('.')}: {msg}" if loc else msg for loc, msg in pydantic_errors(err)],
             source,
         ) from None
-    load_components()
+    # First the plugins, whose components the rest may name; by absolute path from here on,
+    # so that every process that parses the resolved scenario imports the same files.
+    try:
+        load_components()
+        loaded = _plugins.load(scenario.plugins)
+    except UserError as err:
+        raise ScenarioError([f"plugins: {err}"], source) from err.__cause__
+    scenario = scenario.model_copy(update={"plugins": [plugin.spec for plugin in loaded]})
     base = Path(source).resolve().parent if source and Path(source).is_file() else Path.cwd()
     problems: list[str] = []
     resolved: dict[str, Component] = {}
@@ -418,6 +430,12 @@ def read(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
         raise ScenarioError([f"(top level): expected a mapping of keys, got {got}"], source)
     for item in overrides or []:
         apply_override(raw, item, source)
+    if isinstance(raw.get("plugins"), list):  # plugin files are named relative to this file
+        folder = path.resolve().parent
+        raw["plugins"] = [
+            _plugins.absolute(spec, folder) if isinstance(spec, str) else spec
+            for spec in raw["plugins"]
+        ]
     return raw
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
@@ -17,8 +17,10 @@ from fedsim.registry import (
     Params,
     Ref,
 )
-from strategies.flower import PipelineStrategy
 from strategies.pipeline import chain
+
+if TYPE_CHECKING:
+    from strategies.flower import PipelineStrategy
 
 
 class FedAvgParams(Params):
@@ -30,6 +32,8 @@ class FedAvgParams(Params):
 @STRATEGIES.register("fedavg", FedAvgParams)
 def fedavg(p: FedAvgParams) -> Callable[..., PipelineStrategy]:
     """Sample clients; pre-aggregate, aggregate (any rule) and apply a server optimiser."""
+    from strategies.flower import PipelineStrategy  # Flower only once a run builds it
+
     pipeline = chain(
         *(PREAGGREGATORS.build(spec) for spec in p.preagg),
         AGGREGATORS.build(p.aggregator),

@@ -10,6 +10,7 @@ from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.table import Table
 
+from fedsim import plugins
 from fedsim.cli.common import user_errors
 from fedsim.errors import UserError
 from fedsim.registry import REGISTRIES, Params, Ref, load_components, unknown_name_message
@@ -20,9 +21,18 @@ def list_components(
     kind: Annotated[
         str | None, typer.Argument(help="Only this kind (dataset, partitioner, aggregator, …).")
     ] = None,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Import this plugin first (a dotted module or a .py file; repeatable); "
+            "installed plugins are always listed.",
+            metavar="MODULE|FILE",
+        ),
+    ] = None,
 ) -> None:
     """List registered components (datasets, partitioners, workloads, strategies, …)."""
     load_components()
+    plugins.load(plugin or [])
     kinds = sorted(REGISTRIES)
     if kind is not None and kind not in REGISTRIES:
         raise UserError(unknown_name_message("kind", kind, kinds))

@@ -2,7 +2,7 @@
 
 The client half hands the workload DP-SGD as ``config.training`` and reports ε; the server half
 records the guarantee (and the layers Opacus replaced) when the run starts. Central DP is a
-strategy wrapper (``strategies.central_dp``), built with the strategy.
+strategy wrapper (``strategies.flower.central_dp``), built with the strategy.
 """
 
 from __future__ import annotations

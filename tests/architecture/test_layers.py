@@ -5,13 +5,17 @@
 |            | modules                                                  | strategies, the app   |
 | workloads | clients/ | flwr, strategies, the app |
 | aggregation math | strategies/ but its Flower strategies | flwr, clients, the app |
-| Flower strategies | strategies/{flower,fedavg,fedlaavg,central_dp}.py | clients, the app |
+| Flower strategies | strategies/flower/ and the registrations that build them | clients, the app |
+|                   | (strategies/{fedavg,fedlaavg}.py, which import Flower lazily) |         |
 | app | the rest of fedsim/ | — |
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOUNDATION = (
     "fedsim.registry",
     "fedsim.errors",
+    "fedsim.plugins",
     "fedsim.scenario",
     "fedsim.checkpoint",
     "fedsim.data",
@@ -30,7 +35,6 @@ FOUNDATION = (
     "fedsim.mbo_tasks",
 )
 FLOWER_STRATEGIES = ("strategies.flower", "strategies.fedavg", "strategies.fedlaavg")
-FLOWER_STRATEGIES += ("strategies.central_dp",)
 
 
 def _module(path: Path) -> str:
@@ -90,3 +94,23 @@ def test_the_table_covers_every_layer() -> None:
     modules = [_module(p) for p in SOURCES]
     for layer in (FOUNDATION, ("clients",), FLOWER_STRATEGIES, ("strategies",)):
         assert any(_within(m, layer) for m in modules), layer
+
+
+def test_validating_every_scenario_imports_neither_flower_nor_opacus() -> None:
+    # `fedsim validate` is what a user runs on a laptop before a cluster job: it must stay light.
+    script = """
+import json, sys
+from pathlib import Path
+from fedsim.scenario import parse, read
+from fedsim.sweep import expand
+for path in sorted(Path("scenarios").glob("*.yaml")):
+    raw = read(path)
+    expand(raw, str(path)) if "sweep" in raw else parse(raw, str(path))
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = set(json.loads(done.stdout))
+    assert "fedsim" in loaded and "strategies" in loaded  # it did load the registries
+    assert not loaded & {"flwr", "opacus", "ray"}, sorted(loaded & {"flwr", "opacus", "ray"})

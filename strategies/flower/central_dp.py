@@ -38,7 +38,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.differential_privacy import compute_stdv
 from opacus.accountants import RDPAccountant
 
-from strategies.flower import PipelineStrategy
+from strategies.flower.pipeline_strategy import PipelineStrategy
 
 NOISE_STREAM = 17  # keeps the model noise apart from other uses of the seed
 COUNT_STREAM = 18  # adaptive clipping's noisy count of clipped updates
