@@ -18,6 +18,7 @@ from fedsim.registry import (
     DATASETS,
     WORKLOADS,
     Component,
+    DatasetParams,
     load_components,
     pydantic_errors,
     resolve,
@@ -214,7 +215,12 @@ _COMPONENTS = {
 
 
 def parse(raw: Any, source: str = "") -> Scenario:
-    """Validate a scenario given as plain data; every default filled in, components resolved."""
+    """Validate a scenario given as plain data; every default filled in, components resolved.
+
+    ``source`` names the scenario in messages; when it is a file, relative paths to the user's
+    files (``UserPath`` fields, e.g. ``data.path``) are made absolute from its folder, else from
+    the working directory.
+    """
     if not isinstance(raw, dict):
         raise ScenarioError(
             [f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source
@@ -234,6 +240,7 @@ def parse(raw: Any, source: str = "") -> Scenario:
     except UserError as err:
         raise ScenarioError([f"plugins: {err}"], source) from err.__cause__
     scenario = scenario.model_copy(update={"plugins": [plugin.spec for plugin in loaded]})
+    base = Path(source).resolve().parent if source and Path(source).is_file() else Path.cwd()
     problems: list[str] = []
     resolved: dict[str, Component] = {}
     for path, kind in _COMPONENTS.items():
@@ -249,7 +256,7 @@ def parse(raw: Any, source: str = "") -> Scenario:
             kind = dataset.declared("partitioners", kind)
             if "partition" not in scenario.data.model_fields_set:
                 spec = Component(name=dataset.declared("default_partition", "iid"))
-        resolved[path], errs = resolve(spec, kind, path)
+        resolved[path], errs = resolve(spec, kind, path, base)
         problems += errs
     if problems:
         raise ScenarioError(problems, source)
@@ -301,6 +308,14 @@ def _data_mismatch(scenario: Scenario) -> list[str]:
                 f"but {scenario.data.name!r} is {kind} data; use a model attack (e.g. sign_flip)"
             )
     return problems
+
+
+def _data_files(scenario: Scenario) -> list[str]:
+    """The dataset's cheap checks of the user's files: they exist and hold what is named."""
+    params = DATASETS.params(scenario.data.dataset)
+    if not isinstance(params, DatasetParams):
+        return []
+    return [f"data.{problem}" for problem in params.check()]
 
 
 def _reads(workload: str) -> str:
@@ -366,7 +381,11 @@ def central_problems(scenario: Scenario) -> list[str]:
 
 
 # Checks of a resolved scenario beyond its schema, each returning its problems as lines.
-VALIDATORS: list[Callable[[Scenario], list[str]]] = [_data_mismatch, _privacy_problems]
+VALIDATORS: list[Callable[[Scenario], list[str]]] = [
+    _data_mismatch,
+    _data_files,
+    _privacy_problems,
+]
 
 
 def _component_at(scenario: Scenario, path: str) -> Component:
