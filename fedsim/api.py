@@ -200,7 +200,8 @@ class Run:
         return read_events(self.dir / "events.jsonl")
 
     def model(self) -> dict[str, torch.Tensor]:
-        """The final global model's state dict (model.pt; exchanges' final values included)."""
+        """The final global model's state dict (model.pt; a workload's exchanges leave their
+        last broadcasts in broadcasts.pt beside it)."""
         import torch
 
         path = self.dir / "model.pt"

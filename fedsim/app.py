@@ -211,7 +211,7 @@ def _serve(
             progress.advance(accuracy)
 
     model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-    writer.save_model({**model.state_dict(), **exchanges.final()})
+    writer.save_model(model.state_dict(), exchanges.broadcasts)
 
 
 def _send(

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from fedsim import checkpoint
+from fedsim import checkpoint, plugins
 from fedsim.checkpoint import Checkpoint
 from fedsim.errors import UserError
 from fedsim.scenario import Scenario
@@ -86,6 +86,7 @@ def prepare(path: Path, scenario: Scenario, command: str) -> None:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "versions": _versions(),
+        "plugins": [plugin.as_dict() for plugin in plugins.used_by(scenario.plugins)],
         "status": "prepared",
     }
     _atomic_write(path / "manifest.json", json.dumps(manifest, indent=2).encode())
@@ -163,10 +164,21 @@ class RunWriter:
         if rows:
             self._track(lambda tracker: tracker.log(rows))
 
-    def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        tmp = self.path / "model.pt.tmp"
-        torch.save(dict(state_dict), tmp)
-        os.replace(tmp, self.path / "model.pt")
+    def save_model(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        broadcasts: Mapping[str, Mapping[str, torch.Tensor]],
+    ) -> None:
+        """The final model (``model.pt``) and, if the workload has exchanges, their last
+        broadcasts by exchange name (``broadcasts.pt``), apart so that no name can clash."""
+        self._save("model.pt", dict(state_dict))
+        if broadcasts:
+            self._save("broadcasts.pt", {name: dict(b) for name, b in broadcasts.items()})
+
+    def _save(self, name: str, tensors: dict[str, Any]) -> None:
+        tmp = self.path / f"{name}.tmp"
+        torch.save(tensors, tmp)
+        os.replace(tmp, self.path / name)
 
     def save_checkpoint(self, state: Checkpoint) -> None:
         """The state after a completed round; written after that round's metrics are flushed."""

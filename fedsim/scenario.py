@@ -18,13 +18,15 @@ from pydantic import (
     model_validator,
 )
 
+from fedsim import plugins as _plugins
 from fedsim.data import dataset_kind
-from fedsim.errors import ScenarioError
+from fedsim.errors import ScenarioError, UserError
 from fedsim.registry import (
     ATTACKS,
     DATASETS,
     WORKLOADS,
     Component,
+    DatasetParams,
     load_components,
     pydantic_errors,
     resolve,
@@ -189,6 +191,10 @@ class TrackingSpec(Section):
 
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules (dotted) or .py files imported first; they register components",
+    )
     seed: int = Field(0, ge=0)
     rounds: int = Field(ge=1)
     engine: Literal["local", "flower"] = "local"
@@ -252,7 +258,12 @@ _COMPONENTS = {
 
 
 def parse(raw: Any, source: str = "") -> Scenario:
-    """Validate a scenario given as plain data; every default filled in, components resolved."""
+    """Validate a scenario given as plain data; every default filled in, components resolved.
+
+    ``source`` names the scenario in messages; when it is a file, relative paths to the user's
+    files (``UserPath`` fields, e.g. ``data.path``) are made absolute from its folder, else from
+    the working directory.
+    """
     if not isinstance(raw, dict):
         raise ScenarioError(
             [f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source
@@ -264,7 +275,15 @@ def parse(raw: Any, source: str = "") -> Scenario:
             [f"{loc.lstrip('.')}: {msg}" if loc else msg for loc, msg in pydantic_errors(err)],
             source,
         ) from None
-    load_components()
+    # First the plugins, whose components the rest may name; by absolute path from here on,
+    # so that every process that parses the resolved scenario imports the same files.
+    try:
+        load_components()
+        loaded = _plugins.load(scenario.plugins)
+    except UserError as err:
+        raise ScenarioError([f"plugins: {err}"], source) from err.__cause__
+    scenario = scenario.model_copy(update={"plugins": [plugin.spec for plugin in loaded]})
+    base = Path(source).resolve().parent if source and Path(source).is_file() else Path.cwd()
     problems: list[str] = []
     resolved: dict[str, Component] = {}
     for path, kind in _COMPONENTS.items():
@@ -280,7 +299,7 @@ def parse(raw: Any, source: str = "") -> Scenario:
             kind = dataset.declared("partitioners", kind)
             if "partition" not in scenario.data.model_fields_set:
                 spec = Component(name=dataset.declared("default_partition", "iid"))
-        resolved[path], errs = resolve(spec, kind, path)
+        resolved[path], errs = resolve(spec, kind, path, base)
         problems += errs
     if problems:
         raise ScenarioError(problems, source)
@@ -332,6 +351,14 @@ def _data_mismatch(scenario: Scenario) -> list[str]:
                 f"but {scenario.data.name!r} is {kind} data; use a model attack (e.g. sign_flip)"
             )
     return problems
+
+
+def _data_files(scenario: Scenario) -> list[str]:
+    """The dataset's cheap checks of the user's files: they exist and hold what is named."""
+    params = DATASETS.params(scenario.data.dataset)
+    if not isinstance(params, DatasetParams):
+        return []
+    return [f"data.{problem}" for problem in params.check()]
 
 
 def _reads(workload: str) -> str:
@@ -397,7 +424,11 @@ def central_problems(scenario: Scenario) -> list[str]:
 
 
 # Checks of a resolved scenario beyond its schema, each returning its problems as lines.
-VALIDATORS: list[Callable[[Scenario], list[str]]] = [_data_mismatch, _privacy_problems]
+VALIDATORS: list[Callable[[Scenario], list[str]]] = [
+    _data_mismatch,
+    _data_files,
+    _privacy_problems,
+]
 
 
 def _component_at(scenario: Scenario, path: str) -> Component:
@@ -442,6 +473,12 @@ def read(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
         raise ScenarioError([f"(top level): expected a mapping of keys, got {got}"], source)
     for item in overrides or []:
         apply_override(raw, item, source)
+    if isinstance(raw.get("plugins"), list):  # plugin files are named relative to this file
+        folder = path.resolve().parent
+        raw["plugins"] = [
+            _plugins.absolute(spec, folder) if isinstance(spec, str) else spec
+            for spec in raw["plugins"]
+        ]
     return raw
 
 

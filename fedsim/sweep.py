@@ -85,7 +85,7 @@ def expand(raw: dict[str, Any], source: str = "") -> list[Point]:
         try:
             for key, value in values.items():
                 _set(point_raw, key, value)
-            points.append(Point(f"{i:04d}", values, parse(point_raw)))
+            points.append(Point(f"{i:04d}", values, parse(point_raw, source)))
         except ScenarioError as err:
             for problem in err.problems:
                 failing.setdefault(problem, []).append(f"{i} ({label})")

@@ -25,9 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 FOUNDATION = (
     "fedsim.registry",
     "fedsim.errors",
+    "fedsim.plugins",
     "fedsim.scenario",
     "fedsim.checkpoint",
     "fedsim.data",
+    "fedsim.files",
     "fedsim.partition",
     "fedsim.graphs",
     "fedsim.mbo_tasks",

@@ -1,19 +1,8 @@
 """A workload written outside fedsim, end to end: local BatchNorm, client state, one exchange.
 
-``toy_bn`` is defined and registered here, as a user's own workload would be: an MLP whose
-BatchNorm entries never leave a client (FedBN), a per-client counter of its training calls kept
-in the client's state, and an exchange (``centroid``) whose clients report their mean hidden
-feature, the server reducing the reports with the scenario's pipeline; the broadcast pulls the
-clients' features in their next training and enters the server's own central metric.
-
-Every process that runs clients must register it too, and the core imports only its own
-modules. Worker processes load their ClientApp by import path, Ray actors unpickle it:
-``client_app`` below is fedsim's ClientApp as an instance of a class of this module, so either
-way the process imports this module first. The engines are pointed at it by patching
-``fedsim.engine.CLIENT_APP`` (workers) and ``fedsim.client_app.client_app`` (Flower's engine);
-the ``fedsim run`` subprocess of the kill test imports this module before the CLI starts
-(``LAUNCH``). A scenario ``plugins:`` list of modules that the core imports before validating
-a scenario, in every process, would make all three unnecessary.
+The workload (``toy_workload.py`` beside this file) reaches fedsim as a plugin named in the
+scenario, as a user's own would: the local engine, its worker processes, Flower's Ray actors and a
+resumed ``fedsim run`` each import it from there, and this test process loads it the same way.
 """
 
 from __future__ import annotations
@@ -25,184 +14,34 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from flwr.clientapp import ClientApp
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
-from torch import Tensor, nn
+from torch import nn
 from typer.testing import CliRunner
 
 import fedsim.client_app
 import fedsim.engine
 import fedsim.grid
 from clients.workload import (
-    Aggregate,
-    Arrays,
-    Exchange,
-    Metrics,
-    State,
-    TrainConfig,
-    WorkloadBase,
-    init_parameters,
     is_local,
     split_state,
 )
-from fedsim import checkpoint, results, wire
+from fedsim import checkpoint, results
 from fedsim.cli import app as cli
 from fedsim.client_app import LOCAL, STATE
-from fedsim.data import Dataset, Labelled, load_data
-from fedsim.registry import WORKLOADS, Params
+from fedsim.data import load_data
+from fedsim.registry import WORKLOADS
 from fedsim.scenario import parse
 
 ROOT = Path(__file__).parents[2]
+TOY_FILE = Path(__file__).with_name("toy_workload.py")
 TOY = "toy_bn"
 CENTROID = "centroid"  # the exchange's name, and the key of its broadcast
-
-
-# ---- the workload --------------------------------------------------------------------------
-
-
-class ToyParams(Params):
-    hidden: PositiveInt = 16
-    lr: PositiveFloat = 0.1
-    batch_size: PositiveInt = 32
-    pull: NonNegativeFloat = 0.05  # weight of ||mean feature - broadcast centroid||² in the loss
-
-
-class ToyNet(nn.Module):
-    """Flatten -> Linear -> BatchNorm -> ReLU -> Linear."""
-
-    def __init__(self, inputs: int, hidden: int, classes: int) -> None:
-        super().__init__()
-        self.body = nn.Linear(inputs, hidden)
-        self.bn = nn.BatchNorm1d(hidden)
-        self.head = nn.Linear(hidden, classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        return F.relu(self.bn(self.body(x.flatten(1))))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
-@dataclass(frozen=True)
-class Centroid:
-    """Clients report their mean hidden feature; the pipeline reduces them to one centroid."""
-
-    name: str = CENTROID
-    everyone: bool = True
-
-    def report(
-        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
-    ) -> tuple[Arrays, Metrics]:
-        model.eval()
-        with torch.no_grad():
-            mean = cast(ToyNet, model).features(data.inputs).mean(dim=0)
-        return {"mean": mean}, {"feature_norm": float(mean.norm())}
-
-    def reduce(
-        self, reports: Mapping[int, Arrays], memory: Any, aggregate: Aggregate, round: int
-    ) -> tuple[Arrays, Any, Metrics]:
-        clients = sorted(reports)
-        rows = torch.stack([reports[c]["mean"] for c in clients])
-        memory = memory or {"pipeline": None, "reduced": 0}
-        centroid, pipeline = aggregate(rows, clients, memory["pipeline"], None)
-        memory = {"pipeline": pipeline, "reduced": memory["reduced"] + 1}
-        return {CENTROID: centroid}, memory, {"centroid_norm": float(centroid.norm())}
-
-
-@dataclass(frozen=True)
-class ToyWorkload(WorkloadBase):
-    """Cross-entropy plus a pull of the features towards the broadcast centroid; FedBN."""
-
-    params: ToyParams
-    local: tuple[str, ...] = ("bn.*",)
-    exchanges: tuple[Exchange, ...] = (Centroid(),)
-
-    def build_model(self, dataset: Dataset, generator: torch.Generator) -> nn.Module:
-        inputs = int(torch.tensor(dataset.input_shape).prod())
-        with torch.device("meta"):
-            model = ToyNet(inputs, self.params.hidden, dataset.num_classes)
-        return init_parameters(model.to_empty(device="cpu"), generator)
-
-    def fit(self, model: nn.Module, data: Labelled, state: State, config: TrainConfig) -> Metrics:
-        x, y = data
-        p = self.params
-        centroid = config.received.get(CENTROID, {}).get(CENTROID)
-        model.train()
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=p.lr)
-        model, optimizer = config.training.setup(
-            model, optimizer, len(y), p.batch_size, config.generator
-        )
-        total, seen = 0.0, 0
-        for batches in config.training.passes(1, None, x.device):
-            for idx in batches:
-                if idx.numel() < 2:  # BatchNorm needs two samples to train
-                    continue
-                features = cast(ToyNet, model).features(x[idx])
-                loss = F.cross_entropy(cast(ToyNet, model).head(features), y[idx])
-                if centroid is not None:
-                    loss = loss + p.pull * (features.mean(dim=0) - centroid).square().sum()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, seen = total + loss.item() * idx.numel(), seen + idx.numel()
-        calls = state.get("calls", torch.zeros((), dtype=torch.int64)) + 1
-        state["calls"] = calls
-        return {"train_loss": total / max(seen, 1), "calls": float(calls)}
-
-    def evaluate(
-        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
-    ) -> Metrics:
-        x, y = data
-        model.eval()
-        with torch.no_grad():
-            logits = model(x)
-        loss = float(F.cross_entropy(logits, y))
-        return {"loss": loss, "accuracy": float((logits.argmax(dim=1) == y).float().mean())}
-
-    def evaluate_central(
-        self, model: nn.Module, test: Labelled, config: TrainConfig, memory: Mapping[str, Any]
-    ) -> Metrics:
-        """Accuracy, and how far the test set's mean feature lies from the broadcast centroid."""
-        metrics = self.evaluate(model, test, {}, config)
-        centroid = config.received.get(CENTROID, {}).get(CENTROID)
-        if centroid is None:  # no round of the exchange has succeeded yet
-            return metrics
-        with torch.no_grad():
-            test_mean = cast(ToyNet, model).features(test.inputs).mean(dim=0)
-        metrics["centroid_distance"] = float((test_mean - centroid).norm())
-        metrics["exchange_reductions"] = float(memory[CENTROID]["reduced"])
-        return metrics
-
-
-def toy_bn(p: ToyParams) -> ToyWorkload:
-    """A BatchNorm MLP with FedBN, a per-client call counter and a centroid exchange (test)."""
-    return ToyWorkload(p)
-
-
-if TOY not in WORKLOADS:  # this module may be imported under two names (e.g. as __main__)
-    WORKLOADS.register(TOY, ToyParams)(toy_bn)
-
-
-class _ThisModulesApp(ClientApp):
-    """A class of this module: unpickling an instance (in a Ray actor) imports the module."""
-
-
-client_app = _ThisModulesApp()
-client_app.query()(fedsim.client_app.query)
-client_app.train()(fedsim.client_app.train)
-client_app.evaluate()(fedsim.client_app.evaluate)
-client_app.query(wire.EXCHANGE)(fedsim.client_app.exchange)
-APP_PATH = f"{__name__}:client_app"
-LAUNCH = f"import {__name__}; from fedsim.cli import main; main()"  # `fedsim` knowing the toy
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -211,6 +50,7 @@ LAUNCH = f"import {__name__}; from fedsim.cli import main; main()"  # `fedsim` k
 def toy_scenario(**changes: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "name": "toy",
+        "plugins": [str(TOY_FILE)],
         "seed": 0,
         "rounds": 3,
         "data": {"name": "digits", "partition": {"name": "iid"}},
@@ -243,8 +83,6 @@ def run_toy(run_dir: Path, raw: dict[str, Any]) -> list[tuple[str, str, set[str]
     results.prepare(run_dir, scenario, command="test")
     RecordingGrid.replies = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fedsim.engine, "CLIENT_APP", APP_PATH)
-        patch.setattr(fedsim.client_app, "client_app", client_app)
         patch.setattr(fedsim.grid, "InProcessGrid", RecordingGrid)
         fedsim.engine.run(scenario, run_dir, show_progress=False)
     return RecordingGrid.replies
@@ -291,7 +129,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 @pytest.fixture(scope="module")
 def shared_keys() -> set[str]:
-    workload = WORKLOADS.build(TOY)
+    workload = WORKLOADS.build(parse(toy_scenario()).workload)
     dataset = load_data(parse(toy_scenario()).data.dataset)
     model = workload.build_model(dataset, torch.Generator().manual_seed(0))
     shared, local = split_state(model.state_dict(), workload.local)
@@ -303,7 +141,7 @@ def shared_keys() -> set[str]:
 
 
 def test_two_workers_give_the_in_process_metrics(local_run: Run, tmp_path: Path) -> None:
-    # Execute: the workers import this module to load their ClientApp, registering the toy
+    # Execute: the workers import the plugin as they parse the scenario
     workers = tmp_path / "workers"
     replies = run_toy(workers, toy_scenario(resources={"workers": 2}))
 
@@ -314,7 +152,7 @@ def test_two_workers_give_the_in_process_metrics(local_run: Run, tmp_path: Path)
 
 @pytest.mark.flower
 def test_flowers_engine_gives_the_local_engines_metrics(local_run: Run, tmp_path: Path) -> None:
-    # Execute: the Ray actors unpickle this module's ClientApp, registering the toy
+    # Execute: the Ray actors import the plugin as they parse the scenario
     flower = tmp_path / "flower"
     run_toy(flower, toy_scenario(engine="flower"))
 
@@ -392,7 +230,7 @@ def test_the_central_metric_reads_the_broadcast(local_run: Run) -> None:
     assert saved["memory"]["reduced"] == 3
     centroid = saved["broadcast"][CENTROID]
     assert centroid.shape == (16,)
-    final = torch.load(local_run.path / "model.pt", weights_only=True)[CENTROID]
+    final = torch.load(local_run.path / "broadcasts.pt", weights_only=True)[CENTROID][CENTROID]
     torch.testing.assert_close(final, centroid, rtol=0, atol=0)
     norm = rows(metrics, "server", "centroid_norm")
     assert norm["value"].iloc[-1] == pytest.approx(float(centroid.norm()), rel=1e-6)
@@ -407,14 +245,14 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     # Prepare: a `fedsim run` of the toy long enough to be killed with rounds to go
     raw = toy_scenario(rounds=16)
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    command = [sys.executable, "-c", LAUNCH, "run", str(write_scenario(raw))]
+    command = [sys.executable, "-m", "fedsim", "run", str(write_scenario(raw))]
     command += ["--out", str(killed), "--no-progress"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while rounds_done(killed) < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
 
-    # Execute: kill -9 mid-run, then resume (this process knows the toy too)
+    # Execute: kill -9 mid-run, then resume
     os.kill(proc.pid, signal.SIGKILL)
     _, stderr = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
