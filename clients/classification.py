@@ -1,19 +1,21 @@
-"""Classification workload: an MLP or a small CNN trained by minibatch SGD (FedAvg / FedProx)."""
+"""Classification workload: a model of the ``model`` registry (an MLP, a small CNN, LeNet-300-100
+or one's own) trained by minibatch SGD (FedAvg / FedProx)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from clients.models import MLP, SmallCNN
+from clients import models as _models  # noqa: F401  (registers the built-in models)
 from clients.workload import Labelled, State, TrainConfig, WorkloadBase, init_parameters
 from fedsim.data import Dataset
-from fedsim.registry import WORKLOADS, Params
+from fedsim.errors import UserError
+from fedsim.registry import MODELS, WORKLOADS, Component, Params, Ref
 
 EVAL_BATCH_SIZE = 1024
 
@@ -21,9 +23,7 @@ EVAL_BATCH_SIZE = 1024
 class ClassificationParams(Params):
     """Model and local-training hyper-parameters of the classification workload."""
 
-    model: Literal["mlp", "cnn"] = "mlp"
-    # MLP width, or one width per hidden layer ([300, 100]: LeNet-300-100); unused by the CNN
-    hidden: PositiveInt | list[PositiveInt] = 128
+    model: Annotated[Component, Ref("model")] = Component(name="mlp")  # fedsim list model
     epochs: PositiveInt = 1
     # Exactly this many minibatch steps instead of whole epochs (FedLaAvg's C local iterations).
     steps: PositiveInt | None = None
@@ -33,6 +33,33 @@ class ClassificationParams(Params):
     weight_decay: NonNegativeFloat = 0.0
     mu: NonNegativeFloat = 0.0  # FedProx proximal weight; 0 is plain FedAvg local training
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_shorthand(cls, data: Any) -> Any:
+        """``model: mlp`` is ``model: {name: mlp}``; ``hidden`` beside it, as scenarios wrote
+        the MLP's widths before models were components, is the MLP's ``hidden``."""
+        if not isinstance(data, dict) or not ({"model", "hidden"} & data.keys()):
+            return data
+        data = dict(data)
+        model = data.get("model", "mlp")
+        if isinstance(model, str):
+            model = {"name": model}
+        elif isinstance(model, Component):
+            model = model.model_dump()
+        if "hidden" in data:
+            hidden = data.pop("hidden")
+            name = model.get("name") if isinstance(model, dict) else None
+            if name != "mlp":
+                raise ValueError(
+                    f"hidden: an option of the mlp model, but the model is {name!r}; remove "
+                    "hidden, or give a model's options inside it: model: {name: mlp, hidden: 64}"
+                )
+            if "hidden" in model:
+                raise ValueError("hidden: given twice, beside model and in it; keep model.hidden")
+            model = {**model, "hidden": hidden}
+        data["model"] = model
+        return data
+
 
 @dataclass(frozen=True)
 class ClassificationWorkload(WorkloadBase):
@@ -41,18 +68,18 @@ class ClassificationWorkload(WorkloadBase):
     params: ClassificationParams
 
     def build_model(self, dataset: Dataset, generator: torch.Generator) -> nn.Module:
-        """A fresh CPU model whose parameters are drawn from ``generator`` only."""
-        input_shape, num_classes = dataset.input_shape, dataset.num_classes
-        # Built on the meta device so that construction draws nothing from the global RNG;
-        # init_parameters then fills every parameter from ``generator``.
-        with torch.device("meta"):
-            model: nn.Module
-            if self.params.model == "mlp":
-                model = MLP(input_shape, num_classes, hidden=self.params.hidden)
-            else:
-                model = SmallCNN(input_shape, num_classes)
-        model = model.to_empty(device="cpu")
-        return init_parameters(model, generator)
+        """A fresh CPU model (``model``) whose parameters are drawn from ``generator`` only."""
+        build = MODELS.build(self.params.model)
+        # Construction may draw PyTorch's default initialisation from the global RNG: its state
+        # is restored, and init_parameters then fills every parameter from ``generator``.
+        # (Building on the meta device would draw nothing, but would lose the values of
+        # buffers a model of one's own sets in its constructor.)
+        with torch.random.fork_rng(devices=[]):
+            model = build(dataset.input_shape, dataset.num_classes).cpu()
+        try:
+            return init_parameters(model, generator)
+        except TypeError as err:  # a parameter that init_parameters cannot draw
+            raise UserError(f"workload.model {self.params.model.name!r}: {err}") from None
 
     def fit(
         self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
@@ -144,5 +171,5 @@ class ClassificationWorkload(WorkloadBase):
 
 @WORKLOADS.register("classification", ClassificationParams)
 def classification(params: ClassificationParams) -> ClassificationWorkload:
-    """Classification with an MLP or a small CNN, trained locally by SGD (FedProx when mu > 0)."""
+    """Classification with a model of the model registry, trained by SGD (FedProx if mu > 0)."""
     return ClassificationWorkload(params)

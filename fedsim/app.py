@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients import TrainConfig, Workload
 from clients.workload import SERVER, split_state
-from fedsim import results, wire
+from fedsim import results, tracking, wire
 from fedsim.build import (
     build_strategy,
     byzantine_clients,
@@ -88,7 +88,8 @@ def serve(grid: Grid, scenario: Scenario, run_dir: Path, show_progress: bool = T
     # A run killed before its first checkpoint starts over: drop whatever it wrote.
     started = (run_dir / "metrics.csv").exists()
     resume_after = checkpoint.round if checkpoint else (0 if started else None)
-    writer = results.RunWriter(run_dir, resume_after=resume_after)
+    trackers = tracking.start(scenario, run_dir, resume_after)
+    writer = results.RunWriter(run_dir, resume_after=resume_after, trackers=trackers)
     try:
         _serve(grid, scenario, writer, checkpoint, show_progress)
     except BaseException as err:
@@ -212,7 +213,7 @@ def _serve(
             progress.advance(accuracy)
 
     model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-    writer.save_model({**model.state_dict(), **exchanges.final()})
+    writer.save_model(model.state_dict(), exchanges.broadcasts)
 
 
 def _send(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import math
@@ -41,6 +42,8 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    # Naturally partitioned data (LEAF's writers): the client, 0..C-1, of each training row.
+    client_train: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -359,13 +362,12 @@ class SampleFederation:
     def to(self, device: torch.device) -> SampleFederation:
         """The same federation with its data and indices on ``device``."""
         d = self.dataset
-        on_device = Dataset(
-            d.name,
-            d.x_train.to(device),
-            d.y_train.to(device),
-            d.x_test.to(device),
-            d.y_test.to(device),
-            d.num_classes,
+        on_device = dataclasses.replace(  # client_train stays: only the partitioner reads it
+            d,
+            x_train=d.x_train.to(device),
+            y_train=d.y_train.to(device),
+            x_test=d.x_test.to(device),
+            y_test=d.y_test.to(device),
         )
         return SampleFederation(
             on_device, [t.to(device) for t in self.train], [v.to(device) for v in self.val]
@@ -381,8 +383,9 @@ def federate(
     Each client keeps ``floor(val_fraction * size)`` samples for validation, but at least one
     for training. All randomness comes from a generator derived from ``seed``.
     """
+    client_ids = None if dataset.client_train is None else dataset.client_train.numpy()
     train, val = split_among_clients(
-        dataset.y_train.numpy(), partitioner, num_clients, seed, val_fraction
+        dataset.y_train.numpy(), partitioner, num_clients, seed, val_fraction, client_ids
     )
     return SampleFederation(dataset, train, val)
 
@@ -393,16 +396,30 @@ def split_among_clients(
     num_clients: int,
     seed: int,
     val_fraction: float,
+    client_ids: npt.NDArray[Any] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Each client's training and held-out indices into ``labels`` (see ``federate``)."""
+    """Each client's training and held-out indices into ``labels`` (see ``federate``).
+
+    A partitioner that declares ``splits = "client_ids"`` (``natural``) is handed
+    ``client_ids``, the data's own client of each row, instead of the labels.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction needs to be in [0, 1), got {val_fraction}")
     if seed < 0:
         raise UserError(f"seed needs to be >= 0, got {seed}")
     split = PARTITIONERS.build(partitioner)
+    values = labels
+    if PARTITIONERS.entry(partitioner.name).declared("splits", "labels") == "client_ids":
+        if client_ids is None:
+            raise UserError(
+                f"data.partition: {partitioner.name!r} splits the data by its own client of each "
+                "training row, and this dataset has none; give the arrays dataset a client_train "
+                "array (or the csv dataset a client column), or use another partitioner"
+            )
+        values = client_ids
     # Stream 0 of the scenario seed is the data's; other layers derive their own streams.
     rng = np.random.default_rng([seed, 0])
-    parts: list[IntArray] = split(labels, num_clients, rng)
+    parts: list[IntArray] = split(values, num_clients, rng)
     empty = [i for i, part in enumerate(parts) if len(part) == 0]
     if empty:
         raise UserError(

@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from clients.workload import split_state
-from fedsim import privacy
+from fedsim import privacy, tracking
 from fedsim.build import (
     build_strategy,
     initial_model_and_changes,
@@ -40,7 +40,7 @@ def preflight(scenario: Scenario) -> None:
     round of random updates through the pipeline (impossible ``f``), and checks that Flower's
     engine can place a client on this machine. Under local DP it checks that Opacus can train
     the model and runs a few DP-SGD steps; under central DP it builds Flower's DP wrapper
-    (which checks its own parameters).
+    (which checks its own parameters). A tracking store must open (MLflow checks its URI).
     """
     federation = scenario_federation(scenario)
     workload = WORKLOADS.build(scenario.workload)
@@ -59,6 +59,7 @@ def preflight(scenario: Scenario) -> None:
             privacy.dry_run(scenario, workload, model, federation.train_data(0))
         except (ValueError, RuntimeError) as err:
             raise UserError(f"privacy: {err}") from None
+    tracking.preflight(scenario)
     res = scenario.resources
     if scenario.engine == "flower" and not res.ray_address:  # a cluster knows its own nodes
         _check_fits(res.client_cpus, res.client_gpus or 0.0, os.cpu_count() or 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """A mistake in the user's input (scenario, data, command line), explained in the message.
@@ -17,3 +19,11 @@ class ScenarioError(UserError):
         self.problems = problems
         head = f"{source}: " if source else ""
         super().__init__(head + "invalid scenario\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class SweepError(UserError):
+    """Points of a sweep failed; the sweep directory ``dir`` holds the others' results."""
+
+    def __init__(self, message: str, dir: Path) -> None:
+        self.dir = dir
+        super().__init__(message)

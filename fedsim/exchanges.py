@@ -155,10 +155,6 @@ class Exchanges:
             if saved.get("broadcast") is not None:
                 self._broadcast(name, saved["broadcast"])
 
-    def final(self) -> dict[str, Tensor]:
-        """The last broadcasts' tensors, saved beside the model (mbo: the designs)."""
-        return {k: v for arrays in self.broadcasts.values() for k, v in arrays.items()}
-
 
 def _problem(reply: Message) -> tuple[str | None, Arrays]:
     if reply.has_error():

@@ -8,7 +8,7 @@ client (the partitioners here use them all); the only randomness is ``rng``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -158,6 +158,32 @@ def shards(p: ShardsParams) -> Split:
             for client, part in zip(holders, np.array_split(members, len(holders)), strict=True):
                 owner[part] = client
         return _group_by_owner(owner, num_clients)
+
+    return split
+
+
+class NaturalParams(Params):
+    # The federation hands this split each training row's own client id, not its label.
+    splits: ClassVar[str] = "client_ids"
+
+
+@PARTITIONERS.register("natural", NaturalParams)
+def natural(p: NaturalParams) -> Split:
+    """The data's own clients (LEAF's writers): one client per distinct client id of the rows.
+
+    Client k holds the rows of the k-th smallest id; ``clients.num`` must be the number of
+    distinct ids. No randomness.
+    """
+
+    def split(client_ids: Labels, num_clients: int, rng: np.random.Generator) -> list[Indices]:
+        ids, owner = np.unique(client_ids, return_inverse=True)
+        if len(ids) != num_clients:
+            raise UserError(
+                f"natural partitioner needs one client per distinct client id of the data, got "
+                f"{num_clients} clients for {len(ids)} distinct client ids; set clients.num: "
+                f"{len(ids)} (and clients.per_round at most that)"
+            )
+        return _group_by_owner(owner.astype(np.int64).reshape(-1), num_clients)
 
     return split
 

@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cache, partial
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -72,7 +72,7 @@ def load(specs: list[str], base: Path | None = None) -> list[Plugin]:
 def load_entry_points() -> list[Plugin]:
     """Import the plugins installed packages declare in the ``fedsim.plugins`` entry-point group."""
     plugins = []
-    for point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for point in _entry_points():
         key = f"entry point {point.name} = {point.value}"
         if key not in _loaded:
             module = _guarded(key, partial(_load_entry_point, point))
@@ -84,6 +84,12 @@ def load_entry_points() -> list[Plugin]:
 def used_by(specs: list[str]) -> list[Plugin]:
     """What a run's manifest records: the scenario's plugins and the installed ones."""
     return [_load_one(spec) for spec in specs] + load_entry_points()
+
+
+@cache
+def _entry_points() -> tuple[metadata.EntryPoint, ...]:
+    # Scanning the installed distributions takes ~10 ms: once per process is enough.
+    return tuple(metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
 # -- importing -------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -46,6 +48,12 @@ class DatasetParams(Params):
     partitioners: ClassVar[str] = "partitioner"
     default_partition: ClassVar[str] = "iid"
 
+    def check(self) -> list[str]:
+        """Cheap checks of the user's files (they exist, hold the names asked for), run when a
+        scenario is validated; one ``field: message`` line per problem. The full checks come
+        when the dataset is loaded, before round 1."""
+        return []
+
 
 class GraphDatasetParams(DatasetParams):
     """A graph's nodes are split among clients with the graph's structure in view."""
@@ -60,6 +68,13 @@ class Ref:
     """Marks a params field that is itself a component of another kind (e.g. ``aggregator``)."""
 
     kind: str
+
+
+@dataclass(frozen=True)
+class UserPath:
+    """Marks a params field that is a path to the user's files (``Annotated[str, UserPath()]``):
+    a scenario resolves a relative one against its file's folder, so runs, sweeps and workers
+    find the files from any working directory."""
 
 
 @dataclass(frozen=True)
@@ -156,10 +171,12 @@ SERVER_OPTIMISERS: Registry[Any] = Registry("server_optimiser")
 AVAILABILITY: Registry[Any] = Registry("availability")
 SPARSITY: Registry[Any] = Registry("sparsity")
 COMPRESSORS: Registry[Any] = Registry("compressor")
+MODELS: Registry[Any] = Registry("model")  # a workload's network: (input_shape, classes) -> Module
 
 # Modules whose import registers components; imported lazily so that layers stay independent.
 _COMPONENT_MODULES = (
     "fedsim.data",
+    "fedsim.files",
     "fedsim.partition",
     "fedsim.graphs",
     "fedsim.mbo_tasks",
@@ -187,10 +204,13 @@ def rollback(before: dict[str, set[str]]) -> None:
             del registry._entries[name]
 
 
-def resolve(spec: Component, kind: str, path: str) -> tuple[Component, list[str]]:
+def resolve(
+    spec: Component, kind: str, path: str, base: Path | None = None
+) -> tuple[Component, list[str]]:
     """Validate ``spec`` against the ``kind`` registry, filling in every default.
 
-    Returns the resolved component (all params explicit, nested components resolved) and the
+    Returns the resolved component (all params explicit, nested components resolved, relative
+    ``UserPath`` fields made absolute from ``base``, the working directory by default) and the
     problems found, each as ``path.to.field: message``.
     """
     registry = REGISTRIES[kind]
@@ -206,16 +226,18 @@ def resolve(spec: Component, kind: str, path: str) -> tuple[Component, list[str]
     for field, info in type(params).model_fields.items():
         ref = next((m for m in info.metadata if isinstance(m, Ref)), None)
         value = getattr(params, field)
+        if isinstance(value, str) and any(isinstance(m, UserPath) for m in info.metadata):
+            resolved[field] = os.path.normpath((base or Path.cwd()) / Path(value).expanduser())
         if ref is None or value is None:
             continue
         if isinstance(value, Component):
-            sub, errs = resolve(value, ref.kind, f"{path}.{field}")
+            sub, errs = resolve(value, ref.kind, f"{path}.{field}", base)
             resolved[field] = sub.model_dump()
             problems += errs
         else:  # a list of components, applied in order
             resolved[field] = []
             for i, item in enumerate(value):
-                sub, errs = resolve(item, ref.kind, f"{path}.{field}[{i}]")
+                sub, errs = resolve(item, ref.kind, f"{path}.{field}[{i}]", base)
                 resolved[field].append(sub.model_dump())
                 problems += errs
     return Component(name=spec.name, **resolved), problems

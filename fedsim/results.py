@@ -5,6 +5,7 @@ each round), ``events.jsonl`` (failures, skipped rounds, timings), ``manifest.js
 seed, command, wall time, status), ``checkpoint.pt`` (the state after the last completed round,
 from which ``--resume`` continues) and ``model.pt`` (the final global model). Files that are
 replaced are written to a temporary file and renamed, so a crash never leaves half of one.
+The trackers a scenario asks for (``fedsim.tracking``) get each round's rows as they are flushed.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -31,6 +33,29 @@ from fedsim.errors import UserError
 from fedsim.scenario import Scenario
 
 METRICS_HEADER = ("round", "scope", "client", "metric", "value")
+
+
+class Row(NamedTuple):
+    """One line of metrics.csv; ``client`` is None for server and federated rows."""
+
+    round: int
+    scope: str
+    client: int | None
+    metric: str
+    value: float
+
+
+class Tracker(Protocol):
+    """Somewhere else metric rows go as they are flushed (``fedsim.tracking``)."""
+
+    name: str
+
+    def log(self, rows: Sequence[Row]) -> None:
+        """Rows just written to metrics.csv: a round's, after it completed."""
+
+    def close(self, status: str) -> None:
+        """The run stopped with this status (completed, failed, interrupted)."""
+
 
 # Scopes of metrics.csv rows.
 SERVER = "server"  # the server's own measurements, e.g. central test accuracy
@@ -75,17 +100,35 @@ def run_status(path: Path) -> str | None:
     return json.loads(manifest.read_text()).get("status")
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The run directory's manifest.json as a dict (empty when there is none)."""
+    manifest = path / "manifest.json"
+    return json.loads(manifest.read_text()) if manifest.exists() else {}
+
+
+def update_manifest(path: Path, **fields: Any) -> None:
+    """Set top-level fields of the run directory's manifest.json (atomically)."""
+    manifest = read_manifest(path)
+    manifest.update(fields)
+    _atomic_write(path / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+
 class RunWriter:
     """Appends a run's metrics and events to its directory (made by ``prepare``).
 
     ``resume_after=r`` continues a run after round r: rows of later rounds (a round cut short by
-    a crash) are dropped, and so is a last line that was only half written.
+    a crash) are dropped, and so is a last line that was only half written. ``trackers`` get
+    every row as it is flushed; one that fails is recorded (event ``tracker_failed``), warned
+    about and left out for the rest of the run, which metrics.csv still holds in full.
     """
 
-    def __init__(self, path: Path, resume_after: int | None = None) -> None:
+    def __init__(
+        self, path: Path, resume_after: int | None = None, trackers: Sequence[Tracker] = ()
+    ) -> None:
         self.path = path
         self._started = time.perf_counter()
-        self._rows: list[tuple[Any, ...]] = []
+        self._rows: list[Row] = []
+        self._trackers = list(trackers)
         if resume_after is not None:
             _keep_rounds(path / "metrics.csv", resume_after)
             _drop_partial_line(path / "events.jsonl")
@@ -105,7 +148,7 @@ class RunWriter:
     ) -> None:
         """Queue rows for the current round (written by ``flush``)."""
         for name, value in values.items():
-            self._rows.append((round, scope, "" if client is None else client, name, float(value)))
+            self._rows.append(Row(round, scope, client, name, float(value)))
 
     def event(self, kind: str, **fields: Any) -> None:
         record = {"time": round(time.time(), 3), "event": kind, **fields}
@@ -114,15 +157,28 @@ class RunWriter:
 
     def flush(self) -> None:
         """Write the queued rows: called once a round, so metrics.csv never holds half a round."""
-        self._csv.writerows(self._rows)
-        self._rows.clear()
+        rows, self._rows = self._rows, []
+        self._csv.writerows(rows)  # csv writes a None client as an empty field
         self._metrics_file.flush()
         os.fsync(self._metrics_file.fileno())
+        if rows:
+            self._track(lambda tracker: tracker.log(rows))
 
-    def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        tmp = self.path / "model.pt.tmp"
-        torch.save(dict(state_dict), tmp)
-        os.replace(tmp, self.path / "model.pt")
+    def save_model(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        broadcasts: Mapping[str, Mapping[str, torch.Tensor]],
+    ) -> None:
+        """The final model (``model.pt``) and, if the workload has exchanges, their last
+        broadcasts by exchange name (``broadcasts.pt``), apart so that no name can clash."""
+        self._save("model.pt", dict(state_dict))
+        if broadcasts:
+            self._save("broadcasts.pt", {name: dict(b) for name, b in broadcasts.items()})
+
+    def _save(self, name: str, tensors: dict[str, Any]) -> None:
+        tmp = self.path / f"{name}.tmp"
+        torch.save(tensors, tmp)
+        os.replace(tmp, self.path / name)
 
     def save_checkpoint(self, state: Checkpoint) -> None:
         """The state after a completed round; written after that round's metrics are flushed."""
@@ -130,13 +186,24 @@ class RunWriter:
         self.update_manifest(wall_time_s=self._wall())
 
     def _manifest(self) -> dict[str, Any]:
-        path = self.path / "manifest.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_manifest(self.path)
 
     def update_manifest(self, **fields: Any) -> None:
-        manifest = self._manifest()
-        manifest.update(fields)
-        _atomic_write(self.path / "manifest.json", json.dumps(manifest, indent=2).encode())
+        update_manifest(self.path, **fields)
+
+    def _track(self, call: Callable[[Tracker], None]) -> None:
+        for tracker in list(self._trackers):
+            try:
+                call(tracker)
+            except Exception as err:  # a tracker is a copy of metrics.csv: the run goes on
+                self._trackers.remove(tracker)
+                error = f"{type(err).__name__}: {err}"
+                self.event("tracker_failed", tracker=tracker.name, error=error)
+                warnings.warn(
+                    f"fedsim: tracking to {tracker.name} failed and is off for the rest of "
+                    f"this run (metrics.csv has every row): {error}",
+                    stacklevel=2,
+                )
 
     def _wall(self) -> float:
         """Wall time of the run so far, over every session that ran it."""
@@ -144,6 +211,7 @@ class RunWriter:
 
     def close(self, status: str, **fields: Any) -> None:
         self.flush()
+        self._track(lambda tracker: tracker.close(status))
         self.update_manifest(status=status, wall_time_s=self._wall(), **fields)
         self._metrics_file.close()
         self._events.close()

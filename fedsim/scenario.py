@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedsim import plugins as _plugins
 from fedsim.data import dataset_kind
@@ -18,6 +26,7 @@ from fedsim.registry import (
     DATASETS,
     WORKLOADS,
     Component,
+    DatasetParams,
     load_components,
     pydantic_errors,
     resolve,
@@ -146,6 +155,40 @@ class CentralPrivacy(Section):
 Privacy = Annotated[NoPrivacy | LocalPrivacy | CentralPrivacy, Field(discriminator="mode")]
 
 
+class MlflowSpec(Section):
+    """``tracking.mlflow:`` — an MLflow tracking store (a server's URL, ``sqlite:///…``, …)."""
+
+    uri: str | None = Field(None, description="tracking URI (None: MLflow's own default)")
+    experiment: str | None = Field(None, description="experiment (None: the scenario's name)")
+
+
+class TrackingSpec(Section):
+    """``tracking:`` — where metric rows go besides metrics.csv, each round as it is written."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files in RUN_DIR/tensorboard")
+    mlflow: MlflowSpec | None = None  # params (the scenario) and metrics to MLflow
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _true_means_defaults(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, value: bool) -> bool:
+        # Looked up, not imported: a scenario that does not ask for a tracker never loads it.
+        if value and find_spec("tensorboard") is None:
+            raise ValueError("needs the tensorboard package: pip install 'fedsim[tensorboard]'")
+        return value
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow_installed(cls, value: MlflowSpec | None) -> MlflowSpec | None:
+        if value is not None and find_spec("mlflow") is None:
+            raise ValueError("needs the mlflow package: pip install 'fedsim[mlflow]'")
+        return value
+
+
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     plugins: list[str] = Field(
@@ -168,6 +211,7 @@ class Scenario(Section):
     byzantine: ByzantineSpec = ByzantineSpec()
     eval: EvalSpec = EvalSpec()
     privacy: Privacy = NoPrivacy()
+    tracking: TrackingSpec = TrackingSpec()
 
     @model_validator(mode="after")
     def _byzantine_fit(self) -> Scenario:
@@ -214,7 +258,12 @@ _COMPONENTS = {
 
 
 def parse(raw: Any, source: str = "") -> Scenario:
-    """Validate a scenario given as plain data; every default filled in, components resolved."""
+    """Validate a scenario given as plain data; every default filled in, components resolved.
+
+    ``source`` names the scenario in messages; when it is a file, relative paths to the user's
+    files (``UserPath`` fields, e.g. ``data.path``) are made absolute from its folder, else from
+    the working directory.
+    """
     if not isinstance(raw, dict):
         raise ScenarioError(
             [f"(top level): expected a mapping of keys, got {type(raw).__name__}"], source
@@ -234,6 +283,7 @@ def parse(raw: Any, source: str = "") -> Scenario:
     except UserError as err:
         raise ScenarioError([f"plugins: {err}"], source) from err.__cause__
     scenario = scenario.model_copy(update={"plugins": [plugin.spec for plugin in loaded]})
+    base = Path(source).resolve().parent if source and Path(source).is_file() else Path.cwd()
     problems: list[str] = []
     resolved: dict[str, Component] = {}
     for path, kind in _COMPONENTS.items():
@@ -249,7 +299,7 @@ def parse(raw: Any, source: str = "") -> Scenario:
             kind = dataset.declared("partitioners", kind)
             if "partition" not in scenario.data.model_fields_set:
                 spec = Component(name=dataset.declared("default_partition", "iid"))
-        resolved[path], errs = resolve(spec, kind, path)
+        resolved[path], errs = resolve(spec, kind, path, base)
         problems += errs
     if problems:
         raise ScenarioError(problems, source)
@@ -301,6 +351,14 @@ def _data_mismatch(scenario: Scenario) -> list[str]:
                 f"but {scenario.data.name!r} is {kind} data; use a model attack (e.g. sign_flip)"
             )
     return problems
+
+
+def _data_files(scenario: Scenario) -> list[str]:
+    """The dataset's cheap checks of the user's files: they exist and hold what is named."""
+    params = DATASETS.params(scenario.data.dataset)
+    if not isinstance(params, DatasetParams):
+        return []
+    return [f"data.{problem}" for problem in params.check()]
 
 
 def _reads(workload: str) -> str:
@@ -366,7 +424,11 @@ def central_problems(scenario: Scenario) -> list[str]:
 
 
 # Checks of a resolved scenario beyond its schema, each returning its problems as lines.
-VALIDATORS: list[Callable[[Scenario], list[str]]] = [_data_mismatch, _privacy_problems]
+VALIDATORS: list[Callable[[Scenario], list[str]]] = [
+    _data_mismatch,
+    _data_files,
+    _privacy_problems,
+]
 
 
 def _component_at(scenario: Scenario, path: str) -> Component:

@@ -24,6 +24,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing import get_context
@@ -33,7 +34,7 @@ from typing import Any
 import yaml
 
 from fedsim import results
-from fedsim.errors import ScenarioError, UserError
+from fedsim.errors import ScenarioError, SweepError, UserError
 from fedsim.scenario import Scenario, parse
 
 INDEX = "sweep.json"
@@ -84,7 +85,7 @@ def expand(raw: dict[str, Any], source: str = "") -> list[Point]:
         try:
             for key, value in values.items():
                 _set(point_raw, key, value)
-            points.append(Point(f"{i:04d}", values, parse(point_raw)))
+            points.append(Point(f"{i:04d}", values, parse(point_raw, source)))
         except ScenarioError as err:
             for problem in err.problems:
                 failing.setdefault(problem, []).append(f"{i} ({label})")
@@ -141,15 +142,19 @@ def run(
     show_progress: bool = True,
     echo: Callable[[str], None] = print,
     source: str = "",
+    command: str | None = None,
 ) -> Path:
-    """Validate every point, prepare the sweep directory, run the points; returns the directory."""
+    """Validate every point, prepare the sweep directory, run the points; returns the directory.
+
+    ``command`` is what the manifests record (default: ``fedsim`` and this process's arguments).
+    """
     points = expand(raw, source)
     from fedsim import engine
 
     for point in points:
         engine.preflight(point.scenario)
     path = (out or default_sweep_dir(raw)).resolve()
-    prepare(path, raw, points, command=shlex.join(["fedsim", *sys.argv[1:]]))
+    prepare(path, raw, points, command=command or shlex.join(["fedsim", *sys.argv[1:]]))
     echo(f"fedsim: sweep of {len(points)} runs → {path}")
     run_points(path, show_progress=show_progress, echo=echo)
     return path
@@ -188,19 +193,28 @@ def run_points(
 
         if parallel > 1:
             context = get_context("spawn")
-            with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
-                futures = {pool.submit(_run_point, str(path / p["dir"])): p for p in local}
-                for future in as_completed(futures):
-                    finished(futures[future], future.result())
+            try:
+                with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+                    futures = {pool.submit(_run_point, str(path / p["dir"])): p for p in local}
+                    for future in as_completed(futures):
+                        finished(futures[future], future.result())
+            except BrokenProcessPool:
+                raise SweepError(
+                    "the sweep's worker processes died (killed, out of memory, or started from a "
+                    'Python script whose code is not under `if __name__ == "__main__":`, which '
+                    f"each worker imports); continue with: fedsim run --resume {path}",
+                    path,
+                ) from None
         else:
             others = local + others
         for point in others:  # Ray runs one simulation at a time per process
             finished(point, _run_point(str(path / point["dir"])))
     failed = [p["id"] for p in index["points"] if p["status"] == FAILED]
     if failed:
-        raise UserError(
+        raise SweepError(
             f"{len(failed)} sweep points failed ({', '.join(failed)}); see their events.jsonl, "
-            f"fix the cause and continue with: fedsim run --resume {path}"
+            f"fix the cause and continue with: fedsim run --resume {path}",
+            path,
         )
 
 

@@ -10,8 +10,9 @@ A flat float vector travels as one ArrayRecord, in the cheapest of three forms:
 Shapes are not sent: both ends know the model. The server sends a masked model as its unmasked
 entries (record ``model``; the positions are the global mask, so the client learns it from
 them), and clients that compress or train sparse reply with their update as a sparse vector
-(record ``delta``). The server decodes replies back to models before the strategy sees them, so
-any aggregation pipeline works unchanged.
+(record ``delta``). The server decodes such a reply into the update record the strategy takes
+(``update``, shaped like the model), so any aggregation pipeline works unchanged and the update
+reaches it exactly as the client sent it (never as a model from which it is subtracted again).
 
 Sizes are measured on Flower's own serialisation (Flower 1.41 ships a Message as a tree of
 content-addressed objects: the message, its records, arrays and array chunks, each deflated);
@@ -30,7 +31,7 @@ from flwr.app.message.message import make_message
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from torch import Tensor
 
-from strategies.flower import flatten, unflatten
+from strategies.flower import UPDATE, flatten, unflatten, with_record
 
 MODEL = "model"  # a sparse global model in a server Message (replaces ``arrays``)
 DELTA = "delta"  # a sparse update in a client's reply (replaces ``arrays``)
@@ -125,24 +126,20 @@ def send_masked(messages: Iterable[Message], mask: Tensor) -> list[Message]:
 
 
 def receive_updates(replies: Iterable[Message], sent: ArrayRecord) -> list[Message]:
-    """Replies whose update came encoded, turned back into models (``sent`` + update) under
-    ``arrays``; a reply that does not decode becomes an error reply saying why."""
-    base, out = flatten(sent), []
+    """Replies whose update came encoded, with it decoded under ``update`` (names and shapes of
+    ``sent``, the model sent); a reply that does not decode becomes an error reply saying why."""
+    size, out = sum(a.numpy().size for a in sent.values()), []
     for reply in replies:
         if reply.has_error() or DELTA not in reply.content.array_records:
             out.append(reply)
             continue
-        records = {k: v for k, v in reply.content.items() if k != DELTA}
         try:
-            delta, _ = decode(reply.content.array_records[DELTA], base.numel())
+            delta, _ = decode(reply.content.array_records[DELTA], size)
         except (ValueError, KeyError) as err:
             error = Error(code=DECODE_ERROR, reason=f"undecodable update: {err}")
             out.append(make_message(metadata=reply.metadata, error=error))
             continue
-        model = unflatten(base + delta, sent)
-        out.append(
-            make_message(metadata=reply.metadata, content=RecordDict({ARRAYS: model, **records}))
-        )
+        out.append(with_record(reply, DELTA, UPDATE, unflatten(delta, sent)))
     return out
 
 

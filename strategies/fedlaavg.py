@@ -14,8 +14,11 @@ config names under ``client-memory``.
 
 The client protocol, for any ClientApp: a train Message's config carries ``latest-round`` (the
 round of this client's update that ū holds, 0 for none) and ``keep-rounds``; the client trains,
-calls ``latest_difference`` and replies with Δ_i in ``arrays`` (same names and shapes as the
-model) and ``num-examples`` in ``metrics``. fedsim's ClientApp does this by itself.
+calls ``latest_difference`` and replies with Δ_i in an ArrayRecord ``latest-difference`` (same
+names and shapes as the model) and ``num-examples`` in ``metrics``. fedsim's ClientApp does this
+by itself. A ClientApp that does not speak the protocol replies as Flower's clients do, with its
+model under ``arrays``; the strategy then keeps that client's u_i on the server (O(d) each), which
+is simplest for a small federation and costs O(N·d) server memory for N such clients.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 LATEST_ROUND = "latest-round"
 KEEP_ROUNDS = "keep-rounds"
 MEMORY_DIR = "client-memory"
+DIFFERENCE = "latest-difference"  # the record of a protocol reply: Δ_i
 
 
 def latest_average(num_clients: int) -> Stage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,17 @@ def write_scenario(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return write
+
+
+@pytest.fixture
+def forget_plugins() -> Iterator[None]:
+    """The test may load plugins; afterwards the registries hold the built-ins only again."""
+    from fedsim import plugins
+    from fedsim.registry import load_components, registrations, rollback
+
+    load_components()  # so that the built-ins are part of what is restored
+    before, loaded = registrations(), dict(plugins._loaded)
+    yield
+    rollback(before)
+    plugins._loaded.clear()
+    plugins._loaded.update(loaded)

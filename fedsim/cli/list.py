@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args, get_origin
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -62,9 +63,23 @@ def _type(info: FieldInfo) -> str:
     ref = next((m for m in info.metadata if isinstance(m, Ref)), None)
     if ref is not None:  # a nested component: name its kind, `fedsim list KIND` shows the choices
         return ref.kind
-    annotation: Any = info.annotation
-    if get_origin(annotation) is Literal:
-        return " | ".join(map(str, get_args(annotation)))
+    return _type_name(info.annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    """A type as a scenario's author reads it: ``int | list[int]``, ``str | None``, ``1 | 3``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # a nested component shows its kind; constraints are not shown
+        ref = next((m for m in annotation.__metadata__ if isinstance(m, Ref)), None)
+        return ref.kind if ref is not None else _type_name(args[0])
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
+    if annotation is type(None):
+        return "None"
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(map(_type_name, args))}]"
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("typing.", "").replace("fedsim.registry.", "")
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedsim import api
 from fedsim.cli.common import user_errors
 
 
@@ -33,9 +34,7 @@ def report(
     debug: Annotated[bool, typer.Option(help="Show tracebacks for user errors.")] = False,
 ) -> None:
     """Group runs by configuration (scenario without seed), summarise and plot them."""
-    from fedsim.report import build_report  # matplotlib only when reporting
-
-    result = build_report(paths, out, target=target)
+    result = api.report(paths, out, target=target)
     console = Console(highlight=False)
     for skipped in result.skipped:
         console.print(f"[yellow]skipped[/] {skipped.path}: {skipped.reason}", markup=True)

@@ -31,6 +31,8 @@ def latest_update_mod(scenario: Scenario) -> ClientMod | None:
         update = (flatten(trained.arrays) - flatten(fit.sent)).numpy()
         memory = ClientMemory(str(directory), fit.scenario.clients.num, update.size)
         diff = fedlaavg.latest_difference(memory, fit.client, fit.message, update)
-        return Trained(trained.metrics, trained.key, unflatten(torch.from_numpy(diff), fit.sent))
+        return Trained(
+            trained.metrics, fedlaavg.DIFFERENCE, unflatten(torch.from_numpy(diff), fit.sent)
+        )
 
     return mod

@@ -5,23 +5,33 @@ import it only when a run builds a strategy, so validating a scenario never load
 """
 
 from strategies.flower.pipeline_strategy import (
+    ARRAYS,
     EPSILON,
     NUM_EXAMPLES,
+    UPDATE,
+    FlowerLog,
     PipelineStrategy,
     Recorder,
+    as_update,
     flatten,
-    reply_arrays,
+    reply_update,
     unflatten,
     with_phase,
+    with_record,
 )
 
 __all__ = [
+    "ARRAYS",
     "EPSILON",
     "NUM_EXAMPLES",
+    "UPDATE",
+    "FlowerLog",
     "PipelineStrategy",
     "Recorder",
+    "as_update",
     "flatten",
-    "reply_arrays",
+    "reply_update",
     "unflatten",
     "with_phase",
+    "with_record",
 ]

@@ -14,7 +14,10 @@ new model. fedsim changes only what it must:
   fraction of updates *not* clipped. Flower 1.41 puts the clipped fraction in b̄'s place, so its
   norm shrinks when most updates are clipped and grows when few are, away from the γ-quantile;
 - each round records the noise multiplier, the clipping norm, the noise std and the ε spent,
-  and the wrapper's state (the adaptive norm, the releases so far) goes into checkpoints.
+  and the wrapper's state (the adaptive norm, the releases so far) goes into checkpoints;
+- replies reach Flower's clipping as updates (a model reply becomes ``update`` = x_i − x) and
+  are clipped as such, so a clipped update reaches the strategy exactly, never as a model
+  x + clip(u) from which the strategy would subtract x again.
 
 ε is the client-level guarantee of the sampled Gaussian mechanism applied once per released
 round with sampling rate q = clients per round / clients, computed by Opacus's RDP accountant
@@ -38,7 +41,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.differential_privacy import compute_stdv
 from opacus.accountants import RDPAccountant
 
-from strategies.flower.pipeline_strategy import PipelineStrategy
+from strategies.flower.pipeline_strategy import PipelineStrategy, as_update
 
 NOISE_STREAM = 17  # keeps the model noise apart from other uses of the seed
 COUNT_STREAM = 18  # adaptive clipping's noisy count of clipped updates
@@ -70,6 +73,7 @@ class _CentralDP:
     noise_multiplier: float  # the model's noise multiplier (adaptive: after the count's share)
     clipping_norm: float
     num_sampled_clients: int
+    current_arrays: ArrayRecord  # the model sent this round (set by Flower's configure_train)
 
     def _fedsim_setup(self, inner: PipelineStrategy, seed: int, account: CentralAccount) -> None:
         self.inner = inner
@@ -98,8 +102,13 @@ class _CentralDP:
         replies: Iterable[Message],
         aggregate: Any,
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Run Flower's ``aggregate_train`` (``aggregate``) and record what it did."""
-        replies = list(replies)
+        """Run Flower's ``aggregate_train`` (``aggregate``) and record what it did.
+
+        Flower clips ``reply - current_arrays``; with every reply an update and zeros as the
+        reference, that is the update itself, and the clipped update is what it hands on.
+        """
+        sent = self.current_arrays
+        replies = [as_update(reply, sent) for reply in replies]
         self._round, self._round_norm = server_round, self.clipping_norm
         recorder = self.inner.recorder
         if any(reply.has_error() for reply in replies):
@@ -111,8 +120,14 @@ class _CentralDP:
                 round=server_round,
                 reason=f"central DP: clients {failed} failed; Flower's DP wrapper skips the round",
             )
-        with _quiet_flwr():
-            arrays, metrics = aggregate(server_round, replies)
+        self.current_arrays = ArrayRecord(
+            {key: Array(np.zeros_like(array.numpy())) for key, array in sent.items()}
+        )
+        try:
+            with _quiet_flwr():
+                arrays, metrics = aggregate(server_round, replies)
+        finally:
+            self.current_arrays = sent
         if arrays is not None:
             self.account.releases += 1
         values = {

@@ -2,15 +2,24 @@
 
 It speaks Flower's standard protocol (``arrays`` + ``config`` out; ``arrays`` + ``metrics`` with
 ``num-examples`` back), so any Flower ServerApp can use it with ``strategy.start(...)`` and any
-Flower ClientApp can answer it. The server turns replies into deltas ``x_i - x``, stacks them as
-``U`` of shape ``(n, d)`` and applies the pipeline; replies that failed, or that carry NaN/Inf or
+Flower ClientApp can answer it. A reply carries either the client's model under ``arrays``
+(Flower's way), from which the server takes the update ``x_i - x``, or the update itself under
+``update`` (same names and shapes as the model), used as it is, so that an update never makes
+the round trip update -> model -> update (not exact in float32). The updates are stacked as
+``U`` of shape ``(n, d)`` and the pipeline applied; replies that failed, or that carry NaN/Inf or
 wrongly shaped arrays, are left out and reported.
+
+Flower's node ids are random unsigned 64-bit numbers; the strategy speaks of clients
+``0..N-1`` instead: the ids the caller maps nodes to (``client_ids``), or else the nodes numbered
+in increasing node-id order as they first appear.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from logging import INFO, WARNING
 from typing import Any, Protocol, TypeGuard, cast
 
 import numpy as np
@@ -24,6 +33,8 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.app.message.message import make_message
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
@@ -31,6 +42,8 @@ from torch import Tensor
 from strategies.pipeline import RoundInfo, Stage
 
 NUM_EXAMPLES = "num-examples"
+ARRAYS = "arrays"  # a reply's model (Flower's standard protocol)
+UPDATE = "update"  # a reply's update x_i - x, instead of its model
 # A client's privacy spent so far (local DP): neither a train nor an eval quantity, so it keeps
 # its name; the federation's value is the largest ε among the round's clients, not a mean.
 EPSILON = "epsilon"
@@ -47,28 +60,43 @@ class Recorder(Protocol):
     def event(self, kind: str, **fields: Any) -> None: ...
 
 
-class _Silent:
+class FlowerLog:
+    """The recorder when none is given: what went wrong goes to Flower's log as a WARNING
+    (skipped rounds, failed clients, too few clients online); metrics are left to Flower's
+    own summary of each round."""
+
+    WARNINGS = frozenset(
+        {"round_skipped", "client_failed", "few_clients_online", "no_clients_online"}
+    )
+
     def metrics(
         self, round: int, scope: str, client: int | None, values: Mapping[str, float]
     ) -> None:
         pass
 
     def event(self, kind: str, **fields: Any) -> None:
-        pass
+        if kind in self.WARNINGS:
+            details = ", ".join(f"{key}={value}" for key, value in fields.items())
+            log(WARNING, "%s: %s", kind.replace("_", " "), details)
 
 
 class PipelineStrategy(Strategy):
-    """Sample clients, collect their models, aggregate the deltas with a pipeline stage.
+    """Sample clients, collect their updates, aggregate them with a pipeline stage.
 
-    ``replies`` says what its clients send: their ``model``, from which it takes the update.
+    ``replies`` says what its clients send: their ``model`` (or its update, see the module).
 
     ``per_round`` clients train each round (all when None), ``fraction_evaluate`` of them evaluate.
     Sampling is drawn from ``seed`` and the round over clients ordered by ``client_ids`` (node id ->
-    client id, so that runs with fresh random node ids sample the same clients). With ``online``
+    client id, so that runs with fresh random node ids sample the same clients); nodes it does not
+    name are numbered after them (from 0 when it is not given) in increasing node-id order.
+    Before each round it waits until ``min_available_nodes`` nodes are connected, as Flower's
+    FedAvg does (Flower's simulation starts the ServerApp before its nodes). With ``online``
     (round -> bool mask over client ids) only clients online that round are sampled for training;
     evaluation measures the model on all clients, online or not. ``attack`` (a stage) replaces the
     updates of the ``byzantine`` client ids before the pipeline sees them. A round the pipeline
-    refuses (e.g. fewer replies than its ``f`` needs) is skipped and the model kept.
+    refuses (e.g. fewer replies than its ``f`` needs) is skipped and the model kept. Skipped
+    rounds, failed clients and per-client metrics go to ``recorder``; without one, skipped rounds
+    and failures are logged through Flower's logger (WARNING).
     """
 
     def __init__(
@@ -79,6 +107,7 @@ class PipelineStrategy(Strategy):
         fraction_evaluate: float = 1.0,
         seed: int = 0,
         client_ids: Mapping[int, int] | None = None,
+        min_available_nodes: int = 1,
         recorder: Recorder | None = None,
         online: Callable[[int], np.ndarray] | None = None,
         byzantine: Collection[int] = (),
@@ -90,7 +119,8 @@ class PipelineStrategy(Strategy):
         self.fraction_evaluate = fraction_evaluate
         self.seed = seed
         self.client_ids = dict(client_ids or {})
-        self.recorder: Recorder = recorder or _Silent()
+        self.min_available_nodes = min_available_nodes
+        self.recorder: Recorder = recorder or FlowerLog()
         self.online = online
         self.byzantine = frozenset(byzantine)
         self.attack = attack
@@ -117,7 +147,7 @@ class PipelineStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        nodes = self._sample(grid, self.per_round, server_round, phase=0)
+        nodes = self._sample(self._nodes(grid), self.per_round, server_round, phase=0)
         self._sent = arrays
         return self._messages(nodes, arrays, config, server_round, MessageType.TRAIN)
 
@@ -178,9 +208,9 @@ class PipelineStrategy(Strategy):
     ) -> Iterable[Message]:
         if self.fraction_evaluate <= 0:
             return []
-        total = len(list(grid.get_node_ids()))
-        count = max(1, math.ceil(self.fraction_evaluate * total))
-        nodes = self._sample(grid, count, server_round, phase=1)
+        every = self._nodes(grid)
+        count = max(1, math.ceil(self.fraction_evaluate * len(every)))
+        nodes = self._sample(every, count, server_round, phase=1)
         return self._messages(nodes, arrays, config, server_round, MessageType.EVALUATE)
 
     def aggregate_evaluate(
@@ -195,9 +225,16 @@ class PipelineStrategy(Strategy):
 
     # -- what subclasses change -----------------------------------------------------------------
 
+    reply_records: tuple[str, ...] = (ARRAYS, UPDATE)  # what a train reply may carry
+
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
-        """The pipeline's input ``U`` (n, d): each reply's model minus the global model."""
-        return torch.stack([flatten(reply_arrays(msg)) for msg in replies]) - global_flat
+        """The pipeline's input ``U`` (n, d): each reply's update (its model minus the global
+        model, or the update it sent)."""
+        return torch.stack([reply_update(msg, global_flat) for msg in replies])
+
+    def _problem(self, msg: Message, template: ArrayRecord | None) -> str | None:
+        """Why a reply cannot be aggregated, or None when it can."""
+        return _problem(msg, template, self.reply_records)
 
     def _folded_in(self, server_round: int, clients: Sequence[int]) -> None:
         """Called once these clients' updates are part of the new global model."""
@@ -209,11 +246,40 @@ class PipelineStrategy(Strategy):
     # -- helpers ---------------------------------------------------------------------------------
 
     def _client(self, node_id: int) -> int:
-        return self.client_ids.get(node_id, node_id)
+        if node_id not in self.client_ids:
+            self._number([node_id])
+        return self.client_ids[node_id]
 
-    def _sample(self, grid: Grid, count: int | None, server_round: int, phase: int) -> list[int]:
+    def _number(self, nodes: Iterable[int]) -> None:
+        """Client ids for nodes that have none: the next free ids, in increasing node-id order."""
+        new = sorted(set(nodes) - self.client_ids.keys())
+        if not new:
+            return
+        first = max(self.client_ids.values(), default=-1) + 1
+        if self.client_ids:  # e.g. a node that joined after the first round
+            log(WARNING, "nodes %s joined later: they are clients %d..", new, first)
+        self.client_ids.update({node: first + i for i, node in enumerate(new)})
+
+    def _nodes(self, grid: Grid) -> list[int]:
+        """The grid's nodes, once ``min_available_nodes`` are connected, in client-id order."""
+        announced = False
+        while len(nodes := list(grid.get_node_ids())) < self.min_available_nodes:
+            if not announced:
+                log(
+                    INFO,
+                    "waiting for %d nodes (%d connected)",
+                    self.min_available_nodes,
+                    len(nodes),
+                )
+                announced = True
+            time.sleep(0.1)
+        self._number(nodes)
+        return sorted(nodes, key=self._client)
+
+    def _sample(
+        self, nodes: list[int], count: int | None, server_round: int, phase: int
+    ) -> list[int]:
         """Training (phase 0) samples among the clients online this round; evaluation, all."""
-        nodes = sorted(grid.get_node_ids(), key=self._client)
         if self.online is not None and phase == 0:
             mask = self.online(server_round)
             nodes = [n for n in nodes if mask[self._client(n)]]
@@ -277,7 +343,7 @@ class PipelineStrategy(Strategy):
         # Arrival order depends on the engine's scheduling: sort so results are reproducible.
         for msg in sorted(replies, key=lambda m: self._client(m.metadata.src_node_id)):
             client = self._client(msg.metadata.src_node_id)
-            reason = _problem(msg, template)
+            reason = self._problem(msg, template)
             if reason is None:
                 ok.append(msg)
                 values = {**_scalars(msg), "examples": _num_examples(msg)}
@@ -290,8 +356,9 @@ class PipelineStrategy(Strategy):
         return ok
 
 
-def _problem(msg: Message, template: ArrayRecord | None) -> str | None:
-    """Why a reply cannot be aggregated, or None when it can."""
+def _problem(msg: Message, template: ArrayRecord | None, records: Sequence[str]) -> str | None:
+    """Why a reply cannot be aggregated, or None when it can: a train reply (``template``, the
+    model sent) must carry exactly one of ``records``, shaped like the model."""
     if msg.has_error():
         return msg.error.reason or f"error code {msg.error.code}"
     metrics = msg.content.metric_records.get("metrics")
@@ -304,11 +371,14 @@ def _problem(msg: Message, template: ArrayRecord | None) -> str | None:
         return "reply metrics contain NaN or Inf"
     if template is None:
         return None
-    arrays = msg.content.array_records.get("arrays")
-    if arrays is None:
-        return "reply has no ArrayRecord 'arrays'"
+    carried = [name for name in records if name in msg.content.array_records]
+    if len(carried) != 1:
+        wanted = " or ".join(repr(name) for name in records)
+        found = sorted(msg.content.array_records.keys())
+        return f"reply must carry one ArrayRecord {wanted}, it carries {found}"
+    arrays = msg.content.array_records[carried[0]]
     if list(arrays.keys()) != list(template.keys()):
-        return "reply arrays have other names than the global model's"
+        return f"reply {carried[0]!r} has other names than the global model's"
     for key, sent in template.items():
         if tuple(arrays[key].shape) != tuple(sent.shape):
             return (
@@ -334,9 +404,27 @@ def with_phase(values: Mapping[str, Any], phase: str) -> dict[str, float]:
     return out
 
 
-def reply_arrays(msg: Message) -> ArrayRecord:
-    """The ``arrays`` record of a reply (the model, or what a strategy asked for instead)."""
-    return msg.content.array_records["arrays"]
+def reply_update(msg: Message, global_flat: Tensor) -> Tensor:
+    """A train reply's update, flat: its ``update`` as sent, else its model minus the global."""
+    records = msg.content.array_records
+    if UPDATE in records:
+        return flatten(records[UPDATE])
+    return flatten(records[ARRAYS]) - global_flat
+
+
+def as_update(msg: Message, sent: ArrayRecord) -> Message:
+    """A reply that carries its model (``arrays``) as one that carries its update ``x_i - x``
+    (``update``, shaped and typed like ``sent``); any other reply as it is."""
+    if msg.has_error() or ARRAYS not in msg.content.array_records:
+        return msg
+    update = unflatten(reply_update(msg, flatten(sent)), sent)
+    return with_record(msg, ARRAYS, UPDATE, update)
+
+
+def with_record(msg: Message, old: str, new: str, record: ArrayRecord) -> Message:
+    """``msg`` with its record ``old`` replaced by ``record`` named ``new``; metadata kept."""
+    others = {key: value for key, value in msg.content.items() if key != old}
+    return make_message(metadata=msg.metadata, content=RecordDict({new: record, **others}))
 
 
 def _scalars(msg: Message) -> dict[str, float]:

@@ -29,6 +29,7 @@ FOUNDATION = (
     "fedsim.scenario",
     "fedsim.checkpoint",
     "fedsim.data",
+    "fedsim.files",
     "fedsim.partition",
     "fedsim.graphs",
     "fedsim.mbo_tasks",

@@ -350,7 +350,7 @@ def test_evaluate_over_several_batches_equals_one_pass() -> None:
 
 def test_params_defaults() -> None:
     p = ClassificationParams()
-    assert (p.model, p.hidden, p.epochs, p.batch_size, p.lr) == ("mlp", 128, 1, 32, 0.05)
+    assert (p.model, p.epochs, p.batch_size, p.lr) == (Component(name="mlp"), 1, 32, 0.05)
     assert (p.momentum, p.weight_decay, p.mu) == (0.0, 0.0, 0.0)
 
 
@@ -360,7 +360,9 @@ def test_params_defaults() -> None:
         {"lrr": 0.1},  # typo of a known key
         {"lr": -1},
         {"lr": 0},
-        {"model": "resnet"},
+        {"model": {"nme": "mlp"}},  # a model without a name
+        {"model": "cnn", "hidden": 64},  # hidden is the MLP's
+        {"model": {"name": "mlp", "hidden": 8}, "hidden": 64},  # given twice
         {"momentum": 1.0},
         {"momentum": -0.1},
         {"epochs": 0},
@@ -372,6 +374,23 @@ def test_params_defaults() -> None:
 def test_params_refuse_unknown_keys_and_bad_values(options: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         WORKLOADS.build(Component(name="classification", **options))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"model": "mlp", "hidden": 64},  # the spelling of scenarios before models were components
+        {"model": {"name": "mlp"}, "hidden": 64},
+        {"hidden": 64},
+        {"model": {"name": "mlp", "hidden": 64}},
+    ],
+)
+def test_model_shorthand_and_hidden_beside_it_name_the_mlp(options: dict[str, object]) -> None:
+    # Execute
+    p = ClassificationParams.model_validate(options)
+
+    # Assert
+    assert p.model == Component(name="mlp", hidden=64)
 
 
 def test_mlp_with_hidden_widths_is_lenet_300_100() -> None:

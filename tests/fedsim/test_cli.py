@@ -48,6 +48,24 @@ def test_list_marks_required_parameters() -> None:
     assert "path: str (required)" in result.output and "Undefined" not in result.output
 
 
+def test_list_shows_the_models_and_the_workloads_model_option() -> None:
+    models, workloads = invoke("list", "model"), invoke("list", "workload")
+    assert models.exit_code == 0 and workloads.exit_code == 0
+    assert all(name in models.output for name in ("mlp", "cnn", "lenet_300_100", "hidden"))
+    assert "model: model = {'name':" in workloads.output
+
+
+def test_list_names_unions_optionals_and_nested_components() -> None:
+    from clients.models import MLPParams
+    from fedsim.cli.list import describe
+    from fedsim.files.images import ImageFolderParams
+    from strategies.fedavg import FedAvgParams
+
+    assert describe(MLPParams) == "hidden: int | list[int] = 128"
+    assert "size: int | tuple[int, int] (required)" in describe(ImageFolderParams)
+    assert "preagg: list[preaggregator] = []" in describe(FedAvgParams)
+
+
 def test_list_unknown_kind() -> None:
     result = invoke("list", "aggregators")
     assert result.exit_code == 2

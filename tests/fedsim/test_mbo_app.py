@@ -68,7 +68,7 @@ def test_ascent_on_the_mean_raises_the_ensembles_prediction_and_reports_scores(t
     assert (climb.diff().dropna() > 0).all()
     assert list(server(metrics, "p100").index) == [2, 4, 6]
     assert server(metrics, "p50").between(-1, 2).all()
-    designs = torch.load(tmp_path / "run" / "model.pt")["designs"]
+    designs = torch.load(tmp_path / "run" / "broadcasts.pt")["ascent"]["designs"]
     assert designs.shape == (8, 4)
     # Every step's traffic is recorded: 3 clients get the 8x4 float32 designs (128 bytes each)
     # and reply with values and gradients (8 + 32 floats), framing on top.
@@ -99,8 +99,9 @@ def test_a_resumed_ascent_ends_where_an_uninterrupted_one_does(tmp_path) -> None
     run_local(parse(raw), cut, show_progress=False)
 
     # Assert
-    done = torch.load(reference / "model.pt")["designs"]
-    torch.testing.assert_close(torch.load(cut / "model.pt")["designs"], done, rtol=0, atol=0)
+    done = torch.load(reference / "broadcasts.pt")["ascent"]["designs"]
+    again = torch.load(cut / "broadcasts.pt")["ascent"]["designs"]
+    torch.testing.assert_close(again, done, rtol=0, atol=0)
     kinds = [json.loads(line)["event"] for line in (cut / "events.jsonl").read_text().splitlines()]
     assert "run_resumed" in kinds
 
@@ -129,5 +130,7 @@ def test_flowers_engine_ascends_the_same_designs_as_the_local_engine(tmp_path) -
     flower = pd.read_csv(tmp_path / "flower" / "metrics.csv")
     learned = [m[~m.metric.str.endswith("_time_s")].reset_index(drop=True) for m in (flower, local)]
     pd.testing.assert_frame_equal(*learned)
-    designs = [torch.load(tmp_path / d / "model.pt")["designs"] for d in ("flower", "local")]
+    designs = [
+        torch.load(tmp_path / d / "broadcasts.pt")["ascent"]["designs"] for d in ("flower", "local")
+    ]
     torch.testing.assert_close(*designs, rtol=0, atol=0)

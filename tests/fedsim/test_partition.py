@@ -14,15 +14,23 @@ from fedsim.partition import Indices
 from fedsim.registry import PARTITIONERS, Component
 
 ALL = PARTITIONERS.names()
-DETERMINISTIC = {"sorted"}  # splits that depend on the labels alone
+DETERMINISTIC = {"sorted", "natural"}  # splits that depend on the labels (or client ids) alone
+# Splits that the federation hands each sample's own client id instead of its label.
+BY_CLIENT_ID = {n for n in ALL if PARTITIONERS.entry(n).declared("splits") == "client_ids"}
 
 
 def split(
     name: str, labels: npt.NDArray[np.int64], num_clients: int, seed: int = 0, **options: object
 ) -> list[Indices]:
+    values = client_ids(len(labels), num_clients) if name in BY_CLIENT_ID else labels
     return PARTITIONERS.build(Component(name=name, **options))(
-        labels, num_clients, np.random.default_rng(seed)
+        values, num_clients, np.random.default_rng(seed)
     )
+
+
+def client_ids(n: int, num_clients: int) -> npt.NDArray[np.int64]:
+    """Each of ``n`` samples' client, every client holding one (when n >= num_clients)."""
+    return (np.random.default_rng(99).permutation(n) % num_clients).astype(np.int64)
 
 
 def labels_of(n: int = 2000, num_classes: int = 10, seed: int = 0) -> npt.NDArray[np.int64]:
@@ -60,7 +68,7 @@ def test_indices_are_sorted_int64_disjoint_and_in_range(name: str) -> None:
     assert every.min() >= 0 and every.max() < len(labels)
 
 
-@pytest.mark.parametrize("name", ["iid", "dirichlet", "shards", "sorted"])
+@pytest.mark.parametrize("name", ["iid", "dirichlet", "shards", "sorted", "natural"])
 def test_every_sample_is_used(name: str) -> None:
     # Prepare
     labels = labels_of()
@@ -274,3 +282,22 @@ def test_shards_too_few_clients_to_hold_every_class_is_a_user_error() -> None:
     # Execute / Assert: 3 clients * 2 classes leave 4 of 10 classes unheld
     with pytest.raises(UserError, match=r"got 3 \* 2 < 10"):
         split("shards", labels, num_clients=3, classes_per_client=2)
+
+
+# ---- natural ----
+
+
+def test_natural_gives_each_distinct_id_its_rows_in_sorted_id_order() -> None:
+    # Prepare: writer ids need not be numbers, nor 0..C-1
+    ids = np.array(["w7", "a2", "w7", "m0", "a2", "w7"])
+
+    # Execute
+    parts = PARTITIONERS.build("natural")(ids, 3, np.random.default_rng(0))
+
+    # Assert: a2, m0, w7
+    assert [p.tolist() for p in parts] == [[1, 4], [3], [0, 2, 5]]
+
+
+def test_natural_needs_one_client_per_distinct_id() -> None:
+    with pytest.raises(UserError, match=r"got 4 clients for 3 distinct client ids.*clients.num: 3"):
+        PARTITIONERS.build("natural")(np.array([5, 6, 7, 5]), 4, np.random.default_rng(0))

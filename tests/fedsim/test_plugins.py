@@ -8,16 +8,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fedsim import plugins
 from fedsim.cli import app
-from fedsim.registry import AGGREGATORS, registrations, rollback
+from fedsim.registry import AGGREGATORS, registrations
 
 runner = CliRunner()
 
@@ -38,14 +36,7 @@ def scaled_mean(p):
 """
 
 
-@pytest.fixture(autouse=True)
-def forget_plugins() -> Iterator[None]:
-    """Each test starts and ends with the built-in components only."""
-    before, loaded = registrations(), dict(plugins._loaded)
-    yield
-    rollback(before)
-    plugins._loaded.clear()
-    plugins._loaded.update(loaded)
+pytestmark = pytest.mark.usefixtures("forget_plugins")
 
 
 def write_plugin(folder: Path, text: str, name: str = "rules.py") -> Path:

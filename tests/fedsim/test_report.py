@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from fedsim import results
 from fedsim.cli import app
 from fedsim.engine import run_local
-from fedsim.report import build_report
-from fedsim.report.runs import Run, load_run
-from fedsim.report.summary import configurations
+from fedsim.reporting import build_report
+from fedsim.reporting.runs import Run, load_run
+from fedsim.reporting.summary import configurations
 from fedsim.scenario import parse
 
 SCENARIO: dict[str, Any] = {
@@ -324,7 +324,7 @@ def test_the_availability_timeline_draws_online_events_and_skips_cut_lines(tmp_p
 
 
 def test_accuracy_against_bytes_sums_both_directions_round_by_round(tmp_path: Path) -> None:
-    from fedsim.report.figures import cumulative_bytes
+    from fedsim.reporting.figures import cumulative_bytes
 
     rows = [
         (r, "server", "", name, value)

@@ -274,7 +274,7 @@ def test_the_central_metric_reads_the_broadcast(local_run: Run) -> None:
     assert saved["memory"]["reduced"] == 3
     centroid = saved["broadcast"][CENTROID]
     assert centroid.shape == (16,)
-    final = torch.load(local_run.path / "model.pt", weights_only=True)[CENTROID]
+    final = torch.load(local_run.path / "broadcasts.pt", weights_only=True)[CENTROID][CENTROID]
     torch.testing.assert_close(final, centroid, rtol=0, atol=0)
     norm = rows(metrics, "server", "centroid_norm")
     assert norm["value"].iloc[-1] == pytest.approx(float(centroid.norm()), rel=1e-6)

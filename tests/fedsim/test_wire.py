@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
+from torch import Tensor
 
 from fedsim import wire
-from strategies.flower import flatten
+from fedsim.grid import InProcessGrid
+from strategies.flower import PipelineStrategy, flatten
+from strategies.pipeline import RoundInfo, stateless
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +113,7 @@ def test_server_sends_the_masked_model_and_the_client_recovers_model_and_mask() 
     assert got_mask is not None and torch.equal(got_mask, mask)
 
 
-def test_replies_with_updates_become_models_and_bad_ones_become_errors() -> None:
+def test_encoded_updates_are_decoded_as_updates_and_bad_ones_become_errors() -> None:
     base = ArrayRecord({"w": Array(np.array([1.0, 2.0, 3.0], dtype=np.float32))})
     request = Message(RecordDict({"arrays": base}), dst_node_id=1, message_type="train")
     delta = torch.tensor([0.0, 0.5, 0.0])
@@ -122,5 +126,37 @@ def test_replies_with_updates_become_models_and_bad_ones_become_errors() -> None
     )
     bad = Message(RecordDict({wire.DELTA: bad_record}), reply_to=request)
     decoded, failed = wire.receive_updates([good, bad], base)
-    assert flatten(decoded.content.array_records["arrays"]).tolist() == [1.0, 2.5, 3.0]
+    assert set(decoded.content.array_records) == {wire.UPDATE}  # the update, not a model
+    assert flatten(decoded.content.array_records[wire.UPDATE]).tolist() == [0.0, 0.5, 0.0]
     assert failed.has_error() and "out of range" in failed.error.reason
+
+
+def test_an_encoded_update_reaches_the_pipeline_bit_exactly() -> None:
+    # Prepare: large weights, small sparse updates: in float32 (x + u) - x is not u
+    g = torch.Generator().manual_seed(0)
+    x = 1000 + 1000 * torch.rand(64, generator=g)
+    sent = ArrayRecord({"w": Array(x.reshape(8, 8).numpy())})
+    updates = [1e-3 * vector_with(torch.rand(64, generator=g) < 0.3) for _ in range(2)]
+    assert not torch.equal((x + updates[0]) - x, updates[0])  # what a model round trip loses
+    seen: list[Tensor] = []
+
+    def capture(rows: Tensor, info: RoundInfo) -> Tensor:
+        seen.append(rows.clone())
+        return rows.mean(dim=0)
+
+    strategy = PipelineStrategy(stateless(capture))
+    requests = list(
+        strategy.configure_train(1, sent, ConfigRecord(), InProcessGrid(ClientApp(), 2))
+    )
+    metrics = MetricRecord({"num-examples": 1})
+    replies = [
+        Message(RecordDict({wire.DELTA: wire.encode(u, u != 0), "metrics": metrics}), reply_to=r)
+        for r, u in zip(requests, updates, strict=True)
+    ]
+
+    # Execute
+    strategy.aggregate_train(1, wire.receive_updates(replies, sent))
+
+    # Assert: the pipeline's rows are the clients' updates, bit for bit
+    (rows,) = seen
+    assert torch.equal(rows, torch.stack(updates))

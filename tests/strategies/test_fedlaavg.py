@@ -81,10 +81,16 @@ def test_latest_average_folds_differences_into_the_mean_over_all_clients() -> No
 
 
 class QuadraticClients:
-    """Client i minimises f_i(x) = ||x - targets[i]||² / 2 by ``steps`` gradient steps."""
+    """Client i minimises f_i(x) = ||x - targets[i]||² / 2 by ``steps`` gradient steps.
 
-    def __init__(self, targets: np.ndarray, lr: float, steps: int, memory_dir: Path) -> None:
-        self.targets, self.lr, self.steps = targets, lr, steps
+    With ``protocol`` they speak FedLaAvg's protocol (keep their latest update, reply with its
+    change); without, they reply with their model, as any Flower client does.
+    """
+
+    def __init__(
+        self, targets: np.ndarray, lr: float, steps: int, memory_dir: Path, protocol: bool = True
+    ) -> None:
+        self.targets, self.lr, self.steps, self.protocol = targets, lr, steps, protocol
         self.memory = ClientMemory(memory_dir, len(targets), targets.shape[1])
         self.app = ClientApp()
         self.app.train()(self.train)
@@ -96,12 +102,13 @@ class QuadraticClients:
         local = x.copy()
         for _ in range(self.steps):
             local -= self.lr * (local - self.targets[client])
-        reply = local
-        if fedlaavg.is_latest_averaging(config):
-            reply = fedlaavg.latest_difference(self.memory, client, config, local - x)
+        name, reply = "arrays", local
+        if self.protocol and fedlaavg.is_latest_averaging(config):
+            diff = fedlaavg.latest_difference(self.memory, client, config, local - x)
+            name, reply = fedlaavg.DIFFERENCE, diff
         content = RecordDict(
             {
-                "arrays": ArrayRecord({"x": _array(reply)}),
+                name: ArrayRecord({"x": _array(reply)}),
                 "metrics": MetricRecord({"num-examples": 1}),
             }
         )
@@ -154,6 +161,54 @@ def test_two_client_alternating_example_fedavg_is_biased_fedlaavg_is_not(tmp_pat
     assert abs(x_avg.mean() - 0.25) < 0.03
     assert np.abs(x_avg - 0.5).min() > 0.15
     np.testing.assert_allclose(x_la, 0.5, atol=1e-3)
+
+
+def test_clients_that_reply_with_their_model_get_the_same_fedlaavg(tmp_path) -> None:
+    # Prepare: the alternating example, once with clients that keep their latest update, once
+    # with plain Flower clients (the server keeps their latest updates)
+    targets = np.array([[0.0], [1.0]])
+    quiet = {"fraction_evaluate": 0.0, "online": alternating(3, 1), "per_round": 1}
+    speaking, plain = (STRATEGIES.build("fedlaavg")(**quiet) for _ in range(2))
+
+    # Execute
+    spoken = trajectory(speaking, QuadraticClients(targets, 0.02, 5, tmp_path / "a"), 40)
+    replied = trajectory(plain, QuadraticClients(targets, 0.02, 5, tmp_path / "b", False), 40)
+
+    # Assert: the same trajectory; the server holds both clients' latest updates
+    np.testing.assert_allclose(replied, spoken, rtol=0, atol=1e-6)
+    assert sorted(plain.held) == [0, 1] and speaking.held == {}
+    assert not (tmp_path / "b" / "values.f32").stat().st_blocks  # no client wrote its memory
+
+
+class Failures:
+    """A recorder that keeps the clients' failures."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[int, str] = {}
+
+    def metrics(self, *args: Any) -> None:
+        pass
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if kind == "client_failed":
+            self.reasons[fields["client"]] = fields["reason"]
+
+
+def test_a_client_may_not_change_protocol_within_a_run(tmp_path) -> None:
+    # Prepare: both clients speak the protocol for a round, then reply with their models
+    failures = Failures()
+    strategy = STRATEGIES.build("fedlaavg")(fraction_evaluate=0.0, recorder=failures)
+    clients = QuadraticClients(np.array([[0.0], [1.0]]), 0.1, 1, tmp_path)
+    trajectory(strategy, clients, 1)
+    clients.protocol = False
+
+    # Execute
+    x = trajectory(strategy, clients, 1)
+
+    # Assert: refused, the model kept (ū would otherwise mix two kinds of memory)
+    assert sorted(failures.reasons) == [0, 1]
+    assert "keeps its latest update itself" in failures.reasons[0]
+    np.testing.assert_array_equal(x, np.zeros((1, 1)))
 
 
 def test_with_every_client_online_and_picked_fedlaavg_equals_uniform_fedavg(tiny, tmp_path) -> None:

@@ -23,8 +23,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedsim.report.runs import Run
-from fedsim.report.summary import Configuration
+from fedsim.reporting.runs import Run
+from fedsim.reporting.summary import Configuration
 from fedsim.results import CLIENT, SERVER
 
 DPI = 150

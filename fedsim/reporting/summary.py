@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.report.runs import Run, flatten
+from fedsim.reporting.runs import Run, flatten
 from fedsim.results import SERVER
 
 # Keys that tell seeds of one configuration apart rather than configurations.
 IGNORED_KEYS = ("seed", "name")
+# Sections that change where results go, not what they are (and that older runs lack).
+IGNORED_SECTIONS = ("tracking.",)
 # Metrics (scope, name) that, when present, add "per round" columns to the table.
 BYTES_SENT = (SERVER, "bytes_sent")
 # The mbo workload's normalised oracle scores of its designs (best and median design).
@@ -54,7 +56,11 @@ def configurations(runs: list[Run]) -> tuple[list[Configuration], dict[str, Any]
     """
     groups: dict[str, tuple[dict[str, Any], list[Run]]] = {}
     for run in runs:
-        settings = {k: v for k, v in flatten(run.scenario).items() if k not in IGNORED_KEYS}
+        settings = {
+            k: v
+            for k, v in flatten(run.scenario).items()
+            if k not in IGNORED_KEYS and not k.startswith(IGNORED_SECTIONS)
+        }
         key = json.dumps(settings, sort_keys=True, default=str)
         groups.setdefault(key, (settings, []))[1].append(run)
 

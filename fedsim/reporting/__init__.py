@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from fedsim.errors import UserError
-from fedsim.report import figures, render
-from fedsim.report.runs import Run, Skipped, load_runs
-from fedsim.report.summary import Configuration, configurations, format_value, summarise
+from fedsim.reporting import render
+from fedsim.reporting.runs import Run, Skipped, load_runs
+from fedsim.reporting.summary import Configuration, configurations, format_value, summarise
 
 __all__ = ["ReportResult", "Skipped", "build_report"]
 
@@ -69,6 +69,8 @@ def build_report(
     table.insert(0, "id", ids)
     latex = table.to_latex(index=False, escape=True)
     (out / "summary.tex").write_text(latex.replace("±", r"$\pm$").replace("—", "--"))
+
+    from fedsim.reporting import figures  # matplotlib: only when a report is built
 
     written: list[tuple[Path, str]] = []
     for stem, caption, make in figures.FIGURES:

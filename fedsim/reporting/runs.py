@@ -88,19 +88,24 @@ class Run:
 
     @cached_property
     def _events(self) -> list[dict[str, Any]]:
+        return read_events(self.path / "events.jsonl")
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The events of an events.jsonl, in order; a missing file is none, bad lines are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    parsed = []
+    for line in lines:
         try:
-            lines = (self.path / "events.jsonl").read_text().splitlines()
-        except (OSError, UnicodeDecodeError):
-            return []
-        parsed = []
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:  # a line cut short by a kill
-                continue
-            if isinstance(event, dict):
-                parsed.append(event)
-        return parsed
+            event = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(event, dict):
+            parsed.append(event)
+    return parsed
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
