@@ -10,8 +10,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt
-from sklearn.decomposition import PCA
-from sklearn.neighbors import kneighbors_graph
 
 from fedsim.errors import UserError
 from fedsim.graphs.graph import GraphDataset, graph_dataset
@@ -92,6 +90,12 @@ def knn(p: KnnParams) -> GraphDataset:
 
         data = fashion_mnist(FashionMnistParams(root=p.root))
         images, labels = data.x_test.flatten(1).numpy(), data.y_test.numpy()
+    # scikit-learn is imported here, not at the top: importing it costs about a second, which
+    # every fedsim process would pay (fedsim.graphs is imported with the workloads) for a
+    # dataset that few runs use.
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import kneighbors_graph
+
     rng = np.random.default_rng([p.seed, 2])
     if p.num_nodes is not None:
         if p.num_nodes > len(labels):
