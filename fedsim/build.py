@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +19,9 @@ from fedsim.scenario import Scenario
 from strategies.attacks.base import DataAttack, Poison
 from strategies.availability import Population
 from strategies.flower import PipelineStrategy
-from strategies.flower.central_dp import CentralDP
+
+if TYPE_CHECKING:  # imports Opacus: only a scenario with central DP loads it (fedsim.privacy)
+    from strategies.flower.central_dp import CentralDP
 
 BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
 MASK_STREAM = 19  # the same for the sparse-training method's initial mask

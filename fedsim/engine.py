@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import ArrayRecord
@@ -25,8 +26,10 @@ from fedsim.features import server_features
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
 from strategies.flower import PipelineStrategy
-from strategies.flower.central_dp import CentralDP
 from strategies.pipeline import RoundInfo
+
+if TYPE_CHECKING:  # imports Opacus: only a scenario with central DP loads it (fedsim.privacy)
+    from strategies.flower.central_dp import CentralDP
 
 CLIENT_APP = "fedsim.client_app:client_app"
 
@@ -52,7 +55,7 @@ def preflight(scenario: Scenario) -> None:
     strategy = _checked_strategy(scenario)
     for feature in server_features(scenario, strategy, changes):
         feature.start(ArrayRecord(shared))
-    inner = strategy.inner if isinstance(strategy, CentralDP) else strategy
+    inner = strategy if isinstance(strategy, PipelineStrategy) else strategy.inner  # DP wrapper
     _dry_run_pipeline(scenario, inner, bool(workload.exchanges))
     if scenario.privacy.mode == "local":
         try:

@@ -8,23 +8,23 @@ Central DP wraps the scenario's strategy in Flower's server-side DP wrapper
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
-from clients.privacy import DPSGD, HistoryEntry, opacus_compatible
 from clients.workload import Labelled, LocalTraining, PlainTraining, TrainConfig, Workload
 from fedsim.scenario import CentralPrivacy, LocalPrivacy, Scenario
 from strategies.flower import PipelineStrategy
-from strategies.flower.central_dp import (
-    AdaptiveClippingDP,
-    CentralAccount,
-    CentralDP,
-    FixedClippingDP,
-)
+
+# clients.privacy and strategies.flower.central_dp import Opacus, about a second and a half of
+# start-up in every process (and every sweep worker) that imports the engine; they are imported
+# where a scenario with ``privacy:`` needs them, so a run without DP never loads Opacus.
+if TYPE_CHECKING:
+    from clients.privacy import HistoryEntry
+    from strategies.flower.central_dp import CentralDP
 
 STATE_KEY = "privacy"  # the client's context.state entry holding its accountant history
 NOISE_STREAM = 19  # keeps DP-SGD's noise apart from other uses of the seed
@@ -39,6 +39,8 @@ def local_training(scenario: Scenario, state: RecordDict, client: int, rnd: int)
     spec = scenario.privacy
     if not isinstance(spec, LocalPrivacy):
         return PlainTraining()
+    from clients.privacy import DPSGD
+
     entropy = np.random.SeedSequence([scenario.seed, client, rnd, NOISE_STREAM])
     return DPSGD(
         spec.noise_multiplier,
@@ -57,7 +59,11 @@ def spent(training: LocalTraining, scenario: Scenario, state: RecordDict) -> dic
     its model would be released as if it had.
     """
     spec = scenario.privacy
-    if not isinstance(training, DPSGD) or not isinstance(spec, LocalPrivacy):
+    if not isinstance(spec, LocalPrivacy):
+        return {}
+    from clients.privacy import DPSGD
+
+    if not isinstance(training, DPSGD):
         return {}
     if not training.trained:
         raise RuntimeError(
@@ -74,6 +80,10 @@ def spent(training: LocalTraining, scenario: Scenario, state: RecordDict) -> dic
 
 def release(training: LocalTraining) -> None:
     """Take DP-SGD's hooks off the model, which the process reuses for other clients."""
+    if not training.private:
+        return  # plain SGD hooked nothing (and Opacus need not be imported to know it)
+    from clients.privacy import DPSGD
+
     if isinstance(training, DPSGD):
         training.close()
 
@@ -103,6 +113,8 @@ def private_model(model: nn.Module, scenario: Scenario) -> tuple[nn.Module, list
     spec = scenario.privacy
     if not isinstance(spec, LocalPrivacy):
         return model, []
+    from clients.privacy import opacus_compatible
+
     return opacus_compatible(model, spec.fix_model)
 
 
@@ -128,6 +140,8 @@ def central(strategy: PipelineStrategy, scenario: Scenario) -> PipelineStrategy 
     spec = scenario.privacy
     if not isinstance(spec, CentralPrivacy):
         return strategy
+    from strategies.flower.central_dp import AdaptiveClippingDP, CentralAccount, FixedClippingDP
+
     n = scenario.clients.per_round
     account = CentralAccount(spec.noise_multiplier, n / scenario.clients.num, spec.delta)
     if spec.clipping == "fixed":
