@@ -54,6 +54,7 @@ def run(
     progress: bool = False,
     echo: Echo | None = None,
     command: str | None = None,
+    jobs: int | None = None,
 ) -> Run | Sweep:
     """Validate and run a scenario into ``out`` (default ``runs/<name>-<time>``); its results.
 
@@ -62,6 +63,8 @@ def run(
     ``sweep:`` block runs every point and returns a ``Sweep``, otherwise a ``Run``.
     ``progress`` shows a progress bar; ``echo`` receives the command's messages (default:
     none); ``command`` is what manifest.json records (default: this process's command line).
+    ``jobs``: a sweep's points run at once on the local engine, each in a process of its own
+    (default: as many as the cores allow; 1: one after another in this process).
     """
     from fedsim import engine, results, sweep
     from fedsim.scenario import parse
@@ -73,10 +76,11 @@ def run(
     path = Path(out) if out is not None else None
     if "sweep" in raw:
         sweep_dir = sweep.run(
-            raw, path, show_progress=progress, echo=say, source=source, command=command
+            raw, path, show_progress=progress, echo=say, source=source, command=command, jobs=jobs
         )
         say(f"fedsim: sweep done; results in {sweep_dir}")
         return Sweep(sweep_dir)
+    _no_jobs(jobs, "this scenario has no sweep: block")
     resolved = parse(raw, source)
     run_dir = (path or results.default_run_dir(resolved)).resolve()
     engine.preflight(resolved)  # fail before the engine starts, not inside every client
@@ -88,18 +92,26 @@ def run(
 
 
 def resume(
-    path: str | os.PathLike[str], *, progress: bool = False, echo: Echo | None = None
+    path: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    echo: Echo | None = None,
+    jobs: int | None = None,
 ) -> Run | Sweep:
-    """Continue a killed run after its last completed round, or a sweep's unfinished points."""
+    """Continue a killed run after its last completed round, or a sweep's unfinished points.
+
+    ``jobs``: as for ``run``.
+    """
     from fedsim import engine, results, sweep
     from fedsim.scenario import load
 
     run_dir = Path(path).resolve()
     say = echo or _silent
     if sweep.is_sweep(run_dir):
-        sweep.run_points(run_dir, show_progress=progress, echo=say)
+        sweep.run_points(run_dir, show_progress=progress, echo=say, jobs=jobs)
         say(f"fedsim: sweep done; results in {run_dir}")
         return Sweep(run_dir)
+    _no_jobs(jobs, f"{run_dir} is a single run")
     scenario = load(run_dir / "scenario.yaml")
     if results.run_status(run_dir) == "completed":
         raise UserError(f"{run_dir} is already complete; nothing to resume")
@@ -108,6 +120,11 @@ def resume(
     engine.run(scenario, run_dir, show_progress=progress)
     say(f"fedsim: done; results in {run_dir}")
     return Run(run_dir)
+
+
+def _no_jobs(jobs: int | None, why: str) -> None:
+    if jobs is not None:
+        raise UserError(f"jobs (sweep points at once) is for sweeps, and {why}")
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:

@@ -143,10 +143,12 @@ def run(
     echo: Callable[[str], None] = print,
     source: str = "",
     command: str | None = None,
+    jobs: int | None = None,
 ) -> Path:
     """Validate every point, prepare the sweep directory, run the points; returns the directory.
 
-    ``command`` is what the manifests record (default: ``fedsim`` and this process's arguments).
+    ``command`` is what the manifests record (default: ``fedsim`` and this process's arguments);
+    ``jobs``: as for ``run_points``.
     """
     points = expand(raw, source)
     from fedsim import engine
@@ -156,7 +158,7 @@ def run(
     path = (out or default_sweep_dir(raw)).resolve()
     prepare(path, raw, points, command=command or shlex.join(["fedsim", *sys.argv[1:]]))
     echo(f"fedsim: sweep of {len(points)} runs → {path}")
-    run_points(path, show_progress=show_progress, echo=echo)
+    run_points(path, show_progress=show_progress, echo=echo, jobs=jobs)
     return path
 
 
@@ -165,17 +167,27 @@ def is_sweep(path: Path) -> bool:
 
 
 def run_points(
-    path: Path, *, show_progress: bool = True, echo: Callable[[str], None] = print
+    path: Path,
+    *,
+    show_progress: bool = True,
+    echo: Callable[[str], None] = print,
+    jobs: int | None = None,
 ) -> None:
-    """Run every point not yet completed (a killed point resumes from its checkpoint)."""
+    """Run every point not yet completed (a killed point resumes from its checkpoint).
+
+    Points on the local engine run ``jobs`` at a time, each in a process of its own (default:
+    as many as the cores allow, given each point's ``resources.workers``); with one at a time
+    they run one after another in this process, as points on the flower engine always do.
+    """
     index = _read_index(path)
     todo = [p for p in index["points"] if p["status"] != COMPLETED]
     if len(todo) < len(index["points"]):
         echo(f"fedsim: {len(index['points']) - len(todo)} points already complete, skipped")
     local = [p for p in todo if _scenario(path, p).engine == "local"]
     others = [p for p in todo if p not in local]
-    cores = os.cpu_count() or 1
-    parallel = max(1, min(len(local), cores // max(1, _workers(path, local))))
+    if jobs is None:
+        jobs = (os.cpu_count() or 1) // max(1, _workers(path, local))
+    parallel = max(1, min(len(local), jobs))
     from rich.progress import Progress
 
     with Progress(disable=not show_progress) as progress:

@@ -39,6 +39,14 @@ def run(
             metavar="DIR",
         ),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Sweeps: points to run at once on the local engine, each in its own process "
+            "(default: as many as the cores allow; 1: one after another in this process).",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show tracebacks for user errors.")] = False,
 ) -> None:
@@ -53,9 +61,11 @@ def run(
             raise UserError(
                 "--resume DIR continues a run as it was: give no SCENARIO, --set or --out"
             )
-        api.resume(resume, progress=progress, echo=echo)
+        api.resume(resume, progress=progress, echo=echo, jobs=jobs)
         return
     if scenario_file is None:
         raise UserError("give a SCENARIO file to run, or --resume DIR")
     command = shlex.join(["fedsim", *sys.argv[1:]])
-    api.run(scenario_file, set_ or [], out, progress=progress, echo=echo, command=command)
+    api.run(
+        scenario_file, set_ or [], out, progress=progress, echo=echo, command=command, jobs=jobs
+    )

@@ -121,6 +121,12 @@ def test_run_refuses_to_overwrite_a_run(tiny, write_scenario, tmp_path) -> None:
     assert (out / "metrics.csv").read_text().endswith("0.5\n")
 
 
+def test_jobs_is_refused_for_a_single_run(tiny, write_scenario, tmp_path) -> None:
+    result = invoke("run", write_scenario(tiny), "--out", tmp_path / "out", "--jobs", "1")
+    assert result.exit_code == 2 and "is for sweeps" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_debug_shows_the_traceback(tiny, write_scenario) -> None:
     tiny["rounds"] = 0
     result = invoke("run", write_scenario(tiny), "--debug")

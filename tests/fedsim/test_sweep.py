@@ -98,3 +98,22 @@ def test_run_writes_a_run_per_point_and_resumes_skipping_finished_points(grid, t
     assert [d for d in after if before.get(d) != after[d]] == [points[4]["dir"]]
     assert [p["status"] for p in index(out)["points"]] == ["completed"] * 6
     assert said == ["fedsim: 5 points already complete, skipped"]
+
+
+def test_one_job_runs_the_points_one_after_another_in_this_process(
+    tiny, tmp_path, monkeypatch
+) -> None:
+    # Prepare: two points, and no process pool to be had
+    tiny["rounds"] = 1
+    tiny["sweep"] = {"seed": [0, 1]}
+
+    def no_pool(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("jobs=1 started a process pool")
+
+    monkeypatch.setattr(sweep, "ProcessPoolExecutor", no_pool)
+
+    # Execute
+    out = sweep.run(tiny, tmp_path / "out", show_progress=False, echo=lambda _: None, jobs=1)
+
+    # Assert
+    assert [p["status"] for p in index(out)["points"]] == ["completed"] * 2
