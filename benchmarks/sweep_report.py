@@ -1,42 +1,50 @@
-"""Run a sweep scenario afresh and build its report: what every suite-style benchmark does first."""
+"""Run a sweep scenario afresh and build its report: what every suite-style benchmark does first.
+
+Both run in this process through fedsim's Python API: what is timed is the sweep, not the
+start-up of a ``fedsim`` process.
+"""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from command import FEDSIM
+from command import checkout_fedsim
 
 
-def run_sweep(scenario: Path, out: Path, sets: Sequence[str] = ()) -> float:
+def run_sweep(
+    scenario: Path, out: Path, sets: Sequence[str] = (), jobs: int | None = None
+) -> float:
     """Run ``scenario`` into ``out`` (replacing an earlier sweep there); the sweep's seconds.
 
-    ``sets`` are ``key=value`` overrides, as ``fedsim run --set`` takes them.
+    ``sets`` are ``key=value`` overrides, as ``fedsim run --set`` takes them; ``jobs`` is
+    ``fedsim run --jobs`` (default: as many points at once as the cores allow).
     """
+    fedsim = checkout_fedsim()
     if out.exists():
         if not (out / "sweep.json").exists() and any(out.iterdir()):
             raise SystemExit(f"{out} holds something other than a sweep; give a new folder")
         shutil.rmtree(out)  # regenerated output, never committed
-    command = [*FEDSIM, "run", str(scenario), "--out", str(out)]
-    command += [arg for s in sets for arg in ("--set", s)]
     started = time.perf_counter()
-    subprocess.run(command, check=True)
+    fedsim.run(scenario, list(sets), out, progress=True, echo=print, jobs=jobs)
     return time.perf_counter() - started
 
 
 def report(runs: Sequence[Path], out: Path) -> None:
     """``fedsim report`` over ``runs`` (run or sweep directories) into ``out``."""
-    subprocess.run([*FEDSIM, "report", *map(str, runs), "--out", str(out)], check=True)
+    result = checkout_fedsim().report(list(runs), out)
+    print(f"fedsim: {len(result.runs)} run(s) → {result.html}")
 
 
-def run_sweep_with_report(scenario: Path, out: Path, sets: Sequence[str] = ()) -> float:
+def run_sweep_with_report(
+    scenario: Path, out: Path, sets: Sequence[str] = (), jobs: int | None = None
+) -> float:
     """Run ``scenario`` into ``out`` (replacing it), report in ``out/report``; the sweep's seconds.
 
-    ``sets`` are ``key=value`` overrides, as ``fedsim run --set`` takes them.
+    ``sets`` and ``jobs`` as for ``run_sweep``.
     """
-    ran = run_sweep(scenario, out, sets)
+    ran = run_sweep(scenario, out, sets, jobs)
     report([out], out / "report")
     return ran

@@ -88,7 +88,8 @@ def main() -> None:
         parser.error("give the dataset (the suite) to run")
     out = args.out or (OUT / "smoke" if args.smoke else OUT) / f"fedlaavg_{args.dataset}"
     sets = (SMOKE if args.smoke else []) + ([f"rounds={args.rounds}"] if args.rounds else [])
-    ran = run_sweep_with_report(HERE / f"{args.dataset}.yaml", out, sets)
+    jobs = 1 if args.smoke else None  # two tiny points: a process each would cost more
+    ran = run_sweep_with_report(HERE / f"{args.dataset}.yaml", out, sets, jobs)
     table = gap_table(accuracy_by_run(out))
     (out / "gap.md").write_text(table + "\n")
     print(f"\n{args.dataset}: sweep {ran:.0f} s\n{table}\nreport: {out / 'report' / 'report.html'}")
