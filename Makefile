@@ -19,10 +19,11 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/fedsim run scenarios/quickstart.yaml
 
+# Every test, the benchmark smoke runs included.
 test: setup
-	$(BIN)/pytest -n 2 tests -m "not benchmarks"
+	$(BIN)/pytest -n 2 tests
 
-# Every benchmark script at its smoke size (about 5 minutes on 2 cores; not yet part of `test`).
+# Only the benchmark scripts at their smoke size (part of `test` too; about a minute on 2 cores).
 bench-smoke: setup
 	$(BIN)/pytest -n 2 tests/benchmarks
 
