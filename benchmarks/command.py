@@ -3,8 +3,8 @@
 ``FEDSIM`` starts it as a subprocess, for the benchmarks that measure a process (its wall time,
 memory, start-up) or kill one; ``checkout_fedsim()`` is the Python API, in this process.
 
-Not the ``fedsim`` console script beside ``sys.executable``: an editable install may point at
-another checkout, and ``python -m fedsim.cli`` needs a ``__main__`` module fedsim does not have.
+Not the ``fedsim`` console script beside ``sys.executable``, nor ``python -m fedsim``: an editable
+install may point at another checkout, and the current directory need not be this one.
 """
 
 from __future__ import annotations
