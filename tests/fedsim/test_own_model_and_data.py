@@ -63,8 +63,9 @@ def test_the_example_script_runs_as_printed(lab: Path) -> None:
     finals = dict(re.findall(r"(\w+): final accuracy ([\d.]+)", done.stdout))
     assert set(finals) == {"mean", "median"}
     assert float(finals["mean"]) > 0.8  # 10 rounds of the lab CNN on 8x8 digits
-    assert (lab / "runs" / "report" / "report.html").exists()
-    manifest = json.loads((lab / "runs" / "mean" / "manifest.json").read_text())
+    (out,) = (lab / "runs").iterdir()  # the script's timestamped folder
+    assert (out / "report" / "report.html").exists()
+    manifest = json.loads((out / "mean" / "manifest.json").read_text())
     plugin = lab / "components.py"
     assert [(p["file"], p["sha256"]) for p in manifest["plugins"]] == [
         (str(plugin), hashlib.sha256(plugin.read_bytes()).hexdigest())
