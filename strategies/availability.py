@@ -11,13 +11,13 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
 from fedsim.errors import UserError
-from fedsim.registry import AVAILABILITY, Params
+from fedsim.registry import AVAILABILITY, Params, UserPath
 
 Mask = np.ndarray  # (num_clients,) bool
 Schedule = Callable[[int], Mask]
@@ -126,7 +126,10 @@ def markov(params: MarkovParams) -> Callable[[Population], Schedule]:
 
 
 class TraceParams(Params):
-    path: str = Field(description="CSV: one row per client, one 0/1 column per round")
+    # relative to the scenario file's folder
+    path: Annotated[str, UserPath()] = Field(
+        description="CSV: one row per client, one 0/1 column per round"
+    )
 
 
 @AVAILABILITY.register("trace", TraceParams)

@@ -120,3 +120,15 @@ def test_trace_errors(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text)
     with pytest.raises(UserError, match=re.escape(message)):
         build("trace", population(n=2, rounds=3), path=str(path))
+
+
+def test_a_trace_path_is_read_from_the_scenario_files_folder(
+    tiny, write_scenario, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from fedsim.scenario import load
+
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "online.csv").write_text("1,0,1\n" * 4)
+    tiny["clients"]["availability"] = {"name": "trace", "path": "traces/online.csv"}
+    scenario = load(write_scenario(tiny))
+    assert scenario.clients.availability.options["path"] == str(tmp_path / "traces" / "online.csv")
