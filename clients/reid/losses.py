@@ -1,0 +1,64 @@
+"""Re-ID losses: CE with label smoothing, batch-hard soft-margin triplet, soft CE (mean teacher).
+
+Follows ``notes/workloads-precise.md`` §1.2 (pre-training: "CE-with-label-smoothing (ε = 0.1) ...
++ batch-hard soft triplet (margin 0 → softplus form)"; adaptation: ``SCE(p, q)``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Label -1 marks a DBSCAN outlier (clients/reid/pseudo_labels.py): never a training target.
+IGNORE = -1
+
+
+def cross_entropy_ls(logits: Tensor, labels: Tensor, epsilon: float = 0.1) -> Tensor:
+    """Cross-entropy against ``(1 − ε)·onehot + ε/C`` (§1.2, ε = 0.1); labels -1 are ignored.
+
+    torch's ``label_smoothing`` is the same target as MMT's ``CrossEntropyLabelSmooth``.
+    """
+    return F.cross_entropy(logits, labels, label_smoothing=epsilon, ignore_index=IGNORE)
+
+
+def euclidean_distances(x: Tensor) -> Tensor:
+    """Pairwise ``‖x_i − x_j‖`` (n, n); the square is clamped at 1e-12 (finite gradient at 0)."""
+    sq = (x * x).sum(dim=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    return d2.clamp_min(1e-12).sqrt()
+
+
+def batch_hard_triplet(features: Tensor, labels: Tensor, normalize: bool = False) -> Tensor:
+    """Batch-hard soft-margin triplet loss, ``mean_i softplus(max_p d(i, p) − min_n d(i, n))``.
+
+    Hardest positive: the farthest sample of the same label (itself excluded); hardest negative:
+    the nearest of another label. Anchors with no positive or no negative, and samples labelled -1,
+    are left out; with no anchor left the loss is 0 (still attached to the graph).
+    Soft margin = MMT's ``TripletLoss`` with margin 0 (``SoftMarginLoss(d_an − d_ap, 1)``).
+    """
+    if features.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"features and labels must have the same length, got {features.shape[0]} "
+            f"and {labels.shape[0]}"
+        )
+    keep = labels != IGNORE
+    x, y = features[keep], labels[keep]
+    if normalize:
+        x = F.normalize(x, dim=1)
+    d = euclidean_distances(x)
+    same = y[:, None] == y[None, :]
+    eye = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    pos_mask, neg_mask = same & ~eye, ~same
+    valid = pos_mask.any(dim=1) & neg_mask.any(dim=1)
+    if not bool(valid.any()):
+        return features.sum() * 0.0
+    d_ap = torch.where(pos_mask, d, torch.full_like(d, -torch.inf)).max(dim=1).values
+    d_an = torch.where(neg_mask, d, torch.full_like(d, torch.inf)).min(dim=1).values
+    return F.softplus(d_ap[valid] - d_an[valid]).mean()
+
+
+def soft_cross_entropy(logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """``SCE(p, q) = −mean_i Σ_c softmax(q)_c log softmax(p)_c`` (§1.2), teacher detached."""
+    target = torch.softmax(teacher_logits.detach(), dim=1)
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
