@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar
@@ -197,7 +197,7 @@ class ReidFmnistParams(ReidParams):
 
 @DATASETS.register("reid_synthetic", ReidParams)
 def reid_synthetic(p: ReidParams) -> DomainDataset:
-    """Re-ID with domains (workload reid): procedural people, per-camera views, a style per domain."""
+    """Re-ID with domains (workload reid): procedural people, camera views, a style per domain."""
     rng = np.random.default_rng([p.seed, 1])
     return _build("reid_synthetic", p, _synthetic_people(rng, _people(p), p.image_size))
 
@@ -296,7 +296,7 @@ def _build(name: str, p: ReidParams, people: Tensor) -> DomainDataset:
         domains.append(np.full(len(person), d))
         split.append(role)
 
-    def i64(parts: list[npt.NDArray[np.integer]]) -> Tensor:
+    def i64(parts: Sequence[npt.NDArray[np.integer]]) -> Tensor:
         return torch.from_numpy(np.concatenate(parts).astype(np.int64))
 
     return DomainDataset(
