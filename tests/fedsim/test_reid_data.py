@@ -27,6 +27,7 @@ from fedsim.reid_data import (
     TargetLabelsError,
     federate_domains,
 )
+from fedsim.scenario import parse
 
 SMALL: dict[str, Any] = {"sources": 2, "identities": 8, "test_identities": 6, "views": 4}
 
@@ -219,3 +220,18 @@ def test_views_of_a_person_differ_but_resemble_each_other() -> None:
     assert float(within) > 0
     assert float(within) < float(between)
     assert np.isfinite(float(between))
+
+
+def test_a_scenario_resolves_the_domains_partition_and_names_the_kind_mismatch() -> None:
+    raw = {
+        "name": "t",
+        "rounds": 1,
+        "data": {"name": "reid_synthetic", **SMALL},
+        "clients": {"num": 3, "per_round": 3},
+        "workload": {"name": "classification"},
+        "strategy": {"name": "fedavg", "aggregator": {"name": "mean"}},
+    }
+    with pytest.raises(UserError) as err:
+        parse(raw)
+    assert "'reid_synthetic' is domains data" in str(err.value)
+    assert "data.partition" not in str(err.value)
