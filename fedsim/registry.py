@@ -63,6 +63,15 @@ class GraphDatasetParams(DatasetParams):
     default_partition: ClassVar[str] = "random"
 
 
+class DomainDatasetParams(DatasetParams):
+    """Images of people (identity, camera) from several domains, the last one the unlabelled
+    target; dealt out one domain per client (``fedsim.reid_data``)."""
+
+    kind: ClassVar[str] = "domains"
+    partitioners: ClassVar[str] = "domain_partitioner"
+    default_partition: ClassVar[str] = "domains"
+
+
 @dataclass(frozen=True)
 class Ref:
     """Marks a params field that is itself a component of another kind (e.g. ``aggregator``)."""
@@ -162,6 +171,7 @@ REGISTRIES: dict[str, Registry[Any]] = {}
 DATASETS: Registry[Any] = Registry("dataset")
 PARTITIONERS: Registry[Any] = Registry("partitioner")
 GRAPH_PARTITIONERS: Registry[Any] = Registry("graph_partitioner")  # nodes of a graph dataset
+DOMAIN_PARTITIONERS: Registry[Any] = Registry("domain_partitioner")  # a domain dataset's people
 WORKLOADS: Registry[Any] = Registry("workload")
 STRATEGIES: Registry[Any] = Registry("strategy")
 AGGREGATORS: Registry[Any] = Registry("aggregator")
@@ -180,6 +190,7 @@ _COMPONENT_MODULES = (
     "fedsim.partition",
     "fedsim.graphs",
     "fedsim.mbo_tasks",
+    "fedsim.reid_data",
     "clients",
     "strategies",
 )

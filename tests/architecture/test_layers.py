@@ -33,6 +33,7 @@ FOUNDATION = (
     "fedsim.partition",
     "fedsim.graphs",
     "fedsim.mbo_tasks",
+    "fedsim.reid_data",
 )
 FLOWER_STRATEGIES = ("strategies.flower", "strategies.fedavg", "strategies.fedlaavg")
 
