@@ -58,6 +58,13 @@ TINY_DATA: dict[str, dict[str, Any]] = {
     "samples": {"name": "digits", "partition": {"name": "iid"}},
     "graph": {"name": "csbm", "num_nodes": 150, "num_classes": 3, "num_features": 8},
     "mbo_task": {"name": "mbo_continuous", "dim": 4, "pool": 600},
+    "domains": {
+        "name": "reid_synthetic",
+        "sources": 2,
+        "identities": 6,
+        "test_identities": 4,
+        "views": 4,
+    },
 }
 CLIENTS = 3
 ROUNDS = 3

@@ -1,0 +1,353 @@
+"""Workload ``reid``: multi-source domain-adaptive person re-ID, one client per domain.
+
+Bai et al., CVPR 2021 (``notes/workloads-precise.md`` §1.2–1.4), federated as §1.4 maps it, without
+MDIF for now. A small CNN (conv -> norm -> ReLU -> max-pool blocks) -> GAP -> embedding -> BN-neck
+(``DSBN1d``, bias frozen) -> bias-free identity classifier of ``max_identities`` logits, of which a
+client uses the first ``num_identities`` (its own people, or the target's clusters).
+
+- **Local** (never sent): with ``rdsbn`` the norm layers of the backbone (``RDSBN2d`` with one
+  branch and, with ``gate``, the rectification gate: FedBN + a local style gate), the BN-neck and
+  the classifier (FedPav); the target's pseudo-labels and DBSCAN eps live in its ``State``.
+  **Shared** (FedAvg): the convolutions and the embedding (and the norm layers when ``rdsbn`` is
+  off: plain shared BatchNorm, i.e. FedAvg).
+- **Sources** train on CE with label smoothing + batch-hard soft-margin triplet (on the GAP
+  embedding, before the neck).
+- **The target** never reads its identities (``DomainClientData.identities`` raises there). Each
+  round it first refreshes its norm layers' running statistics on its own images (a no-grad pass,
+  as the code forwards target batches through branch 0), then clusters the L2-normalised neck
+  features of its images with DBSCAN (cosine distance; ``eps`` from ``rho`` on each round's
+  distances unless given: a deviation from the code, which fixes it at epoch 0 after pre-training,
+  whereas our round-1 model is untrained and an eps fixed then merges everything later),
+  re-initialises its classifier rows with the clusters' normalised centroids (as the code does
+  each epoch) and trains on the clustered images with the sources' losses. A
+  clustering that finds nothing is reported (``no_clusters`` = 1) and the target trains on nothing
+  that round. Clusters beyond ``max_identities`` are left out (``clusters_dropped``).
+- **Central evaluation**: the target's retrieval (``rank1``, ``rank5``, ``rank10``, ``mAP``,
+  Market-1501 protocol) on the server's query/gallery split, with the target's own branch: the
+  exchange ``target_branch`` has the target client report its local norm and neck entries (running
+  statistics, affine, gate) after each round, which the server broadcasts and loads for its
+  evaluation. Source clients report a marker only.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import Tensor, nn
+
+from clients.reid.losses import IGNORE, batch_hard_triplet, cross_entropy_ls
+from clients.reid.rdsbn import DSBN1d, RDSBN2d
+from clients.reid.retrieval import evaluate as retrieval_scores
+from clients.workload import (
+    Aggregate,
+    Arrays,
+    Exchange,
+    Metrics,
+    State,
+    TrainConfig,
+    init_parameters,
+    is_local,
+)
+from fedsim.errors import UserError
+from fedsim.registry import WORKLOADS, Params
+from fedsim.reid_data import DomainClientData, DomainDataset, RetrievalSet
+
+REID = "reid"
+TARGET_BRANCH = "target_branch"  # the exchange's name
+IS_TARGET = "is_target"  # the key of a report's marker
+EVAL_BATCH = 256  # fixed feature-extraction batch size
+RANKS = (1, 5, 10)
+
+
+class ReidWorkloadParams(Params):
+    """The re-ID model, its local training and the target's clustering."""
+
+    rdsbn: bool = True  # local (domain-specific) norm layers; False: plain shared BatchNorm
+    gate: bool = True  # the rectification gate on the local norm layers (with rdsbn)
+    pseudo_labels: bool = True  # the target trains on its clusters; False: it only adapts its BN
+    channels: tuple[PositiveInt, ...] = Field(default=(16, 32, 64), min_length=1, max_length=4)
+    embedding: PositiveInt = 64
+    max_identities: PositiveInt = 64  # classifier size: the most people (or clusters) of a client
+    lr: PositiveFloat = 1e-3  # Adam
+    weight_decay: NonNegativeFloat = 5e-4
+    epochs: PositiveInt = 2
+    batch_size: int = Field(default=32, ge=2)
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
+    triplet: bool = True
+    # DBSCAN eps each round: the mean of the smallest rho fraction of the target's pairwise
+    # distances (the code's 1.6e-3 finds nothing at this scale; ~ the same-person pair fraction)
+    rho: float = Field(default=0.05, gt=0.0, le=1.0)
+    eps: PositiveFloat | None = None  # a fixed DBSCAN eps instead of rho's
+    min_samples: int = Field(default=3, ge=1)  # DBSCAN's
+
+
+class ReidNet(nn.Module):
+    """Conv blocks -> GAP -> embedding -> BN-neck -> classifier; norm layers named ``norm*``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: tuple[int, ...],
+        embedding: int,
+        classes: int,
+        rdsbn: bool,
+        gate: bool,
+    ) -> None:
+        super().__init__()
+        self.rdsbn = rdsbn
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        width = in_channels
+        for c in channels:
+            self.convs.append(nn.Conv2d(width, c, 3, padding=1, bias=False))
+            self.norms.append(RDSBN2d(c, 1, gate) if rdsbn else nn.BatchNorm2d(c))
+            width = c
+        self.embed = nn.Linear(width, embedding)
+        self.neck = DSBN1d(embedding, 1)
+        self.classifier = nn.Linear(embedding, classes, bias=False)
+
+    def embedding(self, x: Tensor) -> Tensor:
+        """The GAP embedding (before the neck): the triplet loss's feature."""
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = conv(x)
+            x = norm(x, 0) if self.rdsbn else norm(x)
+            x = F.max_pool2d(F.relu(x), 2, ceil_mode=True)
+        return cast(Tensor, self.embed(x.mean(dim=(2, 3))))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(embedding, neck feature, logits)."""
+        f = self.embedding(x)
+        neck = self.neck(f, 0)
+        return f, neck, self.classifier(neck)
+
+    @torch.no_grad()
+    def features(self, x: Tensor) -> Tensor:
+        """L2-normalised neck features, eval mode, in fixed batches (retrieval, clustering)."""
+        was = self.training
+        self.eval()
+        out = [F.normalize(self(b)[1], dim=1) for b in x.split(EVAL_BATCH)]
+        self.train(was)
+        return torch.cat(out) if out else x.new_zeros(0, self.classifier.in_features)
+
+
+def _branch(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, Tensor]:
+    """The float local entries a domain's features depend on (all but the classifier)."""
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if is_local(k, v, patterns) and v.is_floating_point() and not k.startswith("classifier.")
+    }
+
+
+@dataclass(frozen=True)
+class TargetBranch:
+    """The target client reports its norm/neck entries; the server passes them on."""
+
+    patterns: tuple[str, ...]
+    name: str = TARGET_BRANCH
+    everyone: bool = True
+
+    def report(
+        self, model: nn.Module, data: DomainClientData, state: State, config: TrainConfig
+    ) -> tuple[Arrays, Metrics]:
+        marker = torch.tensor(1.0 if data.is_target else 0.0)
+        arrays = {IS_TARGET: marker}
+        if data.is_target:
+            arrays.update({k: v.detach().clone() for k, v in _branch(model, self.patterns).items()})
+        return arrays, {}
+
+    def reduce(
+        self, reports: Mapping[int, Arrays], memory: Any, aggregate: Aggregate, round: int
+    ) -> tuple[Arrays, Any, Metrics]:
+        targets = [c for c in sorted(reports) if float(reports[c][IS_TARGET]) == 1.0]
+        if not targets:
+            raise ValueError("the target's client did not report its branch this round")
+        # Several target clients (a split target domain): their entries averaged.
+        keys = [k for k in reports[targets[0]] if k != IS_TARGET]
+        broadcast = {
+            k: torch.stack([reports[c][k].float() for c in targets]).mean(dim=0) for k in keys
+        }
+        broadcast[IS_TARGET] = torch.tensor(float(len(targets)))
+        return broadcast, {"round": round}, {"target_clients": float(len(targets))}
+
+
+@dataclass(frozen=True)
+class ReidWorkload:
+    """RDSBN-style local norms, CE + triplet on sources, DBSCAN pseudo-labels on the target."""
+
+    reads: ClassVar[str] = "domains"
+    headline: ClassVar[str] = "mAP"
+    params: ReidWorkloadParams = field(default_factory=ReidWorkloadParams)
+
+    @property
+    def local(self) -> tuple[str, ...]:
+        heads = ("neck.*", "classifier.*")
+        return ("norms.*", *heads) if self.params.rdsbn else heads
+
+    @property
+    def exchanges(self) -> tuple[Exchange, ...]:
+        return (TargetBranch(self.local),)
+
+    def build_model(self, dataset: DomainDataset, generator: torch.Generator) -> nn.Module:
+        p = self.params
+        most = max(
+            (
+                int(torch.unique(dataset.identities[dataset.train_rows(d)]).numel())
+                for d in range(dataset.num_domains)
+                if d != dataset.target
+            ),
+            default=0,
+        )
+        if most > p.max_identities:
+            raise UserError(
+                f"workload.max_identities={p.max_identities} is below the {most} people of a "
+                "source domain (a client may hold them all); raise workload.max_identities"
+            )
+        with torch.device("meta"):
+            model = ReidNet(
+                dataset.input_shape[0], p.channels, p.embedding, p.max_identities, p.rdsbn, p.gate
+            )
+        return init_parameters(model.to_empty(device="cpu"), generator)
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def fit(
+        self, model: nn.Module, data: DomainClientData, state: State, config: TrainConfig
+    ) -> Metrics:
+        net = cast(ReidNet, model)
+        if not data.is_target:
+            n_cls = data.num_identities
+            if n_cls > self.params.max_identities:
+                raise UserError(
+                    f"client {config.client} holds {n_cls} people, more than "
+                    f"workload.max_identities={self.params.max_identities}"
+                )
+            return self._train(net, data.images, data.identities, n_cls, config)
+        self._adapt_norms(net, data.images)
+        if not self.params.pseudo_labels:
+            return {"trained_images": 0.0}
+        labels, n_cls, metrics = self._cluster(net, data.images, state)
+        if n_cls == 0:
+            return {**metrics, "trained_images": 0.0}
+        return {**metrics, **self._train(net, data.images, labels, n_cls, config)}
+
+    @torch.no_grad()
+    def _adapt_norms(self, net: ReidNet, images: Tensor) -> None:
+        """One no-grad train-mode pass: the target's running statistics follow its images."""
+        net.train()
+        for batch in images.split(self.params.batch_size):
+            if len(batch) > 1:
+                net(batch)
+
+    def _cluster(self, net: ReidNet, images: Tensor, state: State) -> tuple[Tensor, int, Metrics]:
+        """Pseudo-labels of the target's images (kept in ``state``) and the classifier's rows."""
+        # Imported here: scikit-learn's DBSCAN brings sklearn.neighbors, which a run without a
+        # target never needs (tests/architecture/test_start_up.py).
+        from clients.reid.pseudo_labels import pseudo_labels
+
+        p = self.params
+        feats = net.features(images)
+        eps = p.eps  # None: chosen from this round's distances (see the module docstring)
+        found = pseudo_labels(feats.cpu().numpy(), eps=eps, min_samples=p.min_samples, rho=p.rho)
+        state["eps"] = torch.tensor(found.eps, dtype=torch.float64)
+        labels = torch.from_numpy(found.labels).to(images.device)
+        dropped = max(found.num_clusters - p.max_identities, 0)
+        labels = torch.where(labels >= p.max_identities, IGNORE, labels)
+        n_cls = min(found.num_clusters, p.max_identities)
+        state["pseudo_labels"] = labels.cpu()
+        metrics: Metrics = {
+            "clusters": float(n_cls),
+            "outliers": float(found.num_outliers),
+            "no_clusters": 0.0 if found.found else 1.0,
+            "clusters_dropped": float(dropped),
+        }
+        if n_cls:
+            with torch.no_grad():
+                centres = torch.zeros(n_cls, feats.shape[1], device=feats.device)
+                keep = labels >= 0
+                centres.index_add_(0, labels[keep], feats[keep])
+                net.classifier.weight[:n_cls] = F.normalize(centres, dim=1)
+        return labels, n_cls, metrics
+
+    def _train(
+        self, net: ReidNet, images: Tensor, labels: Tensor, n_cls: int, config: TrainConfig
+    ) -> Metrics:
+        p = self.params
+        rows = torch.nonzero(labels != IGNORE).flatten()
+        net.train()
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            [q for q in net.parameters() if q.requires_grad], lr=p.lr, weight_decay=p.weight_decay
+        )
+        model, optimizer = config.training.setup(
+            net, optimizer, len(rows), p.batch_size, config.generator
+        )
+        total, seen = 0.0, 0
+        for batches in config.training.passes(p.epochs, None, images.device):
+            for idx in batches:
+                if idx.numel() < 2:  # BatchNorm needs two samples
+                    continue
+                chosen = rows[idx]
+                x, y = images[chosen], labels[chosen]
+                f, _, logits = model(x)
+                loss = cross_entropy_ls(logits[:, :n_cls], y, p.label_smoothing)
+                if p.triplet:
+                    loss = loss + batch_hard_triplet(f, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, seen = total + loss.item() * idx.numel(), seen + idx.numel()
+        return {"train_loss": total / max(seen, 1), "trained_images": float(seen)}
+
+    # ---- evaluation -------------------------------------------------------------------------
+
+    def evaluate(
+        self, model: nn.Module, data: DomainClientData, state: State, config: TrainConfig
+    ) -> Metrics:
+        """A source client's retrieval on its held-out people (none without them)."""
+        if data.retrieval is None:
+            return {}
+        return _retrieval(cast(ReidNet, model), data.retrieval, config.device)
+
+    def evaluate_central(
+        self,
+        model: nn.Module,
+        test: RetrievalSet,
+        config: TrainConfig,
+        memory: Mapping[str, Any],
+    ) -> Metrics:
+        """The target's retrieval, with its branch as last reported (none before that)."""
+        branch = config.received.get(TARGET_BRANCH)
+        if branch is None:
+            return {}
+        entries = {k: v for k, v in branch.items() if k != IS_TARGET}
+        model = copy.deepcopy(model)
+        model.load_state_dict(entries, strict=False)
+        return _retrieval(cast(ReidNet, model), test, config.device)
+
+
+def _retrieval(net: ReidNet, test: RetrievalSet, device: torch.device) -> Metrics:
+    scores = retrieval_scores(
+        net.features(test.query_images),
+        test.query_identities,
+        test.query_cameras,
+        net.features(test.gallery_images),
+        test.gallery_identities,
+        test.gallery_cameras,
+        ranks=RANKS,
+        device=device,
+    )
+    metrics = {f"rank{k}": v for k, v in scores.cmc.items()}
+    metrics["mAP"] = scores.mean_ap
+    return metrics
+
+
+@WORKLOADS.register(REID, ReidWorkloadParams)
+def reid(p: ReidWorkloadParams) -> ReidWorkload:
+    """Multi-source domain-adaptive re-ID: local (R)DSBN, CE + triplet, target pseudo-labels."""
+    return ReidWorkload(p)

@@ -1,0 +1,105 @@
+"""The ``reid`` workload: the target's labels never reach training, shapes, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+import fedsim.data
+import fedsim.engine
+import fedsim.reid_data
+from clients.reid.workload import ReidNet, ReidWorkload, ReidWorkloadParams
+from fedsim import results
+from fedsim.build import scenario_federation
+from fedsim.errors import UserError
+from fedsim.reid_data import DomainDataset
+from fedsim.scenario import parse
+
+DATA = {"name": "reid_synthetic", "sources": 2, "identities": 6, "test_identities": 4, "views": 4}
+
+
+def scenario(**workload: Any) -> Any:
+    return parse(
+        {
+            "name": "reid-test",
+            "seed": 0,
+            "rounds": 2,
+            "device": "cpu",
+            "data": DATA,
+            "clients": {"num": 3, "per_round": 3},
+            "workload": {"name": "reid", "epochs": 1, **workload},
+            "strategy": {"name": "fedavg", "aggregator": {"name": "mean"}},
+            "eval": {"every": 1},
+        }
+    )
+
+
+def clear_data_caches() -> None:
+    fedsim.data._load_data.cache_clear()
+    fedsim.data._federation_for.cache_clear()
+
+
+def run(out: Path) -> pd.DataFrame:
+    s = scenario()
+    results.prepare(out, s, command="test")
+    fedsim.engine.run_local(s, out, show_progress=False)
+    metrics = pd.read_csv(out / "metrics.csv")
+    return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
+
+
+def test_target_labels_never_reach_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the same data, except that the target's hidden true ids are shuffled (a poison
+    # that any read of them by training would turn into different metrics)
+    build = fedsim.reid_data._build
+
+    def poisoned(*args: Any) -> DomainDataset:
+        data = build(*args)
+        ids = data.target_train_identities
+        perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(1))
+        return dataclasses.replace(data, target_train_identities=ids[perm])
+
+    # Execute
+    clear_data_caches()
+    clean = run(tmp_path / "clean")
+    clean_ids = scenario_federation(scenario()).dataset.target_train_identities.clone()
+    monkeypatch.setattr(fedsim.reid_data, "_build", poisoned)
+    clear_data_caches()
+    try:
+        dirty = run(tmp_path / "poisoned")
+        federation = scenario_federation(scenario())
+        poisoned_ids = federation.dataset.target_train_identities
+        assert not torch.equal(poisoned_ids, clean_ids), "the poison changed nothing"
+    finally:
+        monkeypatch.undo()
+        clear_data_caches()
+
+    # Assert: the target clustered and trained, and nothing differs
+    target = clean[(clean.scope == "client") & (clean.client == 2)]
+    assert target[target.metric == "train_clusters"].value.max() > 0
+    assert set(clean[clean.scope == "server"].metric) >= {"rank1", "rank5", "rank10", "mAP"}
+    pd.testing.assert_frame_equal(clean, dirty)
+
+
+def test_clients_share_shapes_and_keep_their_branches_local() -> None:
+    s = scenario()
+    dataset = scenario_federation(s).dataset
+    workload = ReidWorkload(ReidWorkloadParams())
+    model = workload.build_model(dataset, torch.Generator().manual_seed(0))
+    assert isinstance(model, ReidNet)
+    assert model.classifier.out_features == ReidWorkloadParams().max_identities
+    assert workload.local == ("norms.*", "neck.*", "classifier.*")
+    assert ReidWorkload(ReidWorkloadParams(rdsbn=False)).local == ("neck.*", "classifier.*")
+
+
+def test_too_small_a_classifier_is_a_clear_error() -> None:
+    dataset = scenario_federation(scenario()).dataset
+    workload = ReidWorkload(ReidWorkloadParams(max_identities=2))
+    with pytest.raises(UserError, match="max_identities"):
+        workload.build_model(dataset, torch.Generator().manual_seed(0))
