@@ -1,15 +1,24 @@
 """Workload ``reid``: multi-source domain-adaptive person re-ID, one client per domain.
 
-Bai et al., CVPR 2021 (``notes/workloads-precise.md`` §1.2–1.4), federated as §1.4 maps it, without
-MDIF for now. A small CNN (conv -> norm -> ReLU -> max-pool blocks) -> GAP -> embedding -> BN-neck
-(``DSBN1d``, bias frozen) -> bias-free identity classifier of ``max_identities`` logits, of which a
-client uses the first ``num_identities`` (its own people, or the target's clusters).
+Bai et al., CVPR 2021 (``notes/workloads-precise.md`` §1.2–1.4), federated as §1.4 maps it. A
+small CNN (conv -> norm -> ReLU -> max-pool blocks) -> GAP -> embedding -> BN-neck (``DSBN1d``,
+bias frozen) -> bias-free identity classifier of ``max_identities`` logits, of which a client uses
+the first ``num_identities`` (its own people, or the target's clusters).
 
 - **Local** (never sent): with ``rdsbn`` the norm layers of the backbone (``RDSBN2d`` with one
   branch and, with ``gate``, the rectification gate: FedBN + a local style gate), the BN-neck and
   the classifier (FedPav); the target's pseudo-labels and DBSCAN eps live in its ``State``.
   **Shared** (FedAvg): the convolutions and the embedding (and the norm layers when ``rdsbn`` is
-  off: plain shared BatchNorm, i.e. FedAvg).
+  off: plain shared BatchNorm, i.e. FedAvg), and MDIF's attention and GCN weights.
+- **MDIF** (``mdif``, §1.2/§1.4): the exchange ``agents`` has each client report its domain's
+  agent (softmax-attention-weighted centre of its embeddings: the guard against the code's
+  division by a sum of raw scores near 0, see ``clients/reid/mdif.py``); the server keeps running
+  agents (0.9/0.1) and broadcasts all of them (zeros before a domain's first report). In a local
+  step the client's own agent is its batch's (with gradient), the others the broadcast ones; the
+  fused feature goes through a local GCN-BN (``gcn_neck``) and a local classifier
+  (``gcn_classifier``) with its own CE term. Retrieval and clustering use the fused feature with
+  the broadcast agents only, every sample linked to its domain's agent (the target's at the
+  server), in fixed batches of 256.
 - **Sources** train on CE with label smoothing + batch-hard soft-margin triplet (on the GAP
   embedding, before the neck).
 - **The target** never reads its identities (``DomainClientData.identities`` raises there). Each
@@ -42,6 +51,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
 from clients.reid.losses import IGNORE, batch_hard_triplet, cross_entropy_ls
+from clients.reid.mdif import MDIF, domain_agent
 from clients.reid.rdsbn import DSBN1d, RDSBN2d
 from clients.reid.retrieval import evaluate as retrieval_scores
 from clients.workload import (
@@ -60,6 +70,8 @@ from fedsim.reid_data import DomainClientData, DomainDataset, RetrievalSet
 
 REID = "reid"
 TARGET_BRANCH = "target_branch"  # the exchange's name
+AGENTS = "agents"  # MDIF's exchange, and the key of its broadcast (D, embedding)
+KNOWN = "known"  # (D,) 1 where a domain's agent has been reported
 IS_TARGET = "is_target"  # the key of a report's marker
 EVAL_BATCH = 256  # fixed feature-extraction batch size
 RANKS = (1, 5, 10)
@@ -71,6 +83,7 @@ class ReidWorkloadParams(Params):
     rdsbn: bool = True  # local (domain-specific) norm layers; False: plain shared BatchNorm
     gate: bool = True  # the rectification gate on the local norm layers (with rdsbn)
     pseudo_labels: bool = True  # the target trains on its clusters; False: it only adapts its BN
+    mdif: bool = True  # fuse features with the domains' agents (exchange ``agents``)
     channels: tuple[PositiveInt, ...] = Field(default=(16, 32, 64), min_length=1, max_length=4)
     embedding: PositiveInt = 64
     max_identities: PositiveInt = 64  # classifier size: the most people (or clusters) of a client
@@ -98,6 +111,7 @@ class ReidNet(nn.Module):
         classes: int,
         rdsbn: bool,
         gate: bool,
+        mdif_domains: int = 0,
     ) -> None:
         super().__init__()
         self.rdsbn = rdsbn
@@ -111,6 +125,11 @@ class ReidNet(nn.Module):
         self.embed = nn.Linear(width, embedding)
         self.neck = DSBN1d(embedding, 1)
         self.classifier = nn.Linear(embedding, classes, bias=False)
+        self.mdif: MDIF | None = None
+        if mdif_domains:  # shared: attention and GCN; local: the GCN-BN and its classifier
+            self.mdif = MDIF(embedding, mdif_domains)
+            self.gcn_neck = DSBN1d(embedding, 1)
+            self.gcn_classifier = nn.Linear(embedding, classes, bias=False)
 
     def embedding(self, x: Tensor) -> Tensor:
         """The GAP embedding (before the neck): the triplet loss's feature."""
@@ -126,22 +145,53 @@ class ReidNet(nn.Module):
         neck = self.neck(f, 0)
         return f, neck, self.classifier(neck)
 
+    def fused(self, f: Tensor, agents: Tensor, domain: int, batch_agent: bool = True) -> Tensor:
+        """GCN-BN'd MDIF features of embeddings ``f`` of one ``domain``, each sample linked to
+        that domain's agent: in training the batch's own agent (with gradient) and the others the
+        broadcast ones; at test (``batch_agent=False``) the broadcast running agents only (§1.2)."""
+        assert self.mdif is not None
+        links = torch.full((f.shape[0],), domain, dtype=torch.long, device=f.device)
+        nodes = self.mdif.agents(f, links, agents) if batch_agent else agents
+        return cast(Tensor, self.gcn_neck(self.mdif(f, nodes, links), 0))
+
     @torch.no_grad()
-    def features(self, x: Tensor) -> Tensor:
-        """L2-normalised neck features, eval mode, in fixed batches (retrieval, clustering)."""
+    def extract(
+        self, x: Tensor, agents: Tensor | None = None, domain: int = 0
+    ) -> tuple[Tensor, Tensor | None]:
+        """L2-normalised (neck, MDIF) features in eval mode, in fixed batches; the MDIF ones
+        (the retrieval features, with ``agents``) only with MDIF."""
         was = self.training
         self.eval()
-        out = [F.normalize(self(b)[1], dim=1) for b in x.split(EVAL_BATCH)]
+        necks, gcns = [], []
+        for b in x.split(EVAL_BATCH):
+            f, neck, _ = self(b)
+            necks.append(F.normalize(neck, dim=1))
+            if self.mdif is not None and agents is not None:
+                gcns.append(F.normalize(self.fused(f, agents, domain, False), dim=1))
         self.train(was)
-        return torch.cat(out) if out else x.new_zeros(0, self.classifier.in_features)
+        empty = x.new_zeros(0, self.classifier.in_features)
+        neck_all = torch.cat(necks) if necks else empty
+        return neck_all, (torch.cat(gcns) if gcns else None)
+
+    def features(self, x: Tensor, agents: Tensor | None = None, domain: int = 0) -> Tensor:
+        """The retrieval features: MDIF's with agents, else the neck's."""
+        neck, gcn = self.extract(x, agents, domain)
+        return neck if gcn is None else gcn
 
 
 def _branch(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, Tensor]:
-    """The float local entries a domain's features depend on (all but the classifier)."""
+    """The float local entries a domain's features depend on (all but the classifiers), less the
+    frozen (constant 0) neck biases: identical all-zero arrays in one Message trip a limitation
+    of ``fedsim.wire.message_bytes`` (Flower's cached chunks, shared between equal arrays, are
+    not all dropped, and a two-worker pool cannot pickle them)."""
+    frozen = {k for k, q in model.named_parameters() if not q.requires_grad}
     return {
         k: v
         for k, v in model.state_dict().items()
-        if is_local(k, v, patterns) and v.is_floating_point() and not k.startswith("classifier.")
+        if is_local(k, v, patterns)
+        and v.is_floating_point()
+        and k not in frozen
+        and not k.startswith(("classifier.", "gcn_classifier."))
     }
 
 
@@ -178,6 +228,55 @@ class TargetBranch:
 
 
 @dataclass(frozen=True)
+class Agents:
+    """MDIF's exchange (§1.4): each client reports its domain's agent (the attention-weighted
+    centre of its embeddings, over all its images); the server keeps a running agent per domain
+    (``r ← 0.9 r + 0.1 a``, the first report as is; a domain's clients averaged) and broadcasts
+    them all, with a mask of the domains reported so far (the others are 0)."""
+
+    name: str = AGENTS
+    everyone: bool = True
+
+    def report(
+        self, model: nn.Module, data: DomainClientData, state: State, config: TrainConfig
+    ) -> tuple[Arrays, Metrics]:
+        net = cast(ReidNet, model)
+        assert net.mdif is not None
+        was = net.training
+        net.eval()
+        with torch.no_grad():
+            f = torch.cat([net.embedding(b) for b in data.images.split(EVAL_BATCH)])
+            agent = domain_agent(f, net.mdif.scores(f))
+        net.train(was)
+        arrays = {
+            "agent": agent,
+            "domain": torch.tensor(float(data.domain)),
+            "num_domains": torch.tensor(float(data.num_domains)),
+        }
+        return arrays, {}
+
+    def reduce(
+        self, reports: Mapping[int, Arrays], memory: Any, aggregate: Aggregate, round: int
+    ) -> tuple[Arrays, Any, Metrics]:
+        first = next(iter(reports.values()))
+        num_domains = int(first["num_domains"])
+        memory = memory or {
+            AGENTS: torch.zeros(num_domains, first["agent"].shape[0]),
+            KNOWN: torch.zeros(num_domains),
+        }
+        agents, known = memory[AGENTS].clone(), memory[KNOWN].clone()
+        for d in range(num_domains):
+            mine = [r["agent"].float() for r in reports.values() if int(r["domain"]) == d]
+            if not mine:
+                continue
+            new = torch.stack(mine).mean(dim=0)
+            agents[d] = new if known[d] == 0 else 0.9 * agents[d] + 0.1 * new
+            known[d] = 1.0
+        memory = {AGENTS: agents, KNOWN: known}
+        return dict(memory), memory, {"agents_known": float(known.sum())}
+
+
+@dataclass(frozen=True)
 class ReidWorkload:
     """RDSBN-style local norms, CE + triplet on sources, DBSCAN pseudo-labels on the target."""
 
@@ -187,12 +286,13 @@ class ReidWorkload:
 
     @property
     def local(self) -> tuple[str, ...]:
-        heads = ("neck.*", "classifier.*")
+        heads = ("neck.*", "classifier.*", "gcn_neck.*", "gcn_classifier.*")
         return ("norms.*", *heads) if self.params.rdsbn else heads
 
     @property
     def exchanges(self) -> tuple[Exchange, ...]:
-        return (TargetBranch(self.local),)
+        branch = TargetBranch(self.local)
+        return (Agents(), branch) if self.params.mdif else (branch,)
 
     def build_model(self, dataset: DomainDataset, generator: torch.Generator) -> nn.Module:
         p = self.params
@@ -209,9 +309,20 @@ class ReidWorkload:
                 f"workload.max_identities={p.max_identities} is below the {most} people of a "
                 "source domain (a client may hold them all); raise workload.max_identities"
             )
+        if p.mdif and dataset.num_sources < 2:
+            raise UserError(
+                f"workload.mdif fuses several source domains: it needs data.sources >= 2, got "
+                f"{dataset.num_sources}; raise data.sources or set workload.mdif=false"
+            )
         with torch.device("meta"):
             model = ReidNet(
-                dataset.input_shape[0], p.channels, p.embedding, p.max_identities, p.rdsbn, p.gate
+                dataset.input_shape[0],
+                p.channels,
+                p.embedding,
+                p.max_identities,
+                p.rdsbn,
+                p.gate,
+                dataset.num_domains if p.mdif else 0,
             )
         return init_parameters(model.to_empty(device="cpu"), generator)
 
@@ -228,14 +339,14 @@ class ReidWorkload:
                     f"client {config.client} holds {n_cls} people, more than "
                     f"workload.max_identities={self.params.max_identities}"
                 )
-            return self._train(net, data.images, data.identities, n_cls, config)
+            return self._train(net, data, data.identities, n_cls, config)
         self._adapt_norms(net, data.images)
         if not self.params.pseudo_labels:
             return {"trained_images": 0.0}
-        labels, n_cls, metrics = self._cluster(net, data.images, state)
+        labels, n_cls, metrics = self._cluster(net, data, state, config)
         if n_cls == 0:
             return {**metrics, "trained_images": 0.0}
-        return {**metrics, **self._train(net, data.images, labels, n_cls, config)}
+        return {**metrics, **self._train(net, data, labels, n_cls, config)}
 
     @torch.no_grad()
     def _adapt_norms(self, net: ReidNet, images: Tensor) -> None:
@@ -243,24 +354,30 @@ class ReidWorkload:
         net.train()
         for batch in images.split(self.params.batch_size):
             if len(batch) > 1:
-                net(batch)
+                f, _, _ = net(batch)
+                if net.mdif is not None:
+                    net.gcn_neck(f, 0)  # its statistics before the first fusion
 
-    def _cluster(self, net: ReidNet, images: Tensor, state: State) -> tuple[Tensor, int, Metrics]:
+    def _cluster(
+        self, net: ReidNet, data: DomainClientData, state: State, config: TrainConfig
+    ) -> tuple[Tensor, int, Metrics]:
         """Pseudo-labels of the target's images (kept in ``state``) and the classifier's rows."""
         # Imported here: scikit-learn's DBSCAN brings sklearn.neighbors, which a run without a
         # target never needs (tests/architecture/test_start_up.py).
         from clients.reid.pseudo_labels import pseudo_labels
 
         p = self.params
-        feats = net.features(images)
+        images = data.images
+        neck, fused = net.extract(images, _agents(net, config), data.domain)
+        feats = neck if fused is None else fused
         eps = p.eps  # None: chosen from this round's distances (see the module docstring)
         found = pseudo_labels(feats.cpu().numpy(), eps=eps, min_samples=p.min_samples, rho=p.rho)
         state["eps"] = torch.tensor(found.eps, dtype=torch.float64)
-        labels = torch.from_numpy(found.labels).to(images.device)
+        labels = torch.tensor(found.labels, dtype=torch.int64, device=images.device)
         dropped = max(found.num_clusters - p.max_identities, 0)
         labels = torch.where(labels >= p.max_identities, IGNORE, labels)
         n_cls = min(found.num_clusters, p.max_identities)
-        state["pseudo_labels"] = labels.cpu()
+        state["pseudo_labels"] = labels.cpu().clone()
         metrics: Metrics = {
             "clusters": float(n_cls),
             "outliers": float(found.num_outliers),
@@ -269,16 +386,26 @@ class ReidWorkload:
         }
         if n_cls:
             with torch.no_grad():
-                centres = torch.zeros(n_cls, feats.shape[1], device=feats.device)
                 keep = labels >= 0
-                centres.index_add_(0, labels[keep], feats[keep])
-                net.classifier.weight[:n_cls] = F.normalize(centres, dim=1)
+                heads = [(net.classifier, neck)]
+                if fused is not None:
+                    heads.append((net.gcn_classifier, fused))
+                for head, x in heads:
+                    centres = torch.zeros(n_cls, x.shape[1], device=x.device)
+                    centres.index_add_(0, labels[keep], x[keep])
+                    head.weight[:n_cls] = F.normalize(centres, dim=1)
         return labels, n_cls, metrics
 
     def _train(
-        self, net: ReidNet, images: Tensor, labels: Tensor, n_cls: int, config: TrainConfig
+        self,
+        net: ReidNet,
+        data: DomainClientData,
+        labels: Tensor,
+        n_cls: int,
+        config: TrainConfig,
     ) -> Metrics:
         p = self.params
+        images, agents = data.images, _agents(net, config)
         rows = torch.nonzero(labels != IGNORE).flatten()
         net.train()
         optimizer: torch.optim.Optimizer = torch.optim.Adam(
@@ -298,6 +425,9 @@ class ReidWorkload:
                 loss = cross_entropy_ls(logits[:, :n_cls], y, p.label_smoothing)
                 if p.triplet:
                     loss = loss + batch_hard_triplet(f, y)
+                if agents is not None:  # MDIF: the fused branch's CE as well (§1.2)
+                    gcn_logits = net.gcn_classifier(net.fused(f, agents, data.domain))
+                    loss = loss + cross_entropy_ls(gcn_logits[:, :n_cls], y, p.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -312,7 +442,8 @@ class ReidWorkload:
         """A source client's retrieval on its held-out people (none without them)."""
         if data.retrieval is None:
             return {}
-        return _retrieval(cast(ReidNet, model), data.retrieval, config.device)
+        net = cast(ReidNet, model)
+        return _retrieval(net, data.retrieval, config.device, _agents(net, config), data.domain)
 
     def evaluate_central(
         self,
@@ -328,15 +459,33 @@ class ReidWorkload:
         entries = {k: v for k, v in branch.items() if k != IS_TARGET}
         model = copy.deepcopy(model)
         model.load_state_dict(entries, strict=False)
-        return _retrieval(cast(ReidNet, model), test, config.device)
+        net = cast(ReidNet, model)
+        target = net.mdif.num_domains - 1 if net.mdif is not None else 0
+        return _retrieval(net, test, config.device, _agents(net, config), target)
 
 
-def _retrieval(net: ReidNet, test: RetrievalSet, device: torch.device) -> Metrics:
+def _agents(net: ReidNet, config: TrainConfig) -> Tensor | None:
+    """MDIF's agents (D, d): the broadcast ones, zeros before the first (None without MDIF)."""
+    if net.mdif is None:
+        return None
+    broadcast = config.received.get(AGENTS, {}).get(AGENTS)
+    if broadcast is None:
+        return torch.zeros(net.mdif.num_domains, net.mdif.dim, device=config.device)
+    return broadcast.to(config.device)
+
+
+def _retrieval(
+    net: ReidNet,
+    test: RetrievalSet,
+    device: torch.device,
+    agents: Tensor | None = None,
+    domain: int = 0,
+) -> Metrics:
     scores = retrieval_scores(
-        net.features(test.query_images),
+        net.features(test.query_images, agents, domain),
         test.query_identities,
         test.query_cameras,
-        net.features(test.gallery_images),
+        net.features(test.gallery_images, agents, domain),
         test.gallery_identities,
         test.gallery_cameras,
         ranks=RANKS,

@@ -17,6 +17,7 @@ from clients.reid.workload import ReidNet, ReidWorkload, ReidWorkloadParams
 from fedsim import results
 from fedsim.build import scenario_federation
 from fedsim.errors import UserError
+from fedsim.registry import Component
 from fedsim.reid_data import DomainDataset
 from fedsim.scenario import parse
 
@@ -94,8 +95,34 @@ def test_clients_share_shapes_and_keep_their_branches_local() -> None:
     model = workload.build_model(dataset, torch.Generator().manual_seed(0))
     assert isinstance(model, ReidNet)
     assert model.classifier.out_features == ReidWorkloadParams().max_identities
-    assert workload.local == ("norms.*", "neck.*", "classifier.*")
-    assert ReidWorkload(ReidWorkloadParams(rdsbn=False)).local == ("neck.*", "classifier.*")
+    heads = ("neck.*", "classifier.*", "gcn_neck.*", "gcn_classifier.*")
+    assert workload.local == ("norms.*", *heads)
+    assert ReidWorkload(ReidWorkloadParams(rdsbn=False)).local == heads
+    shared = [k for k in model.state_dict() if not any(k.startswith(h[:-1]) for h in heads)]
+    assert {k.split(".")[0] for k in shared} == {"convs", "norms", "embed", "mdif"}
+
+
+def test_mdif_agents_reach_every_client_and_the_server(tmp_path: Path) -> None:
+    # Execute: two rounds with MDIF (the default), the agents exchange before target_branch
+    metrics = run(tmp_path / "mdif")
+
+    # Assert: every domain's agent known after round 1, retrieval measured with them
+    server = metrics[metrics.scope == "server"]
+    assert server[server.metric == "agents_known"].value.tolist() == [3.0, 3.0]
+    assert server[server.metric == "mAP"].value.between(0, 1).all()
+    assert [e.name for e in ReidWorkload(ReidWorkloadParams()).exchanges] == [
+        "agents",
+        "target_branch",
+    ]
+    assert [e.name for e in ReidWorkload(ReidWorkloadParams(mdif=False)).exchanges] == [
+        "target_branch"
+    ]
+
+
+def test_mdif_with_one_source_is_a_clear_error() -> None:
+    dataset = fedsim.data.load_data(Component(**{**DATA, "sources": 1}))
+    with pytest.raises(UserError, match="sources >= 2"):
+        ReidWorkload(ReidWorkloadParams()).build_model(dataset, torch.Generator().manual_seed(0))
 
 
 def test_too_small_a_classifier_is_a_clear_error() -> None:
