@@ -173,9 +173,11 @@ def message_bytes(msg: Message, known: dict[int, int] | None = None) -> int:
         return known[id(msg.content)]
     objects = get_all_nested_objects(msg.content).values()
     size = sum(len(o.deflate()) for o in objects if not isinstance(o, ConfigRecord))
-    for obj in objects:  # Flower caches an Array's chunks as memoryviews, which cannot be pickled
-        if isinstance(obj, Array):
-            obj.__dict__.pop("_chunks", None)
+    # Flower caches an Array's chunks as memoryviews, which cannot be pickled. Drop them from
+    # every Array: ``objects`` holds one per distinct content, equal arrays share an entry.
+    for record in msg.content.array_records.values():
+        for array in record.values():
+            array.__dict__.pop("_chunks", None)
     if known is not None:
         known[id(msg.content)] = size
     return size

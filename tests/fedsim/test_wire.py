@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,17 @@ def test_message_bytes_grow_by_exactly_the_added_payload() -> None:
     assert wire.message_bytes(reply(400)) - wire.message_bytes(reply(300)) == 400
     # The framing of one array record with one array and a metrics record is small and fixed.
     assert 0 < wire.message_bytes(reply(300)) - (128 + 1200) < 1200
+
+
+def test_a_counted_message_still_pickles_when_two_arrays_are_equal() -> None:
+    # Equal arrays share one entry of Flower's object tree; each caches its own chunks, and a
+    # worker pool must pickle the Message after it was counted.
+    arrays = ArrayRecord({"a": Array(np.zeros(3, np.float32)), "b": Array(np.zeros(3, np.float32))})
+    msg = Message(RecordDict({"arrays": arrays}), dst_node_id=1, message_type="train")
+
+    assert wire.message_bytes(msg) > 0
+    again = pickle.loads(pickle.dumps(msg))
+    assert set(again.content.array_records["arrays"]) == {"a", "b"}
 
 
 def test_config_records_are_not_counted() -> None:
