@@ -327,10 +327,9 @@ def _yaml_text(text: str) -> dict[str, Any] | None:
     except yaml.YAMLError as err:
         if "\n" not in text.strip():
             return None  # a file name YAML cannot read, e.g. "a: b: c.yaml"
-        where = getattr(err, "problem_mark", None)
-        at = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ScenarioError([f"(yaml) {at}{problem}"]) from None
+        from fedsim.scenario import yaml_problem
+
+        raise ScenarioError([yaml_problem(err)]) from None
     if isinstance(data, dict):
         return data
     if "\n" in text.strip():
@@ -340,26 +339,13 @@ def _yaml_text(text: str) -> dict[str, Any] | None:
 
 
 def _override(raw: dict[str, Any], overrides: Overrides | None, source: str) -> None:
-    from fedsim.scenario import apply_override
+    from fedsim.scenario import apply_override, set_key
 
     if overrides is None:
         return
     if isinstance(overrides, Mapping):
         for key, value in overrides.items():
-            _set(raw, key, value, source)
+            set_key(raw, key, copy.deepcopy(value), f"overrides {key}", source)
         return
     for item in [overrides] if isinstance(overrides, str) else overrides:
         apply_override(raw, item, source)
-
-
-def _set(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    """``raw[a][b][c] = value`` for ``a.b.c``, making the mappings on the way."""
-    *parents, leaf = dotted.split(".")
-    node = raw
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            at = ".".join(parents[: i + 1])
-            raise ScenarioError([f"overrides {dotted}: {at} is not a mapping"], source)
-        node = child
-    node[leaf] = copy.deepcopy(value)

@@ -316,14 +316,11 @@ def federates(kind: str) -> Callable[[Federate], Federate]:
     return register
 
 
-@dataclass(frozen=True, eq=False)  # tensors have no boolean equality; compare by identity
-class SampleFederation:
-    """Which samples of a dataset each client holds, for training and for its own evaluation."""
+class RowSplit:
+    """What a federation that hands each client rows of its data (``train``: one index tensor
+    per client) answers the same way whatever the data: a base of the row-split federations."""
 
-    kind: ClassVar[str] = "samples"
-    dataset: Dataset
-    train: list[torch.Tensor]  # per client: int64 indices into dataset.x_train used for training
-    val: list[torch.Tensor]  # per client: held-out indices (client-side evaluation)
+    train: list[torch.Tensor]
 
     @property
     def num_clients(self) -> int:
@@ -334,8 +331,22 @@ class SampleFederation:
         return {}
 
     def client_sizes(self) -> list[int]:
-        """Training samples of each client (FedAvg's weights)."""
+        """Training rows of each client (FedAvg's weights)."""
         return [len(t) for t in self.train]
+
+    def one_class_counts(self) -> npt.NDArray[np.int64]:
+        """``class_counts`` of data without classes: each client's rows as one class."""
+        return np.array(self.client_sizes(), dtype=np.int64)[:, None]
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no boolean equality; compare by identity
+class SampleFederation(RowSplit):
+    """Which samples of a dataset each client holds, for training and for its own evaluation."""
+
+    kind: ClassVar[str] = "samples"
+    dataset: Dataset
+    train: list[torch.Tensor]  # per client: int64 indices into dataset.x_train used for training
+    val: list[torch.Tensor]  # per client: held-out indices (client-side evaluation)
 
     def train_data(self, client: int) -> Labelled:
         """Inputs and labels of ``client``'s training samples."""

@@ -20,7 +20,7 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 
-from fedsim.data import federates, split_among_clients
+from fedsim.data import RowSplit, federates, split_among_clients
 from fedsim.registry import DATASETS, Component, DatasetParams
 
 FloatArray = npt.NDArray[np.floating]
@@ -332,7 +332,7 @@ class MboClientData:
 
 
 @dataclass(frozen=True, eq=False)
-class MboFederation:
+class MboFederation(RowSplit):
     """An MBO task and which offline rows each client holds (indices into ``task.offline_*``)."""
 
     kind: ClassVar[str] = "mbo_task"
@@ -344,20 +344,9 @@ class MboFederation:
     def dataset(self) -> MboTask:
         return self.task
 
-    @property
-    def num_clients(self) -> int:
-        return len(self.train)
-
-    @property
-    def stats(self) -> dict[str, float]:
-        return {}
-
-    def client_sizes(self) -> list[int]:
-        return [len(t) for t in self.train]
-
     def class_counts(self) -> IntArray:
         """One class: every row is a design with a score."""
-        return np.array(self.client_sizes(), dtype=np.int64)[:, None]
+        return self.one_class_counts()
 
     def train_data(self, client: int) -> MboClientData:
         train, val = self.train[client].numpy(), self.val[client].numpy()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 
-from fedsim.data import FASHION_MNIST_DIR, _find_idx, _read_idx, federates
+from fedsim.data import FASHION_MNIST_DIR, RowSplit, _find_idx, _read_idx, federates
 from fedsim.errors import UserError
 from fedsim.registry import DATASETS, DOMAIN_PARTITIONERS, Component, DomainDatasetParams, Params
 
@@ -421,7 +421,7 @@ def domains(p: DomainsParams) -> Assign:
 
 
 @dataclass(frozen=True, eq=False)
-class DomainFederation:
+class DomainFederation(RowSplit):
     """Which domain's people each client holds: rows of ``dataset`` to train on and held out."""
 
     kind: ClassVar[str] = "domains"
@@ -430,21 +430,9 @@ class DomainFederation:
     train: list[Tensor]  # per client: int64 rows of dataset used for training
     val: list[Tensor]  # per client: held-out rows (a source client's held-out people)
 
-    @property
-    def num_clients(self) -> int:
-        return len(self.train)
-
-    @property
-    def stats(self) -> dict[str, float]:
-        return {}
-
-    def client_sizes(self) -> list[int]:
-        """Training images of each client (FedAvg's weights)."""
-        return [len(t) for t in self.train]
-
     def class_counts(self) -> IntArray:
         """Training images of each client as one class (clients' identities are disjoint)."""
-        return np.array(self.client_sizes(), dtype=np.int64)[:, None]
+        return self.one_class_counts()
 
     def train_data(self, client: int) -> DomainClientData:
         d, rows = self.dataset, self.train[client]

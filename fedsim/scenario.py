@@ -462,10 +462,7 @@ def read(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ScenarioError([f"(yaml) {at}{problem}"], source) from None
+        raise ScenarioError([yaml_problem(err)], source) from None
     if raw is None:
         raise ScenarioError(["(top level): the file is empty"], source)
     if not isinstance(raw, dict):
@@ -482,20 +479,35 @@ def read(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
     return raw
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parse error as one line: ``(yaml) line L, column C: problem``."""
+    where = getattr(err, "problem_mark", None)
+    at = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
+    problem = getattr(err, "problem", None) or str(err)
+    return f"(yaml) {at}{problem}"
+
+
 def apply_override(raw: dict[str, Any], item: str, source: str = "") -> None:
     """Set ``a.b.c=value`` in nested data; the value is parsed as YAML (``5``, ``[1, 2]``)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ScenarioError([f"--set {item!r}: expected key.path=value"], source)
-    *parents, leaf = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ScenarioError([f"--set {key}: cannot parse value {text!r}"], source) from None
+    set_key(raw, key.strip(), value, f"--set {key}", source)
+
+
+def set_key(raw: dict[str, Any], dotted: str, value: Any, label: str, source: str = "") -> None:
+    """``raw[a][b][c] = value`` for ``a.b.c``, making the mappings on the way; ``label`` names
+    the override in the error when a key on the way is not a mapping."""
+    *parents, leaf = dotted.split(".")
     node = raw
     for i, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             at = ".".join(parents[: i + 1])
-            raise ScenarioError([f"--set {key}: {at} is not a mapping"], source)
+            raise ScenarioError([f"{label}: {at} is not a mapping"], source)
         node = child
-    try:
-        node[leaf] = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ScenarioError([f"--set {key}: cannot parse value {text!r}"], source) from None
+    node[leaf] = value
