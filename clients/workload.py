@@ -169,6 +169,8 @@ class Workload(Protocol):
     ``reads`` names the kind of data it trains on (a dataset's ``kind``: ``samples``, ``graph``,
     ``mbo_task``, …). State-dict entries whose names match a pattern of ``local`` never leave a
     client (``("*.bn*",)`` is FedBN, ``("*",)`` shares nothing); integer buffers never do either.
+    Optionally, ``check(scenario) -> list[str]`` names what the workload cannot run with in a
+    resolved scenario (one line per problem), so that ``fedsim validate`` refuses it too.
     """
 
     reads: ClassVar[str]

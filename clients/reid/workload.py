@@ -78,8 +78,9 @@ from clients.workload import (
     is_local,
 )
 from fedsim.errors import UserError
-from fedsim.registry import WORKLOADS, Params
+from fedsim.registry import DATASETS, WORKLOADS, Params
 from fedsim.reid_data import DomainClientData, DomainDataset, RetrievalSet
+from fedsim.scenario import Scenario
 
 REID = "reid"
 TARGET_BRANCH = "target_branch"  # the exchange's name
@@ -124,7 +125,11 @@ class ReidWorkloadParams(Params):
 
 
 class ReidNet(nn.Module):
-    """Conv blocks -> GAP -> embedding -> BN-neck -> classifier; norm layers named ``norm*``."""
+    """Conv blocks -> GAP -> embedding -> BN-neck -> classifier; norm layers named ``norm*``.
+
+    A client's model has one norm branch (its domain's); ``branches`` > 1 is the centralised
+    reference's model, one branch per domain, chosen by the ``branch`` of each forward pass.
+    """
 
     def __init__(
         self,
@@ -135,18 +140,21 @@ class ReidNet(nn.Module):
         rdsbn: bool,
         gate: bool,
         mdif_domains: int = 0,
+        branches: int = 1,
     ) -> None:
         super().__init__()
+        if branches > 1 and not rdsbn:
+            raise ValueError("several norm branches need rdsbn (domain-specific norms)")
         self.rdsbn = rdsbn
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         width = in_channels
         for c in channels:
             self.convs.append(nn.Conv2d(width, c, 3, padding=1, bias=False))
-            self.norms.append(RDSBN2d(c, 1, gate) if rdsbn else nn.BatchNorm2d(c))
+            self.norms.append(RDSBN2d(c, branches, gate) if rdsbn else nn.BatchNorm2d(c))
             width = c
         self.embed = nn.Linear(width, embedding)
-        self.neck = DSBN1d(embedding, 1)
+        self.neck = DSBN1d(embedding, branches)
         self.classifier = nn.Linear(embedding, classes, bias=False)
         self.mdif: MDIF | None = None
         if mdif_domains:  # shared: attention and GCN; local: the GCN-BN and its classifier
@@ -154,18 +162,18 @@ class ReidNet(nn.Module):
             self.gcn_neck = DSBN1d(embedding, 1)
             self.gcn_classifier = nn.Linear(embedding, classes, bias=False)
 
-    def embedding(self, x: Tensor) -> Tensor:
+    def embedding(self, x: Tensor, branch: int = 0) -> Tensor:
         """The GAP embedding (before the neck): the triplet loss's feature."""
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = conv(x)
-            x = norm(x, 0) if self.rdsbn else norm(x)
+            x = norm(x, branch) if self.rdsbn else norm(x)
             x = F.max_pool2d(F.relu(x), 2, ceil_mode=True)
         return cast(Tensor, self.embed(x.mean(dim=(2, 3))))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, branch: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """(embedding, neck feature, logits)."""
-        f = self.embedding(x)
-        neck = self.neck(f, 0)
+        f = self.embedding(x, branch)
+        neck = self.neck(f, branch)
         return f, neck, self.classifier(neck)
 
     def fused(self, f: Tensor, agents: Tensor, domain: int, batch_agent: bool = True) -> Tensor:
@@ -179,7 +187,7 @@ class ReidNet(nn.Module):
 
     @torch.no_grad()
     def extract(
-        self, x: Tensor, agents: Tensor | None = None, domain: int = 0
+        self, x: Tensor, agents: Tensor | None = None, domain: int = 0, branch: int = 0
     ) -> tuple[Tensor, Tensor | None]:
         """L2-normalised (neck, MDIF) features in eval mode, in fixed batches; the MDIF ones
         (the retrieval features, with ``agents``) only with MDIF."""
@@ -187,7 +195,7 @@ class ReidNet(nn.Module):
         self.eval()
         necks, gcns = [], []
         for b in x.split(EVAL_BATCH):
-            f, neck, _ = self(b)
+            f, neck, _ = self(b, branch)
             necks.append(F.normalize(neck, dim=1))
             if self.mdif is not None and agents is not None:
                 gcns.append(F.normalize(self.fused(f, agents, domain, False), dim=1))
@@ -319,6 +327,20 @@ class ReidWorkload:
         # Without local norms the server's model is the target's: no branch to pass on.
         branch = (TargetBranch(self.local),) if self.params.rdsbn else ()
         return ((Agents(),) if self.params.mdif else ()) + branch
+
+    def check(self, scenario: Scenario) -> list[str]:
+        """MDIF fuses several source domains: at least two must take part."""
+        if not self.params.mdif:
+            return []
+        data = DATASETS.params(scenario.data.dataset)
+        partition = scenario.data.partition.options.get("sources")
+        sources = len(set(partition)) if partition else getattr(data, "sources", 0)
+        if sources >= 2:
+            return []
+        return [
+            f"workload.mdif fuses several source domains: it needs at least 2 taking part, got "
+            f"{sources}; raise data.sources (or data.partition.sources) or set workload.mdif=false"
+        ]
 
     def build_model(self, dataset: DomainDataset, generator: torch.Generator) -> nn.Module:
         p = self.params
@@ -516,13 +538,15 @@ class ReidWorkload:
         config: TrainConfig,
         memory: Mapping[str, Any],
     ) -> Metrics:
-        """The target's retrieval, with its branch as last reported (none before that)."""
-        branch = config.received.get(TARGET_BRANCH)
-        if branch is None:
-            return {}
-        entries = {k: v for k, v in branch.items() if k != IS_TARGET}
-        model = copy.deepcopy(model)
-        model.load_state_dict(entries, strict=False)
+        """The target's retrieval, with its branch as last reported (none before that); with
+        shared norms (no ``rdsbn``) the global model is the target's."""
+        if self.params.rdsbn:
+            branch = config.received.get(TARGET_BRANCH)
+            if branch is None:
+                return {}
+            entries = {k: v for k, v in branch.items() if k != IS_TARGET}
+            model = copy.deepcopy(model)
+            model.load_state_dict(entries, strict=False)
         net = cast(ReidNet, model)
         target = net.mdif.num_domains - 1 if net.mdif is not None else 0
         return _retrieval(net, test, config.device, _agents(net, config), target)

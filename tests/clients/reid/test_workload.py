@@ -119,7 +119,7 @@ def test_mdif_agents_reach_every_client_and_the_server(tmp_path: Path) -> None:
     # Assert: every domain's agent known after round 1, retrieval measured with them
     server = metrics[metrics.scope == "server"]
     assert server[server.metric == "agents_known"].value.tolist() == [3.0, 3.0]
-    assert server[server.metric == "mAP"].value.between(0, 1).all()
+    assert server[server.metric == "mAP"].value.between(0, 1).tolist() == [True, True]
     assert [e.name for e in ReidWorkload(ReidWorkloadParams()).exchanges] == [
         "agents",
         "target_branch",
@@ -154,8 +154,9 @@ def test_source_only_the_target_abstains_and_the_sources_make_the_model(tmp_path
     assert rounds[rounds.metric == "train_abstained"].value.tolist() == [1.0, 1.0]
     assert rounds[rounds.metric == "train_clients"].value.tolist() == [2.0, 2.0]
     assert rounds[rounds.metric == "train_failures"].value.tolist() == [0.0, 0.0]
+    # The server evaluates its own model: with shared norms it is the target's
     server = metrics[metrics.scope == "server"]
-    assert server[server.metric == "mAP"].value.between(0, 1).all()
+    assert server[server.metric == "mAP"].value.between(0, 1).tolist() == [True, True]
 
 
 def test_the_mean_teacher_lives_in_the_targets_state_and_follows_the_student() -> None:
