@@ -118,8 +118,12 @@ class InformationPlane:
     def central_metrics(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
         """The estimate on a probe set the server holds, all of it in one place."""
         chosen = self.layers(model, x)
-        acts = activity(model, x, chosen)
-        labels = y.cpu().numpy()
+        return self.estimate(chosen, activity(model, x, chosen), y.cpu().numpy())
+
+    def estimate(
+        self, chosen: list[Layer], acts: Mapping[int, np.ndarray], labels: np.ndarray
+    ) -> dict[str, float]:
+        """The plane of the layers' activity ``acts`` (by layer number) with ``labels``."""
         out: dict[str, float] = {}
         p = self.params
         for layer in chosen:
