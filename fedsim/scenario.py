@@ -22,6 +22,7 @@ from fedsim import plugins as _plugins
 from fedsim.data import dataset_kind
 from fedsim.errors import ScenarioError, UserError
 from fedsim.registry import (
+    ANALYSES,
     ATTACKS,
     DATASETS,
     WORKLOADS,
@@ -385,6 +386,19 @@ def _analysis_problems(scenario: Scenario) -> list[str]:
             "analysis: two analyses of the same name need different tags (tag: fixed, ...), "
             "or their metrics would collide"
         )
+    evaluated = {r for r in range(1, scenario.rounds + 1) if r % scenario.eval.every == 0}
+    for i, spec in enumerate(scenario.analysis):
+        analysis = ANALYSES.build(spec)
+        analysis.attach(scenario.rounds)
+        # The server's own estimate is made with its central evaluation.
+        missed = sorted(set(analysis.central_rounds()) - evaluated - {scenario.rounds})
+        if missed:
+            problems.append(
+                f"analysis[{i}]: its central estimate is due in rounds {missed[:5]}"
+                f"{'…' if len(missed) > 5 else ''}, where the server does not evaluate "
+                f"(eval.every: {scenario.eval.every}); set eval.every to divide its rounds "
+                "(eval.every: 1 for schedule: log), or central: false"
+            )
     return problems
 
 

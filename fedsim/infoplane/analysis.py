@@ -102,6 +102,10 @@ class InformationPlane:
     def due(self, round: int) -> bool:
         return round in self.rounds
 
+    def central_rounds(self) -> frozenset[int]:
+        """The rounds of the server's own estimate (made when the server evaluates)."""
+        return self.rounds if self.params.central else frozenset()
+
     def layers(self, model: nn.Module, x: Tensor) -> list[Layer]:
         """The layers asked for (ValueError for a model with none, or a name it lacks)."""
         found = layers(model, x)

@@ -184,10 +184,13 @@ def test_schedules() -> None:
         ({"estimator": "kde_upper", "federated": "exact"}, "KDE bounds need"),
         ({"federated": "none", "central": False}, "estimate nothing"),
         ({"name": "information_plain"}, "did you mean 'information_plane'"),
+        ({"schedule": "log", "eval": 5}, r"due in rounds \[1, 2, 3, 4, 6\]"),
     ],
 )
 def test_bad_analyses_are_refused_at_validation(analysis: dict[str, Any], problem: str) -> None:
-    raw = plane_scenario(**analysis)
+    analysis = dict(analysis)
+    raw = plane_scenario()
+    raw["eval"] = {"every": analysis.pop("eval", 1)}
     raw["analysis"][0].update(analysis)
     with pytest.raises(ScenarioError, match=problem):
         parse(raw)
