@@ -12,7 +12,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from fedsim.registry import MODELS, Params
@@ -60,7 +60,8 @@ class InfoPlaneMLP(nn.Module):
 
 
 class InfoPlaneMLPParams(Params):
-    hidden: list[PositiveInt] = [10, 7, 5, 4, 3]  # 12-10-7-5-4-3-2 on SZT (the paper's era)
+    # 12-10-7-5-4-3-2 on SZT, the paper's era (the reference's default since late 2019: 5×5)
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [10, 7, 5, 4, 3])
     activation: Literal["tanh", "relu", "elu", "softplus"] = "tanh"
 
 

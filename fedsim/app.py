@@ -24,8 +24,8 @@ from clients import TrainConfig, Workload
 from clients.workload import SERVER, split_state
 from fedsim import results, tracking, wire
 from fedsim.build import (
-    build_workload,
     build_strategy,
+    build_workload,
     byzantine_clients,
     initial_model_and_changes,
     pick_device,

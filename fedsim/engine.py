@@ -17,8 +17,8 @@ from flwr.app import ArrayRecord
 from clients.workload import split_state
 from fedsim import privacy, tracking
 from fedsim.build import (
-    build_workload,
     build_strategy,
+    build_workload,
     initial_model_and_changes,
     scenario_federation,
 )

@@ -148,7 +148,9 @@ class InformationPlane:
         """A layer's edges from the levels (or sketches with their ``counts``) seen."""
         p = self.params
         if p.estimator == "fixed_binning":
-            return est.fixed_edges(-1.0 if layer.low < 0 else 0.0, 1.0 if layer.bounded else high, p.bins)
+            return est.fixed_edges(
+                -1.0 if layer.low < 0 else 0.0, 1.0 if layer.bounded else high, p.bins
+            )
         if counts:
             return est.sketched_edges(levels, counts, layer.low, p.bins)
         return est.adaptive_edges(np.unique(np.concatenate(levels)), layer.low, p.bins)
@@ -182,7 +184,9 @@ class Levels:
             t, key = acts[layer.number], str(layer.number)
             out[key + ".max"] = _f32(np.array([t.max()]))
             # The server has no model: the layer's kind (its low edge, bounded or not) travels.
-            out[key + ".kind"] = torch.tensor([layer.low, float(layer.bounded)], dtype=torch.float64)
+            out[key + ".kind"] = torch.tensor(
+                [layer.low, float(layer.bounded)], dtype=torch.float64
+            )
             if p.estimator == "adaptive_binning":
                 u = est.levels(t, layer.low)
                 if p.federated == "sketch":
@@ -239,7 +243,9 @@ class Counts:
             out[key + ".rows"] = torch.from_numpy(rows.astype(np.int16))
             out[key + ".counts"] = torch.from_numpy(counts)
             if self.plane.params.estimator == "adaptive_binning":  # under this client's edges
-                mine = est.adaptive_edges(est.levels(t, layer.low), layer.low, self.plane.params.bins)
+                mine = est.adaptive_edges(
+                    est.levels(t, layer.low), layer.low, self.plane.params.bins
+                )
                 own_rows, own_counts = est.code_counts(est.codes(t, mine), labels)
                 xt, ty = est.binned_mi(own_rows, own_counts)
                 own[f"{self.plane.prefix[0]}_own.{key}"] = xt
@@ -252,7 +258,9 @@ class Counts:
         numbers = sorted({k.split(".")[0] for r in reports.values() for k in r}, key=int)
         metrics: dict[str, float] = {}
         for key in numbers:
-            parts = [(r[key + ".rows"].numpy(), r[key + ".counts"].numpy()) for r in reports.values()]
+            parts = [
+                (r[key + ".rows"].numpy(), r[key + ".counts"].numpy()) for r in reports.values()
+            ]
             metrics |= self.plane.metrics(int(key), est.binned_mi(*est.merge_counts(parts)))
         values = torch.tensor([metrics[k] for k in sorted(metrics)], dtype=torch.float64)
         return {"mi": values}, None, metrics

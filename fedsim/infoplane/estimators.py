@@ -69,9 +69,7 @@ def sketch(unique: Floats, size: int) -> Floats:
     return u[picks]
 
 
-def sketched_edges(
-    sketches: list[Floats], counts: list[int], low: float, bins: int
-) -> Floats:
+def sketched_edges(sketches: list[Floats], counts: list[int], low: float, bins: int) -> Floats:
     """Approximate EBAB edges from clients' sketches of their distinct levels.
 
     Each sketch point stands for ``count / len(sketch)`` levels of its client; the edges are the
@@ -81,16 +79,16 @@ def sketched_edges(
     points = [np.asarray(s, dtype=np.float32) for s in sketches if len(s)]
     if not points:
         return np.array([low], dtype=np.float32)
-    weights = [
-        np.full(len(s), c / len(s)) for s, c in zip(sketches, counts, strict=True) if len(s)
-    ]
+    weights = [np.full(len(s), c / len(s)) for s, c in zip(sketches, counts, strict=True) if len(s)]
     values = np.concatenate(points)
     weight = np.concatenate(weights)
     order = np.argsort(values, kind="stable")
     values, cum = values[order], np.cumsum(weight[order])
     total = cum[-1]
-    picks = [values[min(np.searchsorted(cum, k * total / bins, side="right"), len(values) - 1)]
-             for k in range(bins)]
+    picks = [
+        values[min(np.searchsorted(cum, k * total / bins, side="right"), len(values) - 1)]
+        for k in range(bins)
+    ]
     return np.array([min(low, float(values[0])), *picks, values[-1]], dtype=np.float32)
 
 
@@ -132,7 +130,9 @@ def binned_mi(rows: Ints, counts: Ints) -> tuple[float, float]:
     h_t_given_y = 0.0
     for y in np.unique(labels):
         mine = labels == y
-        h_t_given_y += counts[mine].sum() / n * entropy_bits(np.bincount(t_of[mine], weights=counts[mine]))
+        h_t_given_y += (
+            counts[mine].sum() / n * entropy_bits(np.bincount(t_of[mine], weights=counts[mine]))
+        )
     return h_t, h_t - h_t_given_y
 
 
@@ -166,7 +166,5 @@ def kde_mi(activity: Floats, labels: Ints, variance: float, upper: bool) -> tupl
 
     h_t_given_x = d / 2 * math.log(2 * math.pi * math.e * variance)
     h_t = h(t)
-    h_t_given_y = sum(
-        np.mean(labels == y) * h(t[labels == y]) for y in np.unique(labels)
-    )
+    h_t_given_y = sum(np.mean(labels == y) * h(t[labels == y]) for y in np.unique(labels))
     return (h_t - h_t_given_x) / math.log(2), (h_t - h_t_given_y) / math.log(2)

@@ -72,9 +72,7 @@ def select(found: list[Layer], wanted: str | list[int | str]) -> list[Layer]:
         return found
     picked = []
     for want in wanted:
-        hit = [
-            layer for layer in found if want in (layer.number, layer.name, str(layer.number))
-        ]
+        hit = [layer for layer in found if want in (layer.number, layer.name, str(layer.number))]
         if not hit:
             choices = ", ".join(f"{layer.number} ({layer.name})" for layer in found)
             raise ValueError(f"layers: the model has no layer {want!r}; its layers: {choices}")

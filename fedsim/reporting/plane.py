@@ -6,6 +6,7 @@ else the clients' federated one."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -37,7 +38,7 @@ def _panels(configs: list[Configuration]) -> list[tuple[int, Configuration, str,
     return [p for p in found if p[3]][:MAX_PANELS]
 
 
-def _grid(n: int, title: str) -> tuple[Figure, list]:  # type: ignore[type-arg]
+def _grid(n: int, title: str) -> tuple[Figure, list[Any]]:
     cols = min(n, COLUMNS)
     rows = -(-n // cols)
     fig = Figure(figsize=(3.2 * cols, 2.8 * rows + 0.6), layout="constrained")

@@ -16,8 +16,8 @@ from fedsim.data import load_data
 from fedsim.errors import ScenarioError, UserError
 from fedsim.infoplane import estimators as est
 from fedsim.infoplane import szt
-from fedsim.infoplane.probe import activity
 from fedsim.infoplane.analysis import InformationPlane, InformationPlaneParams, rounds_due
+from fedsim.infoplane.probe import activity
 from fedsim.scenario import parse
 
 # ---- estimators -----------------------------------------------------------------------------
@@ -147,14 +147,18 @@ def test_federated_binned_mi_with_global_edges_equals_the_pooled_estimate() -> N
     # Execute: both exchanges as the core runs them, then the pooled estimate
     reports = {c: levels.report(model, d, {}, config)[0] for c, d in shards.items()}
     edges, _, _ = levels.reduce(reports, None, None, 1)
-    config = TrainConfig(1, 0, torch.Generator(), torch.device("cpu"), received={levels.name: edges})
+    config = TrainConfig(
+        1, 0, torch.Generator(), torch.device("cpu"), received={levels.name: edges}
+    )
     reports = {c: counts.report(model, d, {}, config)[0] for c, d in shards.items()}
     _, _, federated = counts.reduce(reports, None, None, 1)
     # the pooled estimate: the union of the clients' activity (a float32 forward pass rounds
     # differently in other batch sizes, so the union is not one pass over all the rows)
     chosen = plane.layers(model, x)
     acts = [activity(model, shard, chosen) for shard, _ in shards.values()]
-    pooled_acts = {layer.number: np.concatenate([a[layer.number] for a in acts]) for layer in chosen}
+    pooled_acts = {
+        layer.number: np.concatenate([a[layer.number] for a in acts]) for layer in chosen
+    }
     labels = np.concatenate([labels.numpy() for _, labels in shards.values()])
     pooled = plane.estimate(chosen, pooled_acts, labels)
 

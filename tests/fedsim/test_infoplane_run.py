@@ -73,8 +73,12 @@ def test_the_plane_is_measured_on_the_scheduled_rounds(local_run: Path) -> None:
             rows = plane[(plane.metric == metric) & (plane.scope == scope)]
             assert rows["round"].tolist() == due, (metric, scope)
     assert plane["value"].between(0, 12).all()
-    traffic = metrics[metrics.metric.isin(["infoplane_levels_bytes_up", "infoplane_sketch_levels_bytes_up"])]
-    exact, sketch = (traffic[traffic.metric == m]["value"].iloc[-1] for m in sorted(set(traffic.metric)))
+    traffic = metrics[
+        metrics.metric.isin(["infoplane_levels_bytes_up", "infoplane_sketch_levels_bytes_up"])
+    ]
+    exact, sketch = (
+        traffic[traffic.metric == m]["value"].iloc[-1] for m in sorted(set(traffic.metric))
+    )
     assert sketch < exact  # the sketch sends 64 points a layer, not every distinct level
 
 
