@@ -70,6 +70,9 @@ def runs(sweep: Path) -> pd.DataFrame:
             "partition": (values.get("data.partition") or {}).get("name", "central"),
             "seed": values["seed"],
             "accuracy": server["accuracy"].dropna().iloc[-1],
+            # A ReLU network can die (every unit of a layer 0 on every input): its plane is
+            # all zeros and its accuracy the majority class's; kept apart from the correlations.
+            "collapsed": bool(server[f"mi_xt.{LAST_HIDDEN}"].dropna().iloc[-1] == 0.0),
             "dir": sweep / point["dir"],
         }
         for prefix, tag in (("mi_xt", ""), ("mi_xt_fixed", "fixed ")):
@@ -92,7 +95,7 @@ def pm(values: pd.Series) -> str:
 
 def claims_table(central: pd.DataFrame) -> str:
     columns = [
-        "activation", "L2", "seeds", "test acc", "compression, last hidden (EBAB)",
+        "activation", "L2", "seeds", "collapsed", "test acc", "compression, last hidden (EBAB)",
         "seeds compressing > 0.1 bit", "compression, last hidden (fixed bins)",
         "I(X;T) last hidden, end", "compression, output (EBAB)",
     ]  # fmt: skip
@@ -100,7 +103,7 @@ def claims_table(central: pd.DataFrame) -> str:
     for (act, l2), g in central.groupby(["activation", "l2"], sort=False):
         c = g[f"compression {LAST_HIDDEN}"]
         lines.append(
-            f"| {act} | {l2} | {len(g)} | {pm(g.accuracy)} | {pm(c)} "
+            f"| {act} | {l2} | {len(g)} | {int(g.collapsed.sum())} | {pm(g.accuracy)} | {pm(c)} "
             f"| {int((c > 0.1).sum())}/{len(g)} "
             f"| {pm(g[f'fixed compression {LAST_HIDDEN}'])} | {pm(g[f'last {LAST_HIDDEN}'])} "
             f"| {pm(g[f'compression {OUTPUT}'])} |"
@@ -109,13 +112,16 @@ def claims_table(central: pd.DataFrame) -> str:
 
 
 def correlation_table(central: pd.DataFrame) -> str:
-    """Across runs: Pearson r of each layer's compression with test accuracy, within each
-    activation (the activations differ in both, which would confound a pooled r)."""
+    """Across the runs that did not collapse: Pearson r of each layer's compression with test
+    accuracy, within each activation and L2 (which move both, confounding a pooled r), and
+    pooled."""
     header = (
         "| activation | runs | " + " | ".join(f"layer {i}" for i in range(1, OUTPUT + 1)) + " |"
     )
     lines = [header, "|---|---|" + "---|" * OUTPUT]
-    for act, g in [*central.groupby("activation", sort=False), ("all", central)]:
+    alive = central[~central.collapsed]
+    groups = [(f"{a} L2={l2}", g) for (a, l2), g in alive.groupby(["activation", "l2"], sort=False)]
+    for act, g in [*groups, ("all", alive)]:
         cells = []
         for layer in range(1, OUTPUT + 1):
             c = g[f"compression {layer}"]
@@ -127,11 +133,12 @@ def correlation_table(central: pd.DataFrame) -> str:
 
 def federated_table(sweep: Path) -> str:
     """Per federated run, over the analysed rounds and layers: the union's estimate with exact
-    global edges against sketched edges, against the mean of the clients' own-edge estimates,
-    and against the server's estimate on all 4,096 inputs; and the traffic of each protocol."""
+    global edges against sketched edges; each client's own data under edges of its own against
+    the global edges; the union (the training set) against the server's estimate on all 4,096
+    inputs; and the traffic of each protocol."""
     columns = [
         "activation", "partition", "seed", "mean abs(exact − sketch) I(X;T)",
-        "mean (own bins − global) I(X;T)", "mean (global − server) I(X;T)",
+        "a client's data, mean (own − global edges) I(X;T)", "mean (global − server) I(X;T)",
         "exact bytes up / round", "sketch bytes up / round",
     ]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
@@ -148,16 +155,20 @@ def federated_table(sweep: Path) -> str:
             columns=lambda c: c.replace("_sketch", "")
         )
         server = table("server", "mi_xt")
-        own = m[(m.scope == "client") & m.metric.str.match(r"^infoplane_counts_mi_xt_own\.\d+$")]
-        own = own.assign(metric=own.metric.str.replace("infoplane_counts_mi_xt_own", "mi_xt"))
-        own = own.pivot_table(index="round", columns="metric", values="value", aggfunc="mean")
+        clients = m[m.scope == "client"]
+        own, mine = (
+            clients[clients.metric.str.match(rf"^infoplane_counts_mi_xt_{kind}\.\d+$")]
+            .pivot_table(index=["round", "client"], columns="metric", values="value")
+            .rename(columns=lambda c: c.split(".")[-1])
+            for kind in ("own", "global")
+        )
         traffic = m[m.scope == "server"].pivot_table(
             index="round", columns="metric", values="value"
         )
         lines.append(
             f"| {values['workload.model.activation']} | {values['data.partition']['name']} "
             f"| {values['seed']} | {(exact - sketch).abs().stack().mean():.3f} "
-            f"| {(own - exact).stack().mean():+.2f} | {(exact - server).stack().mean():+.2f} "
+            f"| {(own - mine).stack().mean():+.3f} | {(exact - server).stack().mean():+.2f} "
             f"| {traffic['infoplane_levels_bytes_up'].dropna().mean():,.0f} "
             f"| {traffic['infoplane_sketch_levels_bytes_up'].dropna().mean():,.0f} |"
         )
@@ -168,21 +179,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="seconds: 3 rounds, one run each")
     parser.add_argument("--out", type=Path, help="output folder (default: OUT/infoplane)")
+    parser.add_argument(
+        "--tables", action="store_true", help="only the report and tables, from the runs in --out"
+    )
     args = parser.parse_args()
     out = args.out or (OUT / "smoke" if args.smoke else OUT) / "infoplane"
     smoke = SMOKE if args.smoke else []
     one = [SMOKE_SWEEP] if args.smoke else []
-    times = {
-        "central": run_sweep(SCENARIO, out / "central", [*smoke, *one]),
-        "activations": run_sweep(
-            SCENARIO, out / "activations", [*smoke, one[0] if one else ACTIVATIONS]
-        ),
-        "federated": run_sweep(
-            SCENARIO,
-            out / "federated",
-            [*smoke, *FEDERATED[:2], SMOKE_FEDERATED if args.smoke else FEDERATED[2]],
-        ),
-    }
+    times = (
+        {}
+        if args.tables
+        else {
+            "central": run_sweep(SCENARIO, out / "central", [*smoke, *one]),
+            "activations": run_sweep(
+                SCENARIO, out / "activations", [*smoke, one[0] if one else ACTIVATIONS]
+            ),
+            "federated": run_sweep(
+                SCENARIO,
+                out / "federated",
+                [*smoke, *FEDERATED[:2], SMOKE_FEDERATED if args.smoke else FEDERATED[2]],
+            ),
+        }
+    )
     report([out / "central", out / "activations", out / "federated"], out / "report")
     central = pd.concat([runs(out / "central"), runs(out / "activations")], ignore_index=True)
     text = "\n\n".join(
@@ -193,7 +211,7 @@ def main() -> None:
             correlation_table(central),
             "Federated (4 clients): global edges, exact vs sketched, vs per-client edges:",
             federated_table(out / "federated"),
-            "Sweep seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
+            "Sweep seconds: " + (", ".join(f"{k} {v:.0f}" for k, v in times.items()) or "–"),
         ]
     )
     (out / "plane.md").write_text(text + "\n")

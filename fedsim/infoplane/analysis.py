@@ -9,7 +9,8 @@ On each scheduled round it adds two exchanges after the workload's own (``fedsim
    server broadcasts the edges.
 2. ``<id>_counts`` — every client sends its (code, label) histogram under those edges; the
    server sums them and computes I(X;T), I(T;Y) of the union (scope ``federated``). Each client
-   also reports the estimate under its own adaptive edges (``mi_xt_own.<layer>``, scope client).
+   also reports its own data's plane under the global edges and under adaptive edges of its
+   own (``<exchange>_mi_xt_global.<layer>``, ``<exchange>_mi_xt_own.<layer>``, scope client).
 
 Besides, the server estimates on a probe set it holds (``central``, scope ``server``): the test
 data, or every input of the dataset (``central_probe: all``, e.g. SZT's 4,096 patterns). KDE
@@ -242,14 +243,20 @@ class Counts:
             rows, counts = est.code_counts(est.codes(t, edges[key].cpu().numpy()), labels)
             out[key + ".rows"] = torch.from_numpy(rows.astype(np.int16))
             out[key + ".counts"] = torch.from_numpy(counts)
-            if self.plane.params.estimator == "adaptive_binning":  # under this client's edges
+            if self.plane.params.estimator == "adaptive_binning":
+                # This client's own plane under the global edges and under edges of its own:
+                # on the same data, their difference is what the global bins change.
                 mine = est.adaptive_edges(
                     est.levels(t, layer.low), layer.low, self.plane.params.bins
                 )
                 own_rows, own_counts = est.code_counts(est.codes(t, mine), labels)
-                xt, ty = est.binned_mi(own_rows, own_counts)
-                own[f"{self.plane.prefix[0]}_own.{key}"] = xt
-                own[f"{self.plane.prefix[1]}_own.{key}"] = ty
+                xt_x, ty_x = self.plane.prefix
+                own[f"{xt_x}_global.{key}"], own[f"{ty_x}_global.{key}"] = est.binned_mi(
+                    rows, counts
+                )
+                own[f"{xt_x}_own.{key}"], own[f"{ty_x}_own.{key}"] = est.binned_mi(
+                    own_rows, own_counts
+                )
         return out, own
 
     def reduce(
