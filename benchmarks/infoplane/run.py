@@ -34,7 +34,8 @@ LAST_HIDDEN, OUTPUT = 5, 6
 ACTIVATIONS = "sweep={workload.model.activation: [elu, softplus], seed: [0, 1, 2]}"
 ANALYSES = (
     "analysis=["
-    "{name: information_plane, schedule: log, points: 20, federated: exact, central_probe: all},"
+    "{name: information_plane, schedule: log, points: 20, federated: exact, central_probe: all,"
+    " client_planes: true},"
     "{name: information_plane, estimator: fixed_binning, tag: fixed, schedule: log, points: 20,"
     " federated: none, central_probe: all},"
     "{name: information_plane, tag: sketch, schedule: log, points: 20, federated: sketch,"

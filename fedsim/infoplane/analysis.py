@@ -8,9 +8,10 @@ On each scheduled round it adds two exchanges after the workload's own (``fedsim
    quantile sketch of them (``sketch``; approximate edges) or its range (fixed bins); the
    server broadcasts the edges.
 2. ``<id>_counts`` — every client sends its (code, label) histogram under those edges; the
-   server sums them and computes I(X;T), I(T;Y) of the union (scope ``federated``). Each client
-   also reports its own data's plane under the global edges and under adaptive edges of its
-   own (``<exchange>_mi_xt_global.<layer>``, ``<exchange>_mi_xt_own.<layer>``, scope client).
+   server sums them and computes I(X;T), I(T;Y) of the union (scope ``federated``). With
+   ``client_planes``, each client also reports its own data's plane under the global edges and
+   under adaptive edges of its own (``<exchange>_mi_xt_global.<layer>``,
+   ``<exchange>_mi_xt_own.<layer>``, scope client).
 
 Besides, the server estimates on a probe set it holds (``central``, scope ``server``): the test
 data, or every input of the dataset (``central_probe: all``, e.g. SZT's 4,096 patterns). KDE
@@ -49,6 +50,9 @@ class InformationPlaneParams(Params):
     federated: Literal["exact", "sketch", "none"] | None = None
     sketch_size: int = Field(64, ge=2)  # points per layer and client under federated: sketch
     central: bool = True  # the server's own estimate on its probe set
+    # Each client also reports its own data's plane under the global and under its own edges
+    # (what global bins change), at about twice the clients' cost.
+    client_planes: bool = False
     central_probe: Literal["test", "all"] = "test"
     kde_variance: PositiveFloat | None = None  # None: adaptive, (0.1·max|T|)² per layer
     tag: str = Field("", pattern=r"^[A-Za-z0-9_]*$")  # tells two analyses' metrics apart
@@ -243,7 +247,10 @@ class Counts:
             rows, counts = est.code_counts(est.codes(t, edges[key].cpu().numpy()), labels)
             out[key + ".rows"] = torch.from_numpy(rows.astype(np.int16))
             out[key + ".counts"] = torch.from_numpy(counts)
-            if self.plane.params.estimator == "adaptive_binning":
+            if (
+                self.plane.params.client_planes
+                and self.plane.params.estimator == "adaptive_binning"
+            ):
                 # This client's own plane under the global edges and under edges of its own:
                 # on the same data, their difference is what the global bins change.
                 mine = est.adaptive_edges(

@@ -103,27 +103,36 @@ def codes(activity: Floats, edges: Floats) -> npt.NDArray[np.int16]:
 
 def code_counts(code_rows: Ints, labels: Ints) -> tuple[Ints, Ints]:
     """The sparse histogram {(code row, label): count}, as (rows with the label last, counts):
-    what a client sends, and what the server sums."""
+    what a client sends, and what the server sums. Rows come out sorted (so rows of one code
+    are adjacent), int16 (bins and labels below 32,768)."""
     joint = np.concatenate([code_rows, np.asarray(labels).reshape(-1, 1)], axis=1)
-    rows, counts = np.unique(joint.astype(np.int64), axis=0, return_counts=True)
-    return rows, counts.astype(np.int64)
+    return _unique_rows(joint.astype(np.int16), np.ones(len(joint), dtype=np.int64))
 
 
 def merge_counts(parts: list[tuple[Ints, Ints]]) -> tuple[Ints, Ints]:
     """The histogram of the union: identical (code, label) rows summed."""
-    rows = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in parts])
+    rows = np.concatenate([np.asarray(r, dtype=np.int16) for r, _ in parts])
     counts = np.concatenate([np.asarray(c, dtype=np.int64) for _, c in parts])
-    merged, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return merged, np.bincount(inverse.ravel(), weights=counts, minlength=len(merged)).astype(
-        np.int64
-    )
+    return _unique_rows(rows, counts)
+
+
+def _unique_rows(rows: Ints, counts: Ints) -> tuple[Ints, Ints]:
+    """Distinct rows, ordered by their bytes, and the summed counts of each (one sort of the
+    rows as opaque byte strings: faster than ``np.unique(axis=0)``)."""
+    rows = np.ascontiguousarray(rows)
+    flat = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    summed = np.bincount(inverse.ravel(), weights=counts, minlength=len(first))
+    return rows[first], summed.astype(np.int64)
 
 
 def binned_mi(rows: Ints, counts: Ints) -> tuple[float, float]:
-    """(I(X;T), I(T;Y)) in bits from a (code, label) histogram."""
+    """(I(X;T), I(T;Y)) in bits from a (code, label) histogram as ``code_counts`` or
+    ``merge_counts`` return it: distinct rows, sorted, so that the rows of one code (which
+    differ in the label, the last column, only) are adjacent."""
     rows, counts = np.asarray(rows), np.asarray(counts, dtype=np.int64)
-    _, t_of = np.unique(rows[:, :-1], axis=0, return_inverse=True)
-    t_of = t_of.ravel()
+    changed = np.any(rows[1:, :-1] != rows[:-1, :-1], axis=1)
+    t_of = np.concatenate([[0], np.cumsum(changed)])  # each row's code, numbered
     h_t = entropy_bits(np.bincount(t_of, weights=counts))
     labels = rows[:, -1]
     n = counts.sum()
