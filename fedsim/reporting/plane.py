@@ -33,6 +33,13 @@ def _layers(config: Configuration) -> tuple[str, list[int]]:
     return SERVER, []
 
 
+def _title(i: int, config: Configuration, scope: str) -> str:
+    """``C2: activation=tanh, weight_decay=0.015 (server)``: the keys' last parts only."""
+    parts = [part.partition("=") for part in config.label.split(", ")]
+    short = ", ".join(f"{key.split('.')[-1]}{eq}{value}" for key, eq, value in parts)
+    return f"C{i + 1}: {short} ({scope})"
+
+
 def _panels(configs: list[Configuration]) -> list[tuple[int, Configuration, str, list[int]]]:
     found = [(i, c, *_layers(c)) for i, c in enumerate(configs)]
     return [p for p in found if p[3]][:MAX_PANELS]
@@ -74,7 +81,7 @@ def information_plane(configs: list[Configuration]) -> Figure | None:
                         s=6, vmin=0, vmax=np.log10(max(last, 2)),
                     )  # fmt: skip
                     ax.annotate(str(layer), (both.x.iloc[-1], both.y.iloc[-1]), fontsize=7)
-            ax.set_title(f"C{i + 1}: {config.label} ({scope})"[:60], fontsize=8)
+            ax.set_title(_title(i, config, scope), fontsize=8)
             ax.set_xlabel("I(X;T) (bits)")
             ax.set_ylabel("I(T;Y) (bits)")
         bar = fig.colorbar(points, ax=axes, shrink=0.6)
@@ -99,7 +106,7 @@ def compression(configs: list[Configuration]) -> Figure | None:
                     ax.plot(xt.index, xt.to_numpy(), color=colour(layer - 1), linewidth=0.8,
                             alpha=0.7, label=label)  # fmt: skip
             ax.set_xscale("log")
-            ax.set_title(f"C{i + 1}: {config.label} ({scope})"[:60], fontsize=8)
+            ax.set_title(_title(i, config, scope), fontsize=8)
             ax.set_xlabel("round")
             ax.set_ylabel("I(X;T) (bits)")
         handles, labels = axes[0].get_legend_handles_labels()
