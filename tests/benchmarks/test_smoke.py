@@ -72,6 +72,11 @@ SMOKES = {
         printed=("| all data | single proxy |", "| iid | mean |"),
         files=("continuous/scores.md", "continuous/report/report.html"),
     ),
+    "reid/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| RDSBN + MDIF |", "| single source [0] |", "| centralised (RDSBN"),
+        files=("table.md", "centralised.csv", "report/report.html"),
+    ),
     "mgda/fairness.py": Smoke(
         ("--out", "{out}"),
         printed=("| mgda ε=0.1 |",),
