@@ -5,6 +5,7 @@ Nothing here imports Flower or ``strategies``.
 """
 
 from clients import classification as classification
+from clients.avgk import workload as avgk_workload  # noqa: F401  (registers "avgk")
 from clients import compression as compression
 from clients import gnn as gnn
 from clients import mbo as mbo
