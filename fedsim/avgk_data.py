@@ -58,7 +58,9 @@ class AmbiguousFashionParams(DatasetParams):
                 f"{self.train_per_class}; use at most 6000"
             )
         if self.test_size > 10_000 or self.test_size < 10:
-            raise ValueError(f"test_size: needs 10..10000 (one image per class), got {self.test_size}")
+            raise ValueError(
+                f"test_size: needs 10..10000 (one image per class), got {self.test_size}"
+            )
         return self
 
 
@@ -72,7 +74,10 @@ def fashion_mnist_avgk(p: AmbiguousFashionParams) -> Dataset:
     counts = long_tail_counts(p.train_per_class, 10, p.long_tail)
     train = np.sort(
         np.concatenate(
-            [rng.choice(np.flatnonzero(y_train == c), n, replace=False) for c, n in enumerate(counts)]
+            [
+                rng.choice(np.flatnonzero(y_train == c), n, replace=False)
+                for c, n in enumerate(counts)
+            ]
         )
     )
     per_class = p.test_size // 10
@@ -94,7 +99,7 @@ def fashion_mnist_avgk(p: AmbiguousFashionParams) -> Dataset:
 
 
 class GaussianAvgkParams(DatasetParams):
-    groups: list[PositiveInt] = [2, 2, 3, 3]  # classes per super-class; their sum is C
+    groups: tuple[PositiveInt, ...] = (2, 2, 3, 3)  # classes per super-class; their sum is C
     dim: PositiveInt = 16
     group_sep: PositiveFloat = 6.0  # distance of each super-class centre from the origin
     class_sep: PositiveFloat = 1.0  # distance of a class mean from its super-class centre
@@ -145,9 +150,7 @@ def avgk_gaussian(p: GaussianAvgkParams) -> Dataset:
     y = rng.choice(p.num_classes, size=p.num_samples, p=p.priors())
     x = p.means()[y] + p.sigma * rng.standard_normal((p.num_samples, p.dim))
     n_test = math.ceil(p.test_fraction * p.num_samples)
-    return _dataset(
-        "avgk_gaussian", x[n_test:], y[n_test:], x[:n_test], y[:n_test], p.num_classes
-    )
+    return _dataset("avgk_gaussian", x[n_test:], y[n_test:], x[:n_test], y[:n_test], p.num_classes)
 
 
 def posterior(p: GaussianAvgkParams, x: torch.Tensor) -> torch.Tensor:

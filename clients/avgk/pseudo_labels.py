@@ -29,7 +29,7 @@ def pseudo_labels(
     With ``include_true`` the true label is always positive and K − 1 extras per sample are
     spent on the others; without it K per sample are spent on all labels alike.
     """
-    b, c = probs.shape
+    b = probs.shape[0]
     per_sample = k - 1 if include_true else k
     targets = torch.zeros_like(probs)
     candidates = probs.detach().clone()

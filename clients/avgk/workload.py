@@ -176,7 +176,9 @@ class GlobalThreshold:
         self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
     ) -> tuple[Arrays, Metrics]:
         _, rows = calibration_split(len(data.labels), self.params.calibration_fraction)
-        scores = log_scores(outputs(model, data.inputs[rows.to(data.inputs.device)]), self.params.inference_head).cpu()
+        scores = log_scores(
+            outputs(model, data.inputs[rows.to(data.inputs.device)]), self.params.inference_head
+        ).cpu()
         own = pooled_threshold(scores, self.params.k)
         state[OWN] = torch.tensor(own, dtype=torch.float64)
         bins, counts = histogram(scores, self.params.grid)
@@ -242,7 +244,9 @@ class AvgkWorkload(WorkloadBase):
         x, y = data.inputs[train], data.labels[train]
         model.train()
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-        model, optimizer = config.training.setup(model, optimizer, len(y), p.batch_size, config.generator)
+        model, optimizer = config.training.setup(
+            model, optimizer, len(y), p.batch_size, config.generator
+        )
         pseudo_k = p.pseudo_k if p.pseudo_k is not None else p.k
         carry = float(state.get(CARRY, torch.zeros(())).item())
         loss_sum, ce_sum, seen = 0.0, 0.0, 0
@@ -256,8 +260,12 @@ class AvgkWorkload(WorkloadBase):
                 targets = softmax  # unused when lambda_ml is 0
                 if p.lambda_ml > 0:
                     targets, carry = pseudo_labels(
-                        softmax.detach().softmax(dim=1), y[idx], pseudo_k, p.pseudo_scope,
-                        p.include_true, carry,
+                        softmax.detach().softmax(dim=1),
+                        y[idx],
+                        pseudo_k,
+                        p.pseudo_scope,
+                        p.include_true,
+                        carry,
                     )
                 loss, ce = two_head_loss(
                     softmax, multilabel, y[idx], targets, p.lambda_ml, p.bce_reduction
@@ -269,7 +277,9 @@ class AvgkWorkload(WorkloadBase):
                 ce_sum += ce.item() * idx.numel()
                 seen += idx.numel()
         if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"round {config.round}: the loss became non-finite (lr={p.lr})")
+            raise FloatingPointError(
+                f"round {config.round}: the loss became non-finite (lr={p.lr})"
+            )
         if p.lambda_ml > 0:
             state[CARRY] = torch.tensor(carry, dtype=torch.float64)
         seen = max(seen, 1)
@@ -291,7 +301,9 @@ class AvgkWorkload(WorkloadBase):
         }
         return scores, y, logits, metrics
 
-    def evaluate(self, model: nn.Module, data: Labelled, state: State, config: TrainConfig) -> Metrics:
+    def evaluate(
+        self, model: nn.Module, data: Labelled, state: State, config: TrainConfig
+    ) -> Metrics:
         scores, y, _, metrics = self._scored(model, data)
         lam = _received(config, THRESHOLD)
         if lam is not None:
