@@ -23,7 +23,8 @@ Metrics: ``avgk_accuracy`` (y ∈ S(x)), ``avg_set_size`` (the realised mean siz
 off the calibration set), ``accuracy`` (top-1 of the softmax head), ``topk_accuracy`` (top-⌈K⌉ of
 the inference head); at the server also ``avgk_accuracy_exact`` (λ calibrated on the test set
 itself, ties filled: mean size exactly K, for comparisons at equal set size), the metrics at the
-mean of the clients' λ, and ``avgk_accuracy_c{j}`` per class. A client reports per class
+mean of the clients' λ, ``avgk_accuracy_c{j}`` per class and, for a two-head model,
+``avgk_accuracy_exact_{head}`` of each head at exactly K. A client reports per class
 ``avgk_hits_c{j}`` (hits of class j over its samples) and ``share_c{j}`` (its class-j share):
 their example-weighted federated means divide to the pooled per-class accuracy.
 """
@@ -71,6 +72,7 @@ OWN = "own_threshold"  # a client's own λ, in its state
 CARRY = "pseudo_carry"  # the pseudo-label budget's remainder, in a client's state
 EVAL_BATCH = 1024
 CALIBRATION_SEED = 18  # one fixed draw of the calibration rows, whatever the run's seed
+HEADS = ("multilabel", "softmax", "product")
 
 
 class AvgkParams(Params):
@@ -319,9 +321,16 @@ class AvgkWorkload(WorkloadBase):
     def evaluate_central(
         self, model: nn.Module, test: Labelled, config: TrainConfig, memory: Mapping[str, Any]
     ) -> Metrics:
-        scores, y, _, metrics = self._scored(model, test)
+        scores, y, logits, metrics = self._scored(model, test)
         exact = calibrated_sets(scores, self.params.k, torch.Generator().manual_seed(0))
         metrics["avgk_accuracy_exact"] = float(exact[torch.arange(len(y)), y].double().mean())
+        if self.params.lambda_ml > 0:  # every head of the two-head model, at exactly K
+            for head in HEADS:
+                sets = calibrated_sets(
+                    log_scores(logits, head), self.params.k, torch.Generator().manual_seed(0)
+                )
+                hits = sets[torch.arange(len(y)), y].double().mean()
+                metrics[f"avgk_accuracy_exact_{head}"] = float(hits)
         lam, mean_own = _received(config, THRESHOLD), _received(config, MEAN_OWN)
         if lam is None:  # no round of the exchange has succeeded yet
             return metrics
