@@ -163,13 +163,7 @@ def test_a_calibration_set_too_small_is_refused() -> None:
         calibration_split(4, 0.2)  # floor(0.8) = 0 calibration rows
 
 
-# ---- engines and resuming --------------------------------------------------------------------
-
-
-def test_two_workers_give_the_in_process_metrics(local_run: Path, tmp_path: Path) -> None:
-    two = run(tmp_path / "two", scenario(resources={"workers": 2}))
-
-    pd.testing.assert_frame_equal(two, learned(local_run))
+# ---- engines and resuming (1 vs 2 workers: the conformance suite) ---------------------------
 
 
 @pytest.mark.flower
