@@ -191,6 +191,7 @@ _COMPONENT_MODULES = (
     "fedsim.graphs",
     "fedsim.mbo_tasks",
     "fedsim.reid_data",
+    "fedsim.avgk_data",
     "clients",
     "strategies",
 )
