@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import Tensor
 
-from fedsim.data import FASHION_MNIST_DIR, FASHION_MNIST_FILES, RowSplit, _find_idx, _read_idx, federates
+from fedsim.data import (
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
+    RowSplit,
+    _find_idx,
+    _read_idx,
+    federates,
+)
 from fedsim.errors import UserError
 from fedsim.registry import DATASETS, OPENDG_PARTITIONERS, Component, OpenDGDatasetParams, Params
 
@@ -262,9 +269,7 @@ def opendg_fmnist(p: OpenDGFmnistParams) -> OpenDGDataset:
     rng = np.random.default_rng([p.seed, 4])
     per_class = 4 * (p.per_class or len(y))  # at most 4 domains take a class
     keep = np.sort(
-        np.concatenate(
-            [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(10)]
-        )
+        np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(10)])
     )
     grey = torch.from_numpy(x[keep].astype(np.float32) / 255.0)[:, None]
     if p.image_size != grey.shape[-1]:
@@ -287,7 +292,9 @@ def opendg_synthetic(p: OpenDGSyntheticParams) -> OpenDGDataset:
     return _build("opendg_synthetic", p, x, y.astype(np.int64))
 
 
-def _build(name: str, p: OpenDGParams, images: Tensor, classes: npt.NDArray[np.int64]) -> OpenDGDataset:
+def _build(
+    name: str, p: OpenDGParams, images: Tensor, classes: npt.NDArray[np.int64]
+) -> OpenDGDataset:
     """Deal each class's images among the domains that hold it, rotate each domain's share."""
     split = open_split(p.open_split, int(classes.max()) + 1)
     known_index = {c: i for i, c in enumerate(split.known)}
@@ -383,7 +390,9 @@ class OpenDGFederation(RowSplit):
 
     def _data(self, rows: Tensor) -> OpenDGClientData:
         d = self.dataset
-        return OpenDGClientData(d.images[rows], d.labels[rows], d.domains[rows], SOURCES, d.num_known)
+        return OpenDGClientData(
+            d.images[rows], d.labels[rows], d.domains[rows], SOURCES, d.num_known
+        )
 
     def train_data(self, client: int) -> OpenDGClientData:
         return self._data(self.train[client])
@@ -396,7 +405,11 @@ class OpenDGFederation(RowSplit):
         target = d.rows(d.target)
         held = torch.cat(self.val)
         return OpenDGTest(
-            d.images[target], d.labels[target], d.classes[target], d.images[held], d.labels[held],
+            d.images[target],
+            d.labels[target],
+            d.classes[target],
+            d.images[held],
+            d.labels[held],
             d.num_known,
         )
 

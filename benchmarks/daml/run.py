@@ -109,7 +109,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown dataset(s) {sorted(unknown)}; choose from {', '.join(DATASETS)}")
     seeds = [0] if args.smoke else SEEDS
-    sets = [*(SMOKE if args.smoke else []), f"sweep={{workload.method: [daml, erm, ensemble], seed: {seeds}}}"]
+    sets = [
+        *(SMOKE if args.smoke else []),
+        f"sweep={{workload.method: [daml, erm, ensemble], seed: {seeds}}}",
+    ]
     out_root = args.out or (OUT / "smoke" / "daml" if args.smoke else OUT / "daml")
     scenario = HERE / "opendg.yaml"
     texts = []

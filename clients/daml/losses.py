@@ -33,7 +33,7 @@ def distilled_soft_labels(
 
 
 def distillation(student: Tensor, soft: Tensor, temperature: float) -> Tensor:
-    """T² · KL(soft ‖ softmax(student / T)), batch mean (as ``KLDivLoss(reduction='batchmean')``)."""
+    """T² · KL(soft ‖ softmax(student / T)), batch mean (``KLDivLoss(reduction='batchmean')``)."""
     log_student = F.log_softmax(student / temperature, dim=1)
     kl = F.kl_div(log_student, soft, reduction="batchmean")
     return temperature**2 * kl

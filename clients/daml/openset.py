@@ -21,7 +21,9 @@ def h_score(known: float, unknown: float) -> float:
     return 0.0 if known + unknown == 0 else 2 * known * unknown / (known + unknown)
 
 
-def open_set_metrics(probs: Tensor, labels: Tensor, classes: Tensor, tau: float) -> dict[str, float]:
+def open_set_metrics(
+    probs: Tensor, labels: Tensor, classes: Tensor, tau: float
+) -> dict[str, float]:
     """Accuracies of thresholded predictions; ``labels`` UNKNOWN for unknown-class samples,
     ``classes`` the original class ids (for the class average)."""
     confidence, top = probs.max(dim=1)

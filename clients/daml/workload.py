@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ from clients.daml.losses import (
 from clients.daml.openset import UNKNOWN, fair_tau, open_set_metrics, oracle
 from clients.workload import Aggregate, Arrays, Metrics, State, TrainConfig, init_parameters
 from fedsim.errors import UserError
-from fedsim.opendg_data import OpenDGClientData, OpenDGDataset, OpenDGTest
+from fedsim.opendg_data import SOURCES, OpenDGClientData, OpenDGDataset, OpenDGTest
 from fedsim.registry import WORKLOADS, Params
 
 META_TRAIN = "meta_train"  # phase 1: meta-train gradients (and feature statistics) up, sum down
@@ -112,7 +112,11 @@ class Expert(nn.Module):
     def __init__(self, inputs: int, hidden: int, features: int, classes: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Flatten(), nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, features), nn.ReLU()
+            nn.Flatten(),
+            nn.Linear(inputs, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, features),
+            nn.ReLU(),
         )
         self.head = nn.Linear(features, classes)
 
@@ -122,10 +126,16 @@ class Experts(nn.Module):
 
     def __init__(self, count: int, inputs: int, hidden: int, features: int, classes: int) -> None:
         super().__init__()
-        self.experts = nn.ModuleList(Expert(inputs, hidden, features, classes) for _ in range(count))
+        self.experts = nn.ModuleList(
+            Expert(inputs, hidden, features, classes) for _ in range(count)
+        )
+
+    @property
+    def classes(self) -> int:
+        return cast(Expert, self.experts[0]).head.out_features
 
     def forward(self, x: Tensor, m: int, part: str = "logits") -> Tensor:
-        expert = self.experts[m]
+        expert = cast(Expert, self.experts[m])
         if part == "features":
             return expert.body(x)
         if part == "head":
@@ -196,7 +206,7 @@ class DamlWorkload:
     ) -> tuple[Tensor, Metrics]:  # fmt: skip
         """L_tr of a client's batches at ``theta``; draws keyed by (seed, tag, domain/expert)."""
         p = self.params
-        count = len(model.experts)  # type: ignore[arg-type]
+        count = count_experts(model)
         features: dict[tuple[int, int], Tensor] = {}
         ce = kd = torch.zeros(())
         for b in batches:
@@ -224,7 +234,7 @@ class DamlWorkload:
     ) -> tuple[Tensor, Metrics]:  # fmt: skip
         """L_obj at the fast weights: the other experts' CE and the swapped-α mixup."""
         p = self.params
-        count = len(model.experts)  # type: ignore[arg-type]
+        count = count_experts(model)
         features: dict[tuple[int, int], Tensor] = {}
         ce = torch.zeros(())
         for b in batches:
@@ -252,10 +262,10 @@ class DamlWorkload:
         p = self.params
         held = {b.domain: b for b in batches}
         order = sorted(held)
-        classes = model.experts[0].head.out_features  # type: ignore[index]
+        classes = cast(Experts, model).classes
         own, others = (p.mixup_dir2, p.mixup_dir) if swap else (p.mixup_dir, p.mixup_dir2)
         total = torch.zeros(())
-        for m in range(len(model.experts)):  # type: ignore[arg-type]
+        for m in range(count_experts(model)):
             slots_f, slots_y = [], []
             for d in range(sources):
                 if d in held:
@@ -281,13 +291,20 @@ class DamlWorkload:
         for d in data.domains:
             rng = _rng(seed, BATCHES, d)
             rows = torch.nonzero(data.domain == d).flatten().cpu().numpy()
-            chosen = rng.choice(rows, size=self.params.batch_size, replace=len(rows) < self.params.batch_size)
+            chosen = rng.choice(
+                rows, size=self.params.batch_size, replace=len(rows) < self.params.batch_size
+            )
             idx = torch.from_numpy(chosen).to(data.x.device)
             out.append(Batch(d, data.x[idx], data.y[idx]))
         return out
 
     def train_gradient(
-        self, model: nn.Module, theta: Params_, data: OpenDGClientData, stats: Arrays | None, seed: int
+        self,
+        model: nn.Module,
+        theta: Mapping[str, Tensor],
+        data: OpenDGClientData,
+        stats: Arrays | None,
+        seed: int,
     ) -> tuple[list[Tensor], Metrics]:
         """∇_θ L_tr of this client's batches drawn from ``seed``."""
         theta = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
@@ -297,7 +314,12 @@ class DamlWorkload:
         return _grad(loss, theta), metrics
 
     def objective_gradient(
-        self, model: nn.Module, fast: Params_, data: OpenDGClientData, stats: Arrays | None, seed: int
+        self,
+        model: nn.Module,
+        fast: Mapping[str, Tensor],
+        data: OpenDGClientData,
+        stats: Arrays | None,
+        seed: int,
     ) -> tuple[list[Tensor], Metrics]:
         """∇_θ' L_obj of this client's fresh batches at the fast weights."""
         fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
@@ -318,7 +340,7 @@ class DamlWorkload:
                 idx = torch.from_numpy(np.sort(take)).to(data.x.device)
                 x, y = data.x[idx], data.y[idx]
                 onehot = F.one_hot(y, classes).float()  # (n, C)
-                feats = torch.stack([model(x, m, "features") for m in range(len(model.experts))])
+                feats = torch.stack([model(x, m, "features") for m in range(count_experts(model))])
                 out[f"stats_sum.{d}"] = torch.einsum("nc,end->ecd", onehot, feats)
                 out[f"stats_sq.{d}"] = torch.einsum("nc,end->ecd", onehot, feats**2)
                 out[f"stats_count.{d}"] = onehot.sum(dim=0)
@@ -326,7 +348,9 @@ class DamlWorkload:
 
     # -- the contract ------------------------------------------------------------------------------
 
-    def fit(self, model: nn.Module, data: OpenDGClientData, state: State, config: TrainConfig) -> Metrics:
+    def fit(
+        self, model: nn.Module, data: OpenDGClientData, state: State, config: TrainConfig
+    ) -> Metrics:
         if self.params.protocol == "local":
             return self.fit_locally(model, data, config)
         # exchange: apply last round's server step; FedAvg of the identical models is the step
@@ -339,17 +363,20 @@ class DamlWorkload:
         """``local_steps`` DAML iterations with the client's own SGD (protocol local)."""
         p = self.params
         names = [n for n, _ in model.named_parameters()]
+        nesterov = p.nesterov and p.momentum > 0
         optimiser = torch.optim.SGD(
-            model.parameters(), lr=p.lr, momentum=p.momentum, nesterov=p.nesterov and p.momentum > 0,
-            weight_decay=p.weight_decay,
-        )  # fmt: skip
+            model.parameters(), p.lr, p.momentum, weight_decay=p.weight_decay, nesterov=nesterov
+        )
         totals: dict[str, float] = {}
         for _ in range(p.local_steps):
             seeds = torch.randint(0, 2**62, (2,), generator=config.generator).tolist()
             theta = dict(model.named_parameters())
             grads, metrics = self.train_gradient(model, theta, data, None, seeds[0])
             if p.method == "daml":
-                fast = {n: theta[n].detach() - p.meta_step * g for n, g in zip(names, grads, strict=True)}
+                fast = {
+                    n: theta[n].detach() - p.meta_step * g
+                    for n, g in zip(names, grads, strict=True)
+                }
                 obj, more = self.objective_gradient(model, fast, data, None, seeds[1])
                 grads = [a + b for a, b in zip(grads, obj, strict=True)]
                 metrics = {**metrics, **more}
@@ -365,7 +392,7 @@ class DamlWorkload:
     def own_loss(self, model: nn.Module, data: OpenDGClientData) -> float:
         """Own-expert CE on (up to) the first 256 of the client's images."""
         x, y, d = data.x[:256], data.y[:256], data.domain[:256]
-        count = len(model.experts)  # type: ignore[arg-type]
+        count = count_experts(model)
         losses = [
             F.cross_entropy(model(x[d == k], k if count > 1 else 0), y[d == k], reduction="sum")
             for k in data.domains
@@ -465,11 +492,17 @@ class MetaUpdate:
         theta = dict(model.named_parameters())
         if p.method == "daml":  # phase 1's gradient, kept by this client
             first = config.received.get(META_TRAIN, {})
-            if not first or int(first[ROUND]) != config.round or STASH + next(iter(theta)) not in state:
+            if (
+                not first
+                or int(first[ROUND]) != config.round
+                or STASH + next(iter(theta)) not in state
+            ):
                 raise RuntimeError("meta_update: this client has no meta_train gradient this round")
             grads = [state.pop(STASH + n) for n in theta]
             fast = {n: t.detach() - p.meta_step * first[GRAD + n] for n, t in theta.items()}
-            obj, metrics = self.daml.objective_gradient(model, fast, data, _stats_of(first), seeds[1])
+            obj, metrics = self.daml.objective_gradient(
+                model, fast, data, _stats_of(first), seeds[1]
+            )
             grads = [a + b for a, b in zip(grads, obj, strict=True)]
         else:  # no meta step: the plain gradient
             grads, metrics = self.daml.train_gradient(model, theta, data, None, seeds[0])
@@ -506,21 +539,21 @@ def pooled_stats(reports: Mapping[int, Arrays], memory: Any) -> Arrays:
     first = reports[min(reports)]
     example = next(v for k, v in first.items() if k.startswith("stats_sum."))
     experts, classes, dim = example.shape
-    domains = sorted({int(k.split(".")[1]) for r in reports.values() for k in r if k.startswith("stats_sum.")})
-    sources = max(domains + [int(memory["stats_known"].numel()) - 1 if memory else 0]) + 1
-    sources = max(sources, 3)
+    domains = sorted(
+        {int(k.split(".")[1]) for r in reports.values() for k in r if k.startswith("stats_sum.")}
+    )
     if memory:
         mean, var = memory["stats_mean"].clone(), memory["stats_var"].clone()
         freq, known = memory["stats_freq"].clone(), memory["stats_known"].clone()
     else:
-        mean = torch.zeros(sources, experts, classes, dim)
-        var = torch.ones(sources, experts, classes, dim)
-        freq, known = torch.zeros(sources, classes), torch.zeros(sources)
+        mean = torch.zeros(SOURCES, experts, classes, dim)
+        var = torch.ones(SOURCES, experts, classes, dim)
+        freq, known = torch.zeros(SOURCES, classes), torch.zeros(SOURCES)
     for d in domains:
         parts = [r for r in reports.values() if f"stats_sum.{d}" in r]
-        s = sum(r[f"stats_sum.{d}"] for r in parts)
-        q = sum(r[f"stats_sq.{d}"] for r in parts)
-        n = sum(r[f"stats_count.{d}"] for r in parts)
+        s = torch.stack([r[f"stats_sum.{d}"] for r in parts]).sum(dim=0)
+        q = torch.stack([r[f"stats_sq.{d}"] for r in parts]).sum(dim=0)
+        n = torch.stack([r[f"stats_count.{d}"] for r in parts]).sum(dim=0)
         seen = n > 0
         m = s / n.clamp_min(1)[None, :, None]
         v = (q / n.clamp_min(1)[None, :, None] - m**2).clamp_min(0.0)
@@ -545,6 +578,10 @@ def surrogate(
     return (mean + std * noise.to(mean.device)).detach(), y
 
 
+def count_experts(model: nn.Module) -> int:
+    return len(cast(Experts, model).experts)
+
+
 def apply_step(model: nn.Module, step: Arrays) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -567,7 +604,9 @@ def _rng(seed: int, tag: int, index: int) -> np.random.Generator:
 
 def _grad(loss: Tensor, params: Params_) -> list[Tensor]:
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads, strict=True)]
+    return [
+        torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads, strict=True)
+    ]
 
 
 def _copy(model: nn.Module) -> nn.Module:

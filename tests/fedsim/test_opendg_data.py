@@ -92,7 +92,7 @@ def test_partitions_one_domain_per_client_or_sites() -> None:
 
 def test_bad_federations_and_scenarios_are_refused() -> None:
     data = DATASETS.build(Component(name="opendg_synthetic", per_class=20))
-    with pytest.raises(UserError, match="clients.num = 3"):
+    with pytest.raises(UserError, match=r"clients\.num = 3"):
         federate_opendg(data, Component(name="domains"), 4, 0, 0.2)
     with pytest.raises(UserError, match="val_fraction"):
         federate_opendg(data, Component(name="domains"), 3, 0, 0.0)
@@ -106,7 +106,13 @@ def test_bad_federations_and_scenarios_are_refused() -> None:
     with pytest.raises(ScenarioError, match="overlaps a source"):
         parse(raw)
     with pytest.raises(ScenarioError, match="tau_quantile"):
-        parse({**raw, "data": {"name": "opendg_digits"}, "workload": {"name": "daml", "tau_quantile": 1.0}})
+        parse(
+            {
+                **raw,
+                "data": {"name": "opendg_digits"},
+                "workload": {"name": "daml", "tau_quantile": 1.0},
+            }
+        )
 
 
 def test_same_seed_same_data() -> None:

@@ -1,4 +1,4 @@
-"""DAML's Dirichlet mixup and distilled soft labels, and the open-set scores, against hand values."""
+"""DAML's Dirichlet mixup and distilled soft labels, and the open-set scores, by hand."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def test_concentration_favours_the_own_domain_in_meta_train_and_the_others_in_me
         return real(features, labels, alpha, rng)
 
     monkeypatch.setattr(daml_workload, "dirichlet_mixup", spy)
-    workload = daml_workload.DamlWorkload(params=daml_workload.DamlParams(mixup="within", batch_size=4))
+    workload = daml_workload.DamlWorkload(
+        params=daml_workload.DamlParams(mixup="within", batch_size=4)
+    )
     model = daml_workload.Experts(3, 2, 4, 3, 2)
     theta = dict(model.named_parameters())
     features = {(m, 0): torch.rand(4, 3) for m in range(3)}

@@ -49,14 +49,20 @@ def only(data: OpenDGClientData, d: int) -> OpenDGClientData:
 
 def config(received: Mapping[str, Any]) -> TrainConfig:
     # every client draws the same two seeds, so each domain's draws match the centralised run
-    return TrainConfig(1, 0, torch.Generator().manual_seed(7), torch.device("cpu"), received=received)
+    return TrainConfig(
+        1, 0, torch.Generator().manual_seed(7), torch.device("cpu"), received=received
+    )
 
 
-def federated_step(workload: DamlWorkload, model: Experts, clients: list[OpenDGClientData]) -> dict[str, Tensor]:
+def federated_step(
+    workload: DamlWorkload, model: Experts, clients: list[OpenDGClientData]
+) -> dict[str, Tensor]:
     """One round of the two exchanges over ``clients``; the server's step."""
     train, update = workload.exchanges
     states: list[dict[str, Tensor]] = [{} for _ in clients]
-    reports = {c: train.report(model, data, states[c], config({}))[0] for c, data in enumerate(clients)}
+    reports = {
+        c: train.report(model, data, states[c], config({}))[0] for c, data in enumerate(clients)
+    }
     first, _, _ = train.reduce(reports, None, None, 1)  # type: ignore[arg-type]
     reports = {
         c: update.report(model, data, states[c], config({META_TRAIN: first}))[0]
@@ -66,22 +72,36 @@ def federated_step(workload: DamlWorkload, model: Experts, clients: list[OpenDGC
     return {k[len(STEP) :]: v for k, v in step.items() if k.startswith(STEP)}
 
 
-def centralised_step(workload: DamlWorkload, model: Experts, data: OpenDGClientData) -> dict[str, Tensor]:
+def centralised_step(
+    workload: DamlWorkload, model: Experts, data: OpenDGClientData
+) -> dict[str, Tensor]:
     """First-order DAML (CE + KD at θ, other experts' CE at θ' = θ − α∇L_tr), written out."""
     p = workload.params
-    seeds = [int(s) for s in torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(7))]
+    seeds = [
+        int(s) for s in torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(7))
+    ]
     theta = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
 
     def logits(params: dict[str, Tensor], x: Tensor, m: int) -> Tensor:
-        h = F.relu(F.linear(x.flatten(1), params[f"experts.{m}.body.1.weight"], params[f"experts.{m}.body.1.bias"]))
-        h = F.relu(F.linear(h, params[f"experts.{m}.body.3.weight"], params[f"experts.{m}.body.3.bias"]))
+        h = F.relu(
+            F.linear(
+                x.flatten(1),
+                params[f"experts.{m}.body.1.weight"],
+                params[f"experts.{m}.body.1.bias"],
+            )
+        )
+        h = F.relu(
+            F.linear(h, params[f"experts.{m}.body.3.weight"], params[f"experts.{m}.body.3.bias"])
+        )
         return F.linear(h, params[f"experts.{m}.head.weight"], params[f"experts.{m}.head.bias"])
 
     def batches(seed: int) -> list[tuple[int, Tensor, Tensor]]:
         out = []
         for d in range(SOURCES):
             rows = torch.nonzero(data.domain == d).flatten().numpy()
-            idx = torch.from_numpy(np.random.default_rng([seed, 1, d]).choice(rows, BATCH, replace=False))
+            idx = torch.from_numpy(
+                np.random.default_rng([seed, 1, d]).choice(rows, BATCH, replace=False)
+            )
             out.append((d, data.x[idx], data.y[idx]))
         return out
 
@@ -89,13 +109,18 @@ def centralised_step(workload: DamlWorkload, model: Experts, data: OpenDGClientD
     for d, x, y in batches(seeds[0]):
         z = [logits(theta, x, m) for m in range(SOURCES)]
         loss_tr = loss_tr + F.cross_entropy(z[d], y)
-        pi = torch.from_numpy(np.random.default_rng([seeds[0], 2, d]).dirichlet([1.0, 1.0], BATCH)).float()
+        pi = torch.from_numpy(
+            np.random.default_rng([seeds[0], 2, d]).dirichlet([1.0, 1.0], BATCH)
+        ).float()
         others = [F.softmax(z[m].detach() / 2.0, 1) for m in range(SOURCES) if m != d]
         q = pi[:, :1] * others[0] + pi[:, 1:] * others[1]
         kl = (q * (q.log() - F.log_softmax(z[d] / 2.0, 1))).sum(1).mean()
         loss_tr = loss_tr + p.trade2 * 4.0 * kl
     g_tr = torch.autograd.grad(loss_tr, list(theta.values()))
-    fast = {k: (v - p.meta_step * g).detach().requires_grad_(True) for (k, v), g in zip(theta.items(), g_tr)}
+    fast = {
+        k: (v - p.meta_step * g).detach().requires_grad_(True)
+        for (k, v), g in zip(theta.items(), g_tr, strict=True)
+    }
     loss_obj = torch.zeros(())
     for d, x, y in batches(seeds[1]):
         for m in range(SOURCES):
@@ -104,7 +129,7 @@ def centralised_step(workload: DamlWorkload, model: Experts, data: OpenDGClientD
     g_obj = torch.autograd.grad(loss_obj, list(fast.values()))
     return {
         k: -p.lr * (a + b + p.weight_decay * v.detach())
-        for (k, v), a, b in zip(theta.items(), g_tr, g_obj)
+        for (k, v), a, b in zip(theta.items(), g_tr, g_obj, strict=True)
     }
 
 
@@ -112,8 +137,9 @@ def test_two_phase_federated_step_equals_the_centralised_first_order_step() -> N
     # Prepare
     workload = DamlWorkload(params=PARAMS)
     model = Experts(SOURCES, 4, 5, 3, CLASSES)
-    for param in model.parameters():
-        torch.nn.init.normal_(param, std=0.7, generator=torch.Generator().manual_seed(param.numel()))
+    gen = torch.Generator().manual_seed(0)
+    for param in model.parameters():  # experts that differ, with confident outputs
+        torch.nn.init.normal_(param, std=0.7, generator=gen)
     data = tiny_data()
 
     # Execute: one client per domain; one client holding every domain; the reference

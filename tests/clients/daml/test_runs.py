@@ -15,10 +15,12 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import fedsim.engine
 from clients.daml.workload import DamlParams, DamlWorkload
 from fedsim import checkpoint, results
+from fedsim.cli import app as cli
 from fedsim.errors import UserError
 from fedsim.registry import DATASETS, Component
 from fedsim.scenario import load, parse
@@ -52,6 +54,13 @@ def learned(run_dir: Path) -> pd.DataFrame:
     return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
 
 
+def rounds_done(run_dir: Path) -> int:
+    try:
+        return (run_dir / "metrics.csv").read_text().count(",server,,round_time_s,")
+    except FileNotFoundError:
+        return 0
+
+
 def server(run_dir: Path, metric: str) -> list[float]:
     m = learned(run_dir)
     return m[(m.scope == "server") & (m.metric == metric)].sort_values("round").value.tolist()
@@ -62,9 +71,9 @@ def test_flowers_engine_gives_the_local_engines_metrics(tmp_path: Path) -> None:
     local = run(tmp_path / "local", tiny())
     flower = run(tmp_path / "flower", tiny(engine="flower"))
     pd.testing.assert_frame_equal(learned(flower), learned(local))
-    torch.testing.assert_close(
-        checkpoint.load(flower).model, checkpoint.load(local).model, rtol=0, atol=0  # type: ignore[union-attr]
-    )
+    got, want = checkpoint.load(flower), checkpoint.load(local)
+    assert got is not None and want is not None
+    torch.testing.assert_close(got.model, want.model, rtol=0, atol=0)
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
@@ -77,10 +86,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     command += ["--out", str(killed), "--no-progress"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
-    done = lambda: (killed / "metrics.csv").exists() and (  # noqa: E731
-        (killed / "metrics.csv").read_text().count(",server,,round_time_s,") >= 3
-    )
-    while not done() and proc.poll() is None and time.monotonic() < deadline:
+    while rounds_done(killed) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
 
     # Execute: kill -9 mid-run, then resume
@@ -89,14 +95,11 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
     at_kill = checkpoint.load(killed).round  # type: ignore[union-attr]
     assert 2 <= at_kill < 10
-    resumed = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", "--resume", str(killed), "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    resumed = CliRunner().invoke(cli, ["run", "--resume", str(killed), "--no-progress"])
     run(reference, raw)
 
     # Assert: the same metrics (the server's momentum and the feature statistics included)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.exit_code == 0, resumed.output
     pd.testing.assert_frame_equal(learned(killed), learned(reference))
     events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
     assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [at_kill]
