@@ -52,7 +52,7 @@ from typing import Any, ClassVar, Literal, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -104,6 +104,17 @@ class DamlParams(Params):
     local_steps: PositiveInt = 10  # protocol local: DAML iterations per round
     stats_samples: PositiveInt = 256  # images per domain behind the feature statistics
     tau_quantile: float = Field(default=0.05, gt=0.0, lt=1.0)  # fair τ on held-out source data
+
+    @model_validator(mode="after")
+    def _experts_match_the_sources(self) -> DamlParams:
+        """Checked here too, so that ``fedsim validate`` refuses it: open DG data has 3 sources."""
+        needed = 1 if self.method == "erm" else SOURCES
+        if self.experts is not None and self.experts != needed:
+            raise ValueError(
+                f"experts = {self.experts}, but method {self.method} on {SOURCES} source domains "
+                f"needs {needed} (one per source domain; erm: one); drop experts or set it to that"
+            )
+        return self
 
 
 class Expert(nn.Module):

@@ -21,9 +21,8 @@ import fedsim.engine
 from clients.daml.workload import DamlParams, DamlWorkload
 from fedsim import checkpoint, results
 from fedsim.cli import app as cli
-from fedsim.errors import UserError
 from fedsim.registry import DATASETS, Component
-from fedsim.scenario import load, parse
+from fedsim.scenario import ScenarioError, load, parse
 
 ROOT = Path(__file__).parents[3]
 
@@ -138,13 +137,15 @@ def test_the_exchanges_of_each_method() -> None:
 
 
 def test_experts_that_do_not_match_the_sources_are_refused() -> None:
+    raw = tiny()
+    for method, experts, needed in (("daml", 2, 3), ("ensemble", 1, 3), ("erm", 3, 1)):
+        raw["workload"] = {"name": "daml", "method": method, "experts": experts}
+        with pytest.raises(ScenarioError, match=f"needs {needed} \\(one per source domain"):
+            parse(raw)
     data = DATASETS.build(Component(name="opendg_synthetic", per_class=5))
     gen = torch.Generator().manual_seed(0)
-    with pytest.raises(UserError, match="needs 3 \\(one per source domain"):
-        DamlWorkload(params=DamlParams(experts=2)).build_model(data, gen)
-    with pytest.raises(UserError, match="needs 1"):
-        DamlWorkload(params=DamlParams(method="erm", experts=3)).build_model(data, gen)
     assert len(DamlWorkload(params=DamlParams(method="erm")).build_model(data, gen).experts) == 1
+    assert len(DamlWorkload(params=DamlParams(experts=3)).build_model(data, gen).experts) == 3
 
 
 def test_the_scenario_validates() -> None:
