@@ -44,6 +44,7 @@ from fedsim.registry import DATASETS, OPENDG_PARTITIONERS, Component, OpenDGData
 
 IntArray = npt.NDArray[np.int64]
 SOURCES = 3  # the open split's groups are the three sources' subsets
+CLASSES = 10  # of digits, Fashion-MNIST and the synthetic twin
 UNKNOWN = -1  # OpenDGDataset.labels of a target sample whose class no source has
 
 
@@ -224,6 +225,10 @@ class OpenDGParams(OpenDGDatasetParams):
             )
         if len(set(sources)) < SOURCES:
             raise ValueError(f"angles: the sources' rotations {list(sources)} need to differ")
+        try:  # every dataset here has 10 classes: refuse a bad split when the scenario is parsed
+            open_split(self.open_split, CLASSES)
+        except UserError as err:
+            raise ValueError(str(err)) from None
         return self
 
 
@@ -281,7 +286,7 @@ def opendg_fmnist(p: OpenDGFmnistParams) -> OpenDGDataset:
 def opendg_synthetic(p: OpenDGSyntheticParams) -> OpenDGDataset:
     """Open DG (workload daml): seeded 8x8 images (prototypes -> random MLP), rotated domains."""
     rng = np.random.default_rng([p.seed, 5])
-    classes, per_class = 10, 4 * (p.per_class or 100)
+    classes, per_class = CLASSES, 4 * (p.per_class or 100)
     prototypes = rng.normal(0.0, 2.0, (classes, p.latent))
     y = np.repeat(np.arange(classes), per_class)
     z = prototypes[y] + p.noise * rng.normal(size=(len(y), p.latent))

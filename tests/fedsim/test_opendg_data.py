@@ -105,6 +105,8 @@ def test_bad_federations_and_scenarios_are_refused() -> None:
     }
     with pytest.raises(ScenarioError, match="overlaps a source"):
         parse(raw)
+    with pytest.raises(ScenarioError, match="leaves every source with no class"):
+        parse({**raw, "data": {"name": "opendg_fmnist", "open_split": [0, 0, 0, 0, 0, 0, 3]}})
     with pytest.raises(ScenarioError, match="tau_quantile"):
         parse(
             {
