@@ -13,15 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clients import TrainConfig
-from clients.daml.workload import (
-    GRAD,
-    META_TRAIN,
-    META_UPDATE,
-    STEP,
-    DamlParams,
-    DamlWorkload,
-    Experts,
-)
+from clients.daml.exchanges import GRAD, META_TRAIN, META_UPDATE, STEP
+from clients.daml.workload import DamlParams, DamlWorkload, Experts
 from fedsim.opendg_data import OpenDGClientData
 
 SOURCES, CLASSES, BATCH = 3, 4, 5
