@@ -104,6 +104,10 @@ State = dict[
 Metrics = dict[str, float]
 
 SERVER = -1  # the ``client`` of a TrainConfig on the server (central evaluation)
+# A metric ``fit`` may return: the samples it trained on, its update's weight in the aggregate
+# (default: the client's training set size). 0 says the client has no update this round (e.g. a
+# target domain whose clustering found nothing): the server leaves it out of the aggregate.
+TRAINED = "trained_examples"
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,8 @@ class Workload(Protocol):
     ``reads`` names the kind of data it trains on (a dataset's ``kind``: ``samples``, ``graph``,
     ``mbo_task``, …). State-dict entries whose names match a pattern of ``local`` never leave a
     client (``("*.bn*",)`` is FedBN, ``("*",)`` shares nothing); integer buffers never do either.
+    Optionally, ``check(scenario) -> list[str]`` names what the workload cannot run with in a
+    resolved scenario (one line per problem), so that ``fedsim validate`` refuses it too.
     """
 
     reads: ClassVar[str]
@@ -179,7 +185,8 @@ class Workload(Protocol):
     def fit(self, model: nn.Module, data: Any, state: State, config: TrainConfig) -> Metrics:
         """Train ``model`` in place on ``data`` (already on ``config.device``); return metrics.
 
-        ``state`` is the client's own, and the one argument a workload may change in place."""
+        ``state`` is the client's own, and the one argument a workload may change in place.
+        The metric ``TRAINED`` (optional) is the update's weight; 0 abstains from the round."""
         ...
 
     def evaluate(self, model: nn.Module, data: Any, state: State, config: TrainConfig) -> Metrics:

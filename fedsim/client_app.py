@@ -35,7 +35,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients import Exchange, State, TrainConfig, Workload
-from clients.workload import split_state
+from clients.workload import TRAINED, split_state
 from fedsim import client_states, wire
 from fedsim.build import (
     initial_model,
@@ -183,8 +183,10 @@ def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
     )
     trained = reduce(_wrap, reversed(rt.mods), _fitted(rt))(fit)
     _save(rt, context, call.state)
-    metrics = MetricRecord({**trained.metrics, "num-examples": rt.sizes[client]})
-    return RecordDict({trained.key: trained.arrays, "metrics": metrics})
+    metrics = dict(trained.metrics)
+    weight = metrics.pop(TRAINED, rt.sizes[client])  # the workload may say what it trained on
+    record = MetricRecord({**metrics, "num-examples": int(weight)})
+    return RecordDict({trained.key: trained.arrays, "metrics": record})
 
 
 def _fitted(rt: ClientRuntime) -> Callable[[Fit], Trained]:

@@ -202,6 +202,7 @@ _COMPONENT_MODULES = (
     "fedsim.graphs",
     "fedsim.mbo_tasks",
     "fedsim.reid_data",
+    "fedsim.avgk_data",
     "fedsim.opendg_data",
     "clients",
     "strategies",

@@ -390,7 +390,9 @@ Assign = Callable[[list[IntArray], int, np.random.Generator], list[tuple[int, In
 
 
 class DomainsParams(Params):
-    pass
+    # The source domains that take part (default: all); the others get no client, so that a
+    # single-source run adapts to the same target as the multi-source one.
+    sources: list[NonNegativeInt] | None = Field(default=None, min_length=1)
 
 
 @DOMAIN_PARTITIONERS.register("domains", DomainsParams)
@@ -400,7 +402,14 @@ def domains(p: DomainsParams) -> Assign:
     def assign(
         people: list[IntArray], num_clients: int, rng: np.random.Generator
     ) -> list[tuple[int, IntArray]]:
-        d = len(people)
+        target = len(people) - 1
+        taking_part = [*sorted(set(p.sources)), target] if p.sources else list(range(len(people)))
+        if p.sources and max(p.sources) >= target:
+            raise UserError(
+                f"partition domains: sources {p.sources} name a domain that is not a source; the "
+                f"data has sources 0..{target - 1} (domain {target} is the target)"
+            )
+        d = len(taking_part)
         if num_clients < d:
             raise UserError(
                 f"partition domains needs clients.num >= the {d} domains ({d - 1} sources + 1 "
@@ -408,7 +417,8 @@ def domains(p: DomainsParams) -> Assign:
             )
         per_domain = [num_clients // d + (i < num_clients % d) for i in range(d)]
         out = []
-        for domain, (ids, k) in enumerate(zip(people, per_domain, strict=True)):
+        chosen = [people[domain] for domain in taking_part]
+        for domain, ids, k in zip(taking_part, chosen, per_domain, strict=True):
             if len(ids) < k:
                 raise UserError(
                     f"partition domains gives domain {domain} {k} clients, which needs at least "

@@ -353,6 +353,13 @@ def _data_mismatch(scenario: Scenario) -> list[str]:
     return problems
 
 
+def _workload_problems(scenario: Scenario) -> list[str]:
+    """The workload's own checks of the scenario around it (``check``, optional in the
+    contract): what it cannot train on, caught before anything runs."""
+    check = getattr(WORKLOADS.build(scenario.workload.component), "check", None)
+    return list(check(scenario)) if check is not None else []
+
+
 def _data_files(scenario: Scenario) -> list[str]:
     """The dataset's cheap checks of the user's files: they exist and hold what is named."""
     params = DATASETS.params(scenario.data.dataset)
@@ -427,6 +434,7 @@ def central_problems(scenario: Scenario) -> list[str]:
 VALIDATORS: list[Callable[[Scenario], list[str]]] = [
     _data_mismatch,
     _data_files,
+    _workload_problems,
     _privacy_problems,
 ]
 

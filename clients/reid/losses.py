@@ -53,9 +53,38 @@ def batch_hard_triplet(features: Tensor, labels: Tensor, normalize: bool = False
     valid = pos_mask.any(dim=1) & neg_mask.any(dim=1)
     if not bool(valid.any()):
         return features.sum() * 0.0
-    d_ap = torch.where(pos_mask, d, torch.full_like(d, -torch.inf)).max(dim=1).values
-    d_an = torch.where(neg_mask, d, torch.full_like(d, torch.inf)).min(dim=1).values
+    d_ap, d_an, _, _ = _hardest(d, pos_mask, neg_mask)
     return F.softplus(d_ap[valid] - d_an[valid]).mean()
+
+
+def _hardest(
+    d: Tensor, pos_mask: Tensor, neg_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per anchor: the hardest positive's and negative's distances and their columns."""
+    d_ap, i_ap = torch.where(pos_mask, d, torch.full_like(d, -torch.inf)).max(dim=1)
+    d_an, i_an = torch.where(neg_mask, d, torch.full_like(d, torch.inf)).min(dim=1)
+    return d_ap, d_an, i_ap, i_an
+
+
+def soft_triplet(features: Tensor, teacher_features: Tensor, labels: Tensor) -> Tensor:
+    """MMT's soft triplet loss (margin None): the student's ``log_softmax(d_ap, d_an)`` against
+    the teacher's ``softmax`` of its distances between the same (hardest, by the student's
+    distances) pairs, summed over the two entries and averaged over anchors; teacher detached.
+    Anchors with no positive or no negative, and samples labelled -1, are left out."""
+    keep = labels != IGNORE
+    x, t, y = features[keep], teacher_features[keep].detach(), labels[keep]
+    same = y[:, None] == y[None, :]
+    eye = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    pos_mask, neg_mask = same & ~eye, ~same
+    valid = pos_mask.any(dim=1) & neg_mask.any(dim=1)
+    if not bool(valid.any()):
+        return features.sum() * 0.0
+    d_ap, d_an, i_ap, i_an = _hardest(euclidean_distances(x), pos_mask, neg_mask)
+    dt = euclidean_distances(t)
+    rows = torch.arange(y.shape[0], device=y.device)
+    student = F.log_softmax(torch.stack((d_ap, d_an), dim=1)[valid], dim=1)
+    teacher = torch.softmax(torch.stack((dt[rows, i_ap], dt[rows, i_an]), dim=1)[valid], dim=1)
+    return -(teacher * student).sum(dim=1).mean()
 
 
 def soft_cross_entropy(logits: Tensor, teacher_logits: Tensor) -> Tensor:

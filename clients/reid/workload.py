@@ -5,11 +5,12 @@ small CNN (conv -> norm -> ReLU -> max-pool blocks) -> GAP -> embedding -> BN-ne
 bias frozen) -> bias-free identity classifier of ``max_identities`` logits, of which a client uses
 the first ``num_identities`` (its own people, or the target's clusters).
 
-- **Local** (never sent): with ``rdsbn`` the norm layers of the backbone (``RDSBN2d`` with one
-  branch and, with ``gate``, the rectification gate: FedBN + a local style gate), the BN-neck and
-  the classifier (FedPav); the target's pseudo-labels and DBSCAN eps live in its ``State``.
-  **Shared** (FedAvg): the convolutions and the embedding (and the norm layers when ``rdsbn`` is
-  off: plain shared BatchNorm, i.e. FedAvg), and MDIF's attention and GCN weights.
+- **Local** (never sent): the classifiers (FedPav) and, with ``rdsbn``, every norm layer: the
+  backbone's (``RDSBN2d`` with one branch and, with ``gate``, the rectification gate: FedBN + a
+  local style gate), the BN-neck and the GCN-BN; the target's pseudo-labels, DBSCAN eps and mean
+  teacher live in its ``State``. **Shared** (FedAvg): the convolutions and the embedding (and the
+  norm layers when ``rdsbn`` is off: plain shared BatchNorm, i.e. FedAvg), and MDIF's attention
+  and GCN weights.
 - **MDIF** (``mdif``, §1.2/§1.4): the exchange ``agents`` has each client report its domain's
   agent (softmax-attention-weighted centre of its embeddings: the guard against the code's
   division by a sum of raw scores near 0, see ``clients/reid/mdif.py``); the server keeps running
@@ -28,9 +29,13 @@ the first ``num_identities`` (its own people, or the target's clusters).
   distances unless given: a deviation from the code, which fixes it at epoch 0 after pre-training,
   whereas our round-1 model is untrained and an eps fixed then merges everything later),
   re-initialises its classifier rows with the clusters' normalised centroids (as the code does
-  each epoch) and trains on the clustered images with the sources' losses. A
-  clustering that finds nothing is reported (``no_clusters`` = 1) and the target trains on nothing
-  that round. Clusters beyond ``max_identities`` are left out (``clusters_dropped``).
+  each epoch) and trains on the clustered images with the sources' losses (DBSCAN on
+  ``distance: jaccard``, k-reciprocal, as the code; cosine by default, cheaper). With
+  ``mean_teacher`` an EMA teacher (``clients/reid/mean_teacher.py``) gives the features to
+  cluster and soft targets (MMT's loss mix). A target that trains on nothing (a clustering that
+  finds nothing, reported as ``no_clusters`` = 1, or ``pseudo_labels: false``, source-only)
+  abstains from the round (``TRAINED`` = 0): the sources' updates alone make the new model.
+  Clusters beyond ``max_identities`` are left out (``clusters_dropped``).
 - **Central evaluation**: the target's retrieval (``rank1``, ``rank5``, ``rank10``, ``mAP``,
   Market-1501 protocol) on the server's query/gallery split, with the target's own branch: the
   exchange ``target_branch`` has the target client report its local norm and neck entries (running
@@ -43,18 +48,26 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from clients.reid.losses import IGNORE, batch_hard_triplet, cross_entropy_ls
+from clients.reid import mean_teacher
+from clients.reid.losses import (
+    IGNORE,
+    batch_hard_triplet,
+    cross_entropy_ls,
+    soft_cross_entropy,
+    soft_triplet,
+)
 from clients.reid.mdif import MDIF, domain_agent
 from clients.reid.rdsbn import DSBN1d, RDSBN2d
 from clients.reid.retrieval import evaluate as retrieval_scores
 from clients.workload import (
+    TRAINED,
     Aggregate,
     Arrays,
     Exchange,
@@ -65,8 +78,9 @@ from clients.workload import (
     is_local,
 )
 from fedsim.errors import UserError
-from fedsim.registry import WORKLOADS, Params
+from fedsim.registry import DATASETS, WORKLOADS, Params
 from fedsim.reid_data import DomainClientData, DomainDataset, RetrievalSet
+from fedsim.scenario import Scenario
 
 REID = "reid"
 TARGET_BRANCH = "target_branch"  # the exchange's name
@@ -82,8 +96,10 @@ class ReidWorkloadParams(Params):
 
     rdsbn: bool = True  # local (domain-specific) norm layers; False: plain shared BatchNorm
     gate: bool = True  # the rectification gate on the local norm layers (with rdsbn)
-    pseudo_labels: bool = True  # the target trains on its clusters; False: it only adapts its BN
+    # the target trains on its clusters; False: it only adapts its local norms and abstains
+    pseudo_labels: bool = True
     mdif: bool = True  # fuse features with the domains' agents (exchange ``agents``)
+    mean_teacher: bool = False  # the target's EMA teacher: its clusters and soft targets (MMT)
     channels: tuple[PositiveInt, ...] = Field(default=(16, 32, 64), min_length=1, max_length=4)
     embedding: PositiveInt = 64
     max_identities: PositiveInt = 64  # classifier size: the most people (or clusters) of a client
@@ -98,10 +114,22 @@ class ReidWorkloadParams(Params):
     rho: float = Field(default=0.05, gt=0.0, le=1.0)
     eps: PositiveFloat | None = None  # a fixed DBSCAN eps instead of rho's
     min_samples: int = Field(default=3, ge=1)  # DBSCAN's
+    distance: Literal["cosine", "jaccard"] = "cosine"  # jaccard: k-reciprocal, the code's
+    k1: PositiveInt = 20  # k-reciprocal neighbours (jaccard)
+    k2: PositiveInt = 6  # query expansion (jaccard)
+    # Mean teacher (MMT's weights): loss = (1 − w_ce)·CE + (1 − w_tri)·triplet
+    # + w_ce·soft CE(student, teacher) + w_tri·soft triplet(student, teacher)
+    teacher_momentum: float = Field(default=0.999, gt=0.0, lt=1.0)
+    soft_ce_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    soft_triplet_weight: float = Field(default=0.8, ge=0.0, le=1.0)
 
 
 class ReidNet(nn.Module):
-    """Conv blocks -> GAP -> embedding -> BN-neck -> classifier; norm layers named ``norm*``."""
+    """Conv blocks -> GAP -> embedding -> BN-neck -> classifier; norm layers named ``norm*``.
+
+    A client's model has one norm branch (its domain's); ``branches`` > 1 is the centralised
+    reference's model, one branch per domain, chosen by the ``branch`` of each forward pass.
+    """
 
     def __init__(
         self,
@@ -112,18 +140,21 @@ class ReidNet(nn.Module):
         rdsbn: bool,
         gate: bool,
         mdif_domains: int = 0,
+        branches: int = 1,
     ) -> None:
         super().__init__()
+        if branches > 1 and not rdsbn:
+            raise ValueError("several norm branches need rdsbn (domain-specific norms)")
         self.rdsbn = rdsbn
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         width = in_channels
         for c in channels:
             self.convs.append(nn.Conv2d(width, c, 3, padding=1, bias=False))
-            self.norms.append(RDSBN2d(c, 1, gate) if rdsbn else nn.BatchNorm2d(c))
+            self.norms.append(RDSBN2d(c, branches, gate) if rdsbn else nn.BatchNorm2d(c))
             width = c
         self.embed = nn.Linear(width, embedding)
-        self.neck = DSBN1d(embedding, 1)
+        self.neck = DSBN1d(embedding, branches)
         self.classifier = nn.Linear(embedding, classes, bias=False)
         self.mdif: MDIF | None = None
         if mdif_domains:  # shared: attention and GCN; local: the GCN-BN and its classifier
@@ -131,18 +162,18 @@ class ReidNet(nn.Module):
             self.gcn_neck = DSBN1d(embedding, 1)
             self.gcn_classifier = nn.Linear(embedding, classes, bias=False)
 
-    def embedding(self, x: Tensor) -> Tensor:
+    def embedding(self, x: Tensor, branch: int = 0) -> Tensor:
         """The GAP embedding (before the neck): the triplet loss's feature."""
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = conv(x)
-            x = norm(x, 0) if self.rdsbn else norm(x)
+            x = norm(x, branch) if self.rdsbn else norm(x)
             x = F.max_pool2d(F.relu(x), 2, ceil_mode=True)
         return cast(Tensor, self.embed(x.mean(dim=(2, 3))))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, branch: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """(embedding, neck feature, logits)."""
-        f = self.embedding(x)
-        neck = self.neck(f, 0)
+        f = self.embedding(x, branch)
+        neck = self.neck(f, branch)
         return f, neck, self.classifier(neck)
 
     def fused(self, f: Tensor, agents: Tensor, domain: int, batch_agent: bool = True) -> Tensor:
@@ -156,7 +187,7 @@ class ReidNet(nn.Module):
 
     @torch.no_grad()
     def extract(
-        self, x: Tensor, agents: Tensor | None = None, domain: int = 0
+        self, x: Tensor, agents: Tensor | None = None, domain: int = 0, branch: int = 0
     ) -> tuple[Tensor, Tensor | None]:
         """L2-normalised (neck, MDIF) features in eval mode, in fixed batches; the MDIF ones
         (the retrieval features, with ``agents``) only with MDIF."""
@@ -164,7 +195,7 @@ class ReidNet(nn.Module):
         self.eval()
         necks, gcns = [], []
         for b in x.split(EVAL_BATCH):
-            f, neck, _ = self(b)
+            f, neck, _ = self(b, branch)
             necks.append(F.normalize(neck, dim=1))
             if self.mdif is not None and agents is not None:
                 gcns.append(F.normalize(self.fused(f, agents, domain, False), dim=1))
@@ -286,13 +317,30 @@ class ReidWorkload:
 
     @property
     def local(self) -> tuple[str, ...]:
-        heads = ("neck.*", "classifier.*", "gcn_neck.*", "gcn_classifier.*")
-        return ("norms.*", *heads) if self.params.rdsbn else heads
+        """The classifiers always (disjoint label spaces: FedPav); with ``rdsbn`` every norm
+        layer too (FedBN); without it the norms are shared, as in plain FedAvg."""
+        heads = ("classifier.*", "gcn_classifier.*")
+        return ("norms.*", "neck.*", "gcn_neck.*", *heads) if self.params.rdsbn else heads
 
     @property
     def exchanges(self) -> tuple[Exchange, ...]:
-        branch = TargetBranch(self.local)
-        return (Agents(), branch) if self.params.mdif else (branch,)
+        # Without local norms the server's model is the target's: no branch to pass on.
+        branch = (TargetBranch(self.local),) if self.params.rdsbn else ()
+        return ((Agents(),) if self.params.mdif else ()) + branch
+
+    def check(self, scenario: Scenario) -> list[str]:
+        """MDIF fuses several source domains: at least two must take part."""
+        if not self.params.mdif:
+            return []
+        data = DATASETS.params(scenario.data.dataset)
+        partition = scenario.data.partition.options.get("sources")
+        sources = len(set(partition)) if partition else getattr(data, "sources", 0)
+        if sources >= 2:
+            return []
+        return [
+            f"workload.mdif fuses several source domains: it needs at least 2 taking part, got "
+            f"{sources}; raise data.sources (or data.partition.sources) or set workload.mdif=false"
+        ]
 
     def build_model(self, dataset: DomainDataset, generator: torch.Generator) -> nn.Module:
         p = self.params
@@ -340,13 +388,19 @@ class ReidWorkload:
                     f"workload.max_identities={self.params.max_identities}"
                 )
             return self._train(net, data, data.identities, n_cls, config)
+        # The target: adapt its norms, cluster, train on the clusters; with nothing to train on
+        # it abstains (TRAINED = 0: the round goes on with the sources' updates only).
         self._adapt_norms(net, data.images)
         if not self.params.pseudo_labels:
-            return {"trained_images": 0.0}
-        labels, n_cls, metrics = self._cluster(net, data, state, config)
+            return {TRAINED: 0.0}
+        teacher = mean_teacher.teacher_of(net, state) if self.params.mean_teacher else None
+        labels, n_cls, metrics = self._cluster(net, teacher, data, state, config)
         if n_cls == 0:
-            return {**metrics, "trained_images": 0.0}
-        return {**metrics, **self._train(net, data, labels, n_cls, config)}
+            return {**metrics, TRAINED: 0.0}
+        trained = self._train(net, data, labels, n_cls, config, teacher, state)
+        if teacher is not None:
+            mean_teacher.save(teacher, state)
+        return {**metrics, **trained}
 
     @torch.no_grad()
     def _adapt_norms(self, net: ReidNet, images: Tensor) -> None:
@@ -359,19 +413,34 @@ class ReidWorkload:
                     net.gcn_neck(f, 0)  # its statistics before the first fusion
 
     def _cluster(
-        self, net: ReidNet, data: DomainClientData, state: State, config: TrainConfig
+        self,
+        net: ReidNet,
+        teacher: nn.Module | None,
+        data: DomainClientData,
+        state: State,
+        config: TrainConfig,
     ) -> tuple[Tensor, int, Metrics]:
-        """Pseudo-labels of the target's images (kept in ``state``) and the classifier's rows."""
+        """Pseudo-labels of the target's images (kept in ``state``) from the teacher's features
+        (the model's without one), and the classifiers' rows: the clusters' centroids."""
         # Imported here: scikit-learn's DBSCAN brings sklearn.neighbors, which a run without a
         # target never needs (tests/architecture/test_start_up.py).
         from clients.reid.pseudo_labels import pseudo_labels
 
         p = self.params
         images = data.images
-        neck, fused = net.extract(images, _agents(net, config), data.domain)
+        seer = cast(ReidNet, teacher) if teacher is not None else net
+        neck, fused = seer.extract(images, _agents(net, config), data.domain)
         feats = neck if fused is None else fused
         eps = p.eps  # None: chosen from this round's distances (see the module docstring)
-        found = pseudo_labels(feats.cpu().numpy(), eps=eps, min_samples=p.min_samples, rho=p.rho)
+        found = pseudo_labels(
+            feats.cpu().numpy(),
+            eps=eps,
+            distance=p.distance,
+            min_samples=p.min_samples,
+            rho=p.rho,
+            k1=p.k1,
+            k2=p.k2,
+        )
         state["eps"] = torch.tensor(found.eps, dtype=torch.float64)
         labels = torch.tensor(found.labels, dtype=torch.int64, device=images.device)
         dropped = max(found.num_clusters - p.max_identities, 0)
@@ -387,13 +456,14 @@ class ReidWorkload:
         if n_cls:
             with torch.no_grad():
                 keep = labels >= 0
-                heads = [(net.classifier, neck)]
-                if fused is not None:
-                    heads.append((net.gcn_classifier, fused))
-                for head, x in heads:
-                    centres = torch.zeros(n_cls, x.shape[1], device=x.device)
-                    centres.index_add_(0, labels[keep], x[keep])
-                    head.weight[:n_cls] = F.normalize(centres, dim=1)
+                for model in (net, seer):  # the student's and the teacher's (MMT does both)
+                    heads = [(model.classifier, neck)]
+                    if fused is not None:
+                        heads.append((model.gcn_classifier, fused))
+                    for head, x in heads:
+                        centres = torch.zeros(n_cls, x.shape[1], device=x.device)
+                        centres.index_add_(0, labels[keep], x[keep])
+                        head.weight[:n_cls] = F.normalize(centres, dim=1)
         return labels, n_cls, metrics
 
     def _train(
@@ -403,7 +473,11 @@ class ReidWorkload:
         labels: Tensor,
         n_cls: int,
         config: TrainConfig,
+        teacher: nn.Module | None = None,
+        state: State | None = None,
     ) -> Metrics:
+        """Local epochs on the labelled (or clustered) images; with a ``teacher``, MMT's mix of
+        hard and soft losses, and the teacher's EMA step after each of the student's."""
         p = self.params
         images, agents = data.images, _agents(net, config)
         rows = torch.nonzero(labels != IGNORE).flatten()
@@ -421,18 +495,35 @@ class ReidWorkload:
                     continue
                 chosen = rows[idx]
                 x, y = images[chosen], labels[chosen]
-                f, _, logits = model(x)
-                loss = cross_entropy_ls(logits[:, :n_cls], y, p.label_smoothing)
-                if p.triplet:
-                    loss = loss + batch_hard_triplet(f, y)
-                if agents is not None:  # MDIF: the fused branch's CE as well (§1.2)
-                    gcn_logits = net.gcn_classifier(net.fused(f, agents, data.domain))
-                    loss = loss + cross_entropy_ls(gcn_logits[:, :n_cls], y, p.label_smoothing)
+                outputs = _outputs(model, net, x, agents, data.domain, n_cls)
+                ce = torch.stack(
+                    [cross_entropy_ls(z, y, p.label_smoothing) for z in outputs.logits]
+                ).sum()
+                zero = outputs.embedding.new_zeros(())
+                tri = batch_hard_triplet(outputs.embedding, y) if p.triplet else zero
+                if teacher is None:
+                    loss = ce + tri
+                else:
+                    with torch.no_grad():
+                        taught = _outputs(
+                            teacher, cast(ReidNet, teacher), x, agents, data.domain, n_cls
+                        )
+                    soft_ce = torch.stack(
+                        [
+                            soft_cross_entropy(z, t)
+                            for z, t in zip(outputs.logits, taught.logits, strict=True)
+                        ]
+                    ).sum()
+                    soft_tri = soft_triplet(outputs.embedding, taught.embedding, y)
+                    w_ce, w_tri = p.soft_ce_weight, p.soft_triplet_weight
+                    loss = (1 - w_ce) * ce + (1 - w_tri) * tri + w_ce * soft_ce + w_tri * soft_tri
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total, seen = total + loss.item() * idx.numel(), seen + idx.numel()
-        return {"train_loss": total / max(seen, 1), "trained_images": float(seen)}
+                if teacher is not None and state is not None:
+                    mean_teacher.update(teacher, net, state, p.teacher_momentum)
+                total, seen = total + float(loss.detach()) * idx.numel(), seen + idx.numel()
+        return {"train_loss": total / max(seen, 1), TRAINED: float(len(rows))}
 
     # ---- evaluation -------------------------------------------------------------------------
 
@@ -452,16 +543,36 @@ class ReidWorkload:
         config: TrainConfig,
         memory: Mapping[str, Any],
     ) -> Metrics:
-        """The target's retrieval, with its branch as last reported (none before that)."""
-        branch = config.received.get(TARGET_BRANCH)
-        if branch is None:
-            return {}
-        entries = {k: v for k, v in branch.items() if k != IS_TARGET}
-        model = copy.deepcopy(model)
-        model.load_state_dict(entries, strict=False)
+        """The target's retrieval, with its branch as last reported (none before that); with
+        shared norms (no ``rdsbn``) the global model is the target's."""
+        if self.params.rdsbn:
+            branch = config.received.get(TARGET_BRANCH)
+            if branch is None:
+                return {}
+            entries = {k: v for k, v in branch.items() if k != IS_TARGET}
+            model = copy.deepcopy(model)
+            model.load_state_dict(entries, strict=False)
         net = cast(ReidNet, model)
         target = net.mdif.num_domains - 1 if net.mdif is not None else 0
         return _retrieval(net, test, config.device, _agents(net, config), target)
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    embedding: Tensor  # the GAP embedding (the triplet losses' feature)
+    logits: tuple[Tensor, ...]  # the classifier's, and with MDIF the fused branch's (§1.2)
+
+
+def _outputs(
+    model: nn.Module, net: ReidNet, x: Tensor, agents: Tensor | None, domain: int, n_cls: int
+) -> _Outputs:
+    """One forward pass of ``model`` (``net`` or its training wrapper), logits cut to the
+    client's ``n_cls`` identities."""
+    f, _, logits = model(x)
+    heads = [logits[:, :n_cls]]
+    if agents is not None:
+        heads.append(net.gcn_classifier(net.fused(f, agents, domain))[:, :n_cls])
+    return _Outputs(f, tuple(heads))
 
 
 def _agents(net: ReidNet, config: TrainConfig) -> Tensor | None:

@@ -158,10 +158,13 @@ class PipelineStrategy(Strategy):
             raise RuntimeError("aggregate_train called before configure_train")
         template = self._sent
         global_flat = flatten(template)
-        ok = self._accepted(server_round, replies, "train", template)
+        valid = self._accepted(server_round, replies, "train", template)
         failures = self._failures
+        # A reply that trained on nothing (num-examples 0) abstains: valid, but not aggregated.
+        ok = [msg for msg in valid if _num_examples(msg) > 0]
         if not ok:
-            self.recorder.event("round_skipped", round=server_round, reason="no valid replies")
+            reason = "every client abstained" if valid else "no valid replies"
+            self.recorder.event("round_skipped", round=server_round, reason=reason)
             return None, MetricRecord({"clients": 0, "failures": failures})
         updates = self._updates(ok, global_flat)
         clients = tuple(self._client(msg.metadata.src_node_id) for msg in ok)
@@ -175,6 +178,8 @@ class PipelineStrategy(Strategy):
         self._folded_in(server_round, clients)
         metrics = _weighted_means(ok)
         metrics.update(clients=len(ok), failures=failures)
+        if len(valid) > len(ok):
+            metrics["abstained"] = len(valid) - len(ok)
         return unflatten(global_flat + step, template), metrics
 
     def aggregate_rows(
@@ -365,8 +370,11 @@ def _problem(msg: Message, template: ArrayRecord | None, records: Sequence[str])
     if metrics is None or NUM_EXAMPLES not in metrics:
         return f"reply has no MetricRecord 'metrics' with '{NUM_EXAMPLES}'"
     count = metrics[NUM_EXAMPLES]
-    if not _is_number(count) or count <= 0:  # its weight would be zero (0/0 when all are)
-        return f"reply reports {NUM_EXAMPLES}={count!r}; expected a positive count"
+    # A train reply may count 0 (it abstains); an evaluation's count weighs its metrics.
+    least = 0 if template is not None else 1
+    if not _is_number(count) or count < least:
+        wanted = "a count >= 0" if least == 0 else "a positive count"
+        return f"reply reports {NUM_EXAMPLES}={count!r}; expected {wanted}"
     if not all(math.isfinite(v) for v in metrics.values() if _is_number(v)):
         return "reply metrics contain NaN or Inf"
     if template is None:

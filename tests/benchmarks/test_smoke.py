@@ -46,6 +46,11 @@ SMOKES = {
     "foundation.py": Smoke(printed=("final accuracy", "scenarios/quickstart.yaml")),
     "scale.py": Smoke(printed=("median round s",)),
     "resume.py": Smoke(printed=("same final metrics as uninterrupted: True",)),
+    "avgk/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| central | 0.3 | ×10 |", "| iid | 0.3 | ×10 | two-head |"),
+        files=("tables.md", "report/report.html"),
+    ),
     "byzantine/cost.py": Smoke(
         ("--csv", "{out}/cost.csv"),
         printed=("seconds per call, cpu", "flag / krum at n=8"),
@@ -76,6 +81,11 @@ SMOKES = {
         ("--out", "{out}"),
         printed=("| all data | single proxy |", "| iid | mean |"),
         files=("continuous/scores.md", "continuous/report/report.html"),
+    ),
+    "reid/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| RDSBN + MDIF |", "| single source [0] |", "| centralised (RDSBN"),
+        files=("table.md", "centralised.csv", "report/report.html"),
     ),
     "mgda/fairness.py": Smoke(
         ("--out", "{out}"),

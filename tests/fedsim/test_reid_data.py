@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fedsim.cli import app
 from fedsim.data import dataset_kind, federation_for, load_data
-from fedsim.errors import UserError
+from fedsim.errors import ScenarioError, UserError
 from fedsim.registry import DATASETS, Component
 from fedsim.reid_data import (
     GALLERY,
@@ -176,6 +176,41 @@ def test_domain_styles_differ() -> None:
 def test_partition_errors_are_user_errors(clients: int, options: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         federate(build(**options), clients)
+
+
+def test_partition_sources_leaves_the_other_sources_without_a_client() -> None:
+    # Prepare: three sources (domains 0-2) and the target (3); only source 1 takes part
+    data = build(sources=3)
+    partition = Component(name="domains", sources=[1])
+
+    # Execute
+    fed = federate_domains(data, partition, 2, 0, 0.0)
+
+    # Assert: the same target, the same people of domain 1 as when every source takes part
+    assert fed.client_domains == [1, 3]
+    every = federate_domains(data, Component(name="domains"), 4, 0, 0.0)
+    assert torch.equal(fed.train[0], every.train[1])
+    assert torch.equal(fed.train[1], every.train[3])
+    with pytest.raises(UserError, match=r"not a source; the data has sources 0\.\.2"):
+        federate_domains(data, Component(name="domains", sources=[3]), 2, 0, 0.0)
+
+
+def test_mdif_with_one_source_taking_part_is_refused_before_running() -> None:
+    raw = {
+        "name": "x",
+        "rounds": 1,
+        "data": {
+            "name": "reid_synthetic",
+            **SMALL,
+            "partition": {"name": "domains", "sources": [0]},
+        },
+        "clients": {"num": 2, "per_round": 2},
+        "workload": {"name": "reid"},
+    }
+    with pytest.raises(ScenarioError, match="mdif fuses several source domains"):
+        parse(raw)
+    raw["workload"] = {"name": "reid", "mdif": False}
+    assert parse(raw).data.partition.options == {"sources": [0]}
 
 
 def test_client_data_move_to_a_device_and_sizes_add_up() -> None:

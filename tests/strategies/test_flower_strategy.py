@@ -226,8 +226,8 @@ def bad_count(to: Message) -> Message:
     return reply(to, M1, num_examples=None, loss=0.5)
 
 
-def zero_count(to: Message) -> Message:
-    return reply(to, M1, num_examples=0, loss=0.5)
+def negative_count(to: Message) -> Message:
+    return reply(to, M1, num_examples=-1, loss=0.5)
 
 
 @pytest.mark.parametrize(
@@ -237,9 +237,9 @@ def zero_count(to: Message) -> Message:
         (bad_nan, "NaN"),
         (bad_shape, "shape"),
         (bad_count, "num-examples"),
-        (zero_count, "positive count"),
+        (negative_count, "count >= 0"),
     ],
-    ids=["error", "nan", "shape", "no-num-examples", "zero-num-examples"],
+    ids=["error", "nan", "shape", "no-num-examples", "negative-num-examples"],
 )
 def test_a_bad_reply_is_left_out_reported_and_counted(make_bad: Any, says: str) -> None:
     # Prepare
@@ -285,6 +285,40 @@ def test_a_round_where_every_reply_fails_is_skipped() -> None:
     assert metrics["clients"] == 0
     assert sorted(f["client"] for f in rec.of_kind("client_failed")) == [1, 2, 3]
     assert [f["round"] for f in rec.of_kind("round_skipped")] == [3]
+
+
+def test_a_reply_that_trained_on_nothing_abstains_without_failing() -> None:
+    # Prepare: client 3 trained on no sample (num-examples 0), its model unchanged
+    rec = Recording()
+    s = strategy(rec)
+    sent = send(s, server_round=2)
+    replies = [
+        reply(sent[101], M1, num_examples=1),
+        reply(sent[103], GLOBAL, num_examples=0),
+        reply(sent[102], M2, num_examples=3),
+    ]
+
+    # Execute
+    arrays, metrics = s.aggregate_train(2, replies)
+
+    # Assert: the others' average, as if client 3 had not been sampled; not a failure
+    assert_arrays_close(arrays, M12)
+    assert metrics is not None
+    assert (metrics["clients"], metrics["failures"], metrics["abstained"]) == (2, 0, 1)
+    assert rec.of_kind("client_failed") == []
+
+
+def test_a_round_where_every_client_abstains_is_skipped() -> None:
+    rec = Recording()
+    s = strategy(rec)
+    sent = send(s, server_round=4)
+    replies = [reply(sent[n], GLOBAL, num_examples=0) for n in (101, 102, 103)]
+
+    arrays, metrics = s.aggregate_train(4, replies)
+
+    assert arrays is None
+    assert metrics is not None and metrics["failures"] == 0
+    assert [f["reason"] for f in rec.of_kind("round_skipped")] == ["every client abstained"]
 
 
 def test_aggregate_train_before_configure_train_is_an_error() -> None:

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clients.reid.losses import batch_hard_triplet, cross_entropy_ls, soft_cross_entropy
+from clients.reid.losses import (
+    IGNORE,
+    batch_hard_triplet,
+    cross_entropy_ls,
+    soft_cross_entropy,
+    soft_triplet,
+)
 
 
 def _softplus(v: float) -> float:
@@ -49,3 +55,43 @@ def test_soft_cross_entropy() -> None:
     assert float(soft_cross_entropy(p, q)) == pytest.approx(
         -0.5 * (1 - math.log(1 + math.e)) + 0.5 * math.log(1 + math.e)
     )
+
+
+def test_soft_triplet_against_a_hand_worked_batch() -> None:
+    # Prepare: 1-D features, two people; the teacher's features are the student's doubled
+    x = torch.tensor([[0.0], [1.0], [3.0], [5.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    # Hardest pairs by the student's distances, (d_ap, d_an) per anchor, worked out by hand:
+    # 0: pos 1 (1), neg 3 (3); 1: pos 0 (1), neg 3 (2); 2: pos 5 (2), neg 1 (2); 3: pos 3 (2),
+    # neg 1 (4). The teacher's distances between the same pairs are twice these.
+    pairs = [(1.0, 3.0), (1.0, 2.0), (2.0, 2.0), (2.0, 4.0)]
+
+    def softmax(a: float, b: float) -> tuple[float, float]:
+        ea, eb = math.exp(a), math.exp(b)
+        return ea / (ea + eb), eb / (ea + eb)
+
+    expected = 0.0
+    for ap, an in pairs:
+        teacher = softmax(2 * ap, 2 * an)
+        student = softmax(ap, an)
+        expected -= sum(t * math.log(s) for t, s in zip(teacher, student, strict=True))
+    expected /= len(pairs)
+
+    # Execute
+    loss = soft_triplet(x, 2 * x, y)
+
+    # Assert: and with the teacher equal to the student, the loss is the pairs' mean entropy
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    same = sum(-sum(p * math.log(p) for p in softmax(a, b)) for a, b in pairs) / len(pairs)
+    assert float(soft_triplet(x, x, y)) == pytest.approx(same, rel=1e-5)
+
+
+def test_soft_triplet_ignores_outliers_and_gives_no_gradient_to_the_teacher() -> None:
+    x = torch.tensor([[0.0], [1.0], [3.0], [5.0], [9.0]], requires_grad=True)
+    t = torch.tensor([[0.0], [2.0], [6.0], [10.0], [0.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, IGNORE])
+    loss = soft_triplet(x, t, y)
+    assert float(loss.detach()) == pytest.approx(float(soft_triplet(x[:4], t[:4], y[:4]).detach()))
+    loss.backward()
+    assert t.grad is None
+    assert x.grad is not None and float(x.grad[4].abs().sum()) == 0.0

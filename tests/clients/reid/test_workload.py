@@ -13,11 +13,13 @@ import torch
 import fedsim.data
 import fedsim.engine
 import fedsim.reid_data
+from clients import TrainConfig
 from clients.reid.workload import ReidNet, ReidWorkload, ReidWorkloadParams
+from clients.workload import TRAINED
 from fedsim import results
 from fedsim.build import scenario_federation
 from fedsim.errors import UserError
-from fedsim.registry import Component
+from fedsim.registry import WORKLOADS, Component
 from fedsim.reid_data import DomainDataset
 from fedsim.scenario import parse
 
@@ -45,8 +47,8 @@ def clear_data_caches() -> None:
     fedsim.data._federation_for.cache_clear()
 
 
-def run(out: Path) -> pd.DataFrame:
-    s = scenario()
+def run(out: Path, **workload: Any) -> pd.DataFrame:
+    s = scenario(**workload)
     results.prepare(out, s, command="test")
     fedsim.engine.run_local(s, out, show_progress=False)
     metrics = pd.read_csv(out / "metrics.csv")
@@ -95,11 +97,19 @@ def test_clients_share_shapes_and_keep_their_branches_local() -> None:
     model = workload.build_model(dataset, torch.Generator().manual_seed(0))
     assert isinstance(model, ReidNet)
     assert model.classifier.out_features == ReidWorkloadParams().max_identities
-    heads = ("neck.*", "classifier.*", "gcn_neck.*", "gcn_classifier.*")
-    assert workload.local == ("norms.*", *heads)
+    heads = ("classifier.*", "gcn_classifier.*")
+    assert workload.local == ("norms.*", "neck.*", "gcn_neck.*", *heads)
     assert ReidWorkload(ReidWorkloadParams(rdsbn=False)).local == heads
     shared = [k for k in model.state_dict() if not any(k.startswith(h[:-1]) for h in heads)]
-    assert {k.split(".")[0] for k in shared} == {"convs", "norms", "embed", "mdif"}
+    # Without rdsbn every norm layer is shared (FedAvg); the classifiers never are.
+    assert {k.split(".")[0] for k in shared} == {
+        "convs",
+        "norms",
+        "embed",
+        "neck",
+        "gcn_neck",
+        "mdif",
+    }
 
 
 def test_mdif_agents_reach_every_client_and_the_server(tmp_path: Path) -> None:
@@ -109,7 +119,7 @@ def test_mdif_agents_reach_every_client_and_the_server(tmp_path: Path) -> None:
     # Assert: every domain's agent known after round 1, retrieval measured with them
     server = metrics[metrics.scope == "server"]
     assert server[server.metric == "agents_known"].value.tolist() == [3.0, 3.0]
-    assert server[server.metric == "mAP"].value.between(0, 1).all()
+    assert server[server.metric == "mAP"].value.between(0, 1).tolist() == [True, True]
     assert [e.name for e in ReidWorkload(ReidWorkloadParams()).exchanges] == [
         "agents",
         "target_branch",
@@ -117,6 +127,9 @@ def test_mdif_agents_reach_every_client_and_the_server(tmp_path: Path) -> None:
     assert [e.name for e in ReidWorkload(ReidWorkloadParams(mdif=False)).exchanges] == [
         "target_branch"
     ]
+    # Shared norms: the server's model is the target's own, nothing to pass on.
+    no_branch = ReidWorkload(ReidWorkloadParams(mdif=False, rdsbn=False)).exchanges
+    assert no_branch == ()
 
 
 def test_mdif_with_one_source_is_a_clear_error() -> None:
@@ -130,3 +143,46 @@ def test_too_small_a_classifier_is_a_clear_error() -> None:
     workload = ReidWorkload(ReidWorkloadParams(max_identities=2))
     with pytest.raises(UserError, match="max_identities"):
         workload.build_model(dataset, torch.Generator().manual_seed(0))
+
+
+def test_source_only_the_target_abstains_and_the_sources_make_the_model(tmp_path: Path) -> None:
+    # Execute: FedAvg with shared BN and no pseudo-labels: the target has nothing to train on
+    metrics = run(tmp_path / "source_only", rdsbn=False, pseudo_labels=False, mdif=False)
+
+    # Assert: each round aggregates the two sources only; the target is not a failure
+    rounds = metrics[metrics.scope == "federated"]
+    assert rounds[rounds.metric == "train_abstained"].value.tolist() == [1.0, 1.0]
+    assert rounds[rounds.metric == "train_clients"].value.tolist() == [2.0, 2.0]
+    assert rounds[rounds.metric == "train_failures"].value.tolist() == [0.0, 0.0]
+    # The server evaluates its own model: with shared norms it is the target's
+    server = metrics[metrics.scope == "server"]
+    assert server[server.metric == "mAP"].value.between(0, 1).tolist() == [True, True]
+
+
+def test_the_mean_teacher_lives_in_the_targets_state_and_follows_the_student() -> None:
+    # Prepare: k-reciprocal distances (the code's) and a fixed eps that finds clusters here
+    s = scenario(mean_teacher=True, distance="jaccard", eps=0.5, min_samples=2, mdif=False)
+    federation = scenario_federation(s)
+    workload = WORKLOADS.build(s.workload.component)
+    model = workload.build_model(federation.dataset, torch.Generator().manual_seed(0))
+    target = federation.train_data(2)
+    assert target.is_target
+    state: dict[str, torch.Tensor] = {}
+
+    # Execute: two rounds of the target's local training
+    fitted = []
+    for rnd in (1, 2):
+        config = TrainConfig(rnd, 2, torch.Generator().manual_seed(rnd), torch.device("cpu"))
+        fitted.append(workload.fit(model, target, state, config))
+
+    # Assert: the teacher is a whole copy of the model, in the client's state, one EMA step per
+    # optimiser step (batches of 32 over the clustered images, one epoch a round)
+    assert all(m["clusters"] > 0 for m in fitted), fitted
+    teacher = {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}
+    assert teacher.keys() == model.state_dict().keys()
+    steps = sum(-(-int(m[TRAINED]) // 32) for m in fitted)
+    assert int(state["teacher_step"]) == steps
+    # An EMA lags the student: close to it, not equal
+    w = model.state_dict()["convs.0.weight"]
+    assert not torch.equal(teacher["convs.0.weight"], w)
+    assert torch.allclose(teacher["convs.0.weight"], w, atol=0.05)
