@@ -35,6 +35,7 @@ FOUNDATION = (
     "fedsim.mbo_tasks",
     "fedsim.reid_data",
     "fedsim.avgk_data",
+    "fedsim.opendg_data",
 )
 FLOWER_STRATEGIES = ("strategies.flower", "strategies.fedavg", "strategies.fedlaavg")
 

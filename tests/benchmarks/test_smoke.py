@@ -61,6 +61,11 @@ SMOKES = {
         printed=("| dirichlet | 1 | sign_flip |",),
         files=("robustness.csv", "heatmap_dirichlet.png", "claim.md"),
     ),
+    "daml/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| daml (1 client / domain) |", "- DAML − erm, H (fair τ):"),
+        files=("daml.md", "opendg_digits/runs.csv", "opendg_digits/report/report.html"),
+    ),
     "fedlaavg/memory.py": Smoke(printed=("client memory on disk GB", "fedlaavg")),
     "fedlaavg/run.py": Smoke(
         ("--out", "{out}"),
