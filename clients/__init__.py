@@ -10,6 +10,8 @@ from clients import gnn as gnn
 from clients import infoplane_models as infoplane_models
 from clients import mbo as mbo
 from clients import sparsity as sparsity
+from clients.avgk import workload as avgk_workload  # noqa: F401  (registers "avgk")
+from clients.daml import workload as daml_workload  # noqa: F401  (registers "daml")
 from clients.reid import workload as reid_workload  # noqa: F401  (registers "reid")
 from clients.workload import (
     Aggregate,

@@ -2,7 +2,8 @@
 
 A partitioner's factory takes its params and returns ``split(labels, num_clients, rng)``, which
 gives each client a sorted int64 array of indices into ``labels``. Every index goes to at most one
-client (the partitioners here use them all); the only randomness is ``rng``.
+client (the partitioners here use them all), except for a split whose params declare
+``shares_rows`` (``ensemble``: every client the same rows); the only randomness is ``rng``.
 """
 
 from __future__ import annotations
@@ -184,6 +185,27 @@ def natural(p: NaturalParams) -> Split:
                 f"{len(ids)} (and clients.per_round at most that)"
             )
         return _group_by_owner(owner.astype(np.int64).reshape(-1), num_clients)
+
+    return split
+
+
+class EnsembleParams(Params):
+    # Not a partition: the clients hold the same rows (conformance checks of disjointness skip it).
+    shares_rows: ClassVar[bool] = True
+    bootstrap: bool = False  # each client a seeded resample with replacement, of the same size
+
+
+@PARTITIONERS.register("ensemble", EnsembleParams)
+def ensemble(p: EnsembleParams) -> Split:
+    """Every client holds all the rows (or, with ``bootstrap``, its own seeded bootstrap of
+    them): an ensemble of models trained on the same data, differing in their seeds, as the
+    offline-MBO ensembles of Kolli et al. are built."""
+
+    def split(labels: Labels, num_clients: int, rng: np.random.Generator) -> list[Indices]:
+        n = _check_inputs("ensemble", labels, 1, min_size=1)
+        if not p.bootstrap:
+            return [np.arange(n, dtype=np.int64) for _ in range(num_clients)]
+        return [np.sort(rng.integers(0, n, size=n)).astype(np.int64) for _ in range(num_clients)]
 
     return split
 

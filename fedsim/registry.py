@@ -72,6 +72,16 @@ class DomainDatasetParams(DatasetParams):
     default_partition: ClassVar[str] = "domains"
 
 
+class OpenDGDatasetParams(DatasetParams):
+    """Source domains with partly different label sets and an unseen target domain with unknown
+    classes, dealt out one domain (or a share of every domain) per client
+    (``fedsim.opendg_data``)."""
+
+    kind: ClassVar[str] = "opendg"
+    partitioners: ClassVar[str] = "opendg_partitioner"
+    default_partition: ClassVar[str] = "domains"
+
+
 @dataclass(frozen=True)
 class Ref:
     """Marks a params field that is itself a component of another kind (e.g. ``aggregator``)."""
@@ -172,6 +182,7 @@ DATASETS: Registry[Any] = Registry("dataset")
 PARTITIONERS: Registry[Any] = Registry("partitioner")
 GRAPH_PARTITIONERS: Registry[Any] = Registry("graph_partitioner")  # nodes of a graph dataset
 DOMAIN_PARTITIONERS: Registry[Any] = Registry("domain_partitioner")  # a domain dataset's people
+OPENDG_PARTITIONERS: Registry[Any] = Registry("opendg_partitioner")  # open DG source domains
 WORKLOADS: Registry[Any] = Registry("workload")
 STRATEGIES: Registry[Any] = Registry("strategy")
 AGGREGATORS: Registry[Any] = Registry("aggregator")
@@ -192,6 +203,8 @@ _COMPONENT_MODULES = (
     "fedsim.graphs",
     "fedsim.mbo_tasks",
     "fedsim.reid_data",
+    "fedsim.avgk_data",
+    "fedsim.opendg_data",
     "fedsim.infoplane",
     "clients",
     "strategies",

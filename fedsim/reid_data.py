@@ -403,7 +403,7 @@ def domains(p: DomainsParams) -> Assign:
         people: list[IntArray], num_clients: int, rng: np.random.Generator
     ) -> list[tuple[int, IntArray]]:
         target = len(people) - 1
-        taking_part = sorted(set(p.sources)) + [target] if p.sources else list(range(len(people)))
+        taking_part = [*sorted(set(p.sources)), target] if p.sources else list(range(len(people)))
         if p.sources and max(p.sources) >= target:
             raise UserError(
                 f"partition domains: sources {p.sources} name a domain that is not a source; the "

@@ -1,4 +1,4 @@
-"""The re-ID ablation ladder (issue 16): target mAP and rank-1 of each rung, 3 seeds.
+"""The re-ID ablation ladder (issue 16): target mAP and rank-1 of each rung, 5 seeds.
 
     python benchmarks/reid/run.py            # the ladder, single-source and centralised (~15 min)
     python benchmarks/reid/run.py --smoke    # seconds: tiny data, 2 rounds, one point of each
@@ -28,7 +28,7 @@ from sweep_report import report, run_sweep  # benchmarks/ holds the shared helpe
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1, 2, 3, 4]
 RUNGS = {  # the ladder's points by their workload switches, in ladder.yaml's order
     (False, True, False, False): "source-only FedAvg (shared BN)",
     (False, True, True, False): "FedAvg + target pseudo-labels",
@@ -95,21 +95,24 @@ CLAIMS = (
 
 
 def claims(runs: pd.DataFrame) -> str:
-    """Each claim's mAP difference, mean over seeds, and how many seeds agree in sign."""
+    """Each claim's mAP difference paired by seed: its mean ± standard error, the seeds that
+    agree in sign, and a verdict: holds (or is reversed) when the mean is beyond 2 standard
+    errors of 0, else within noise."""
     singles = runs[runs.rung.str.startswith("single source")]
     if not singles.empty:  # the source whose mean is best, per seed
         best = singles.groupby("rung").mAP.mean().idxmax()
         chosen = singles[singles.rung == best].assign(rung="best single source")
         runs = pd.concat([runs, chosen])
     by = runs.pivot_table(index="seed", columns="rung", values="mAP")
-    lines = ["| claim | Δ target mAP (mean over seeds) | seeds up | verdict |", "|---|---|---|---|"]
+    lines = ["| claim | Δ target mAP ± s.e. | seeds up | verdict |", "|---|---|---|---|"]
     for claim, better, worse in CLAIMS:
         if better not in by or worse not in by:
             continue
         diff = (by[better] - by[worse]).dropna()
-        up = int((diff > 0).sum())
-        verdict = "holds" if up == len(diff) else "reversed" if up == 0 else "within noise"
-        lines.append(f"| {claim} | {diff.mean():+.3f} | {up}/{len(diff)} | {verdict} |")
+        se = diff.std(ddof=1) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+        mean, up = diff.mean(), int((diff > 0).sum())
+        verdict = "holds" if mean > 2 * se else "reversed" if mean < -2 * se else "within noise"
+        lines.append(f"| {claim} | {mean:+.3f} ± {se:.3f} | {up}/{len(diff)} | {verdict} |")
     return "\n".join(lines)
 
 

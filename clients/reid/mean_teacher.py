@@ -3,8 +3,9 @@
 Follows ``notes/workloads-precise.md`` §1.2 (adaptation) with §1.3's simplification: one student
 and its EMA teacher instead of MMT's two students and two teachers. The teacher's features give
 the pseudo-labels and the classifiers' centroid rows; its predictions are soft targets (soft CE,
-soft triplet) for the student. It predicts in eval mode (its running statistics, which follow
-the student's by the same EMA), where MMT forwards its mean nets in train mode. EMA weight ``α_t = min(1 − 1/(t+1), momentum)`` at step ``t``.
+soft triplet) for the student. EMA weight ``α_t = min(1 − 1/(t+1), momentum)`` at step ``t``.
+It predicts in eval mode (its running statistics, which follow the student's by the same EMA),
+where MMT forwards its mean nets in train mode.
 
 The teacher is a whole copy of the client's model (shared and local entries alike, as MMT's mean
 nets), stored in the client's ``State`` under ``teacher.<entry>`` with its step count, so that it
@@ -53,4 +54,3 @@ def update(teacher: nn.Module, student: nn.Module, state: State, momentum: float
         else:
             ours[k].copy_(v)
     state[STEP] = torch.tensor(step + 1)
-

@@ -496,8 +496,11 @@ class ReidWorkload:
                 chosen = rows[idx]
                 x, y = images[chosen], labels[chosen]
                 outputs = _outputs(model, net, x, agents, data.domain, n_cls)
-                ce = sum(cross_entropy_ls(z, y, p.label_smoothing) for z in outputs.logits)
-                tri = batch_hard_triplet(outputs.embedding, y) if p.triplet else 0.0
+                ce = torch.stack(
+                    [cross_entropy_ls(z, y, p.label_smoothing) for z in outputs.logits]
+                ).sum()
+                zero = outputs.embedding.new_zeros(())
+                tri = batch_hard_triplet(outputs.embedding, y) if p.triplet else zero
                 if teacher is None:
                     loss = ce + tri
                 else:
@@ -505,15 +508,17 @@ class ReidWorkload:
                         taught = _outputs(
                             teacher, cast(ReidNet, teacher), x, agents, data.domain, n_cls
                         )
-                    soft_ce = sum(
-                        soft_cross_entropy(z, t)
-                        for z, t in zip(outputs.logits, taught.logits, strict=True)
-                    )
+                    soft_ce = torch.stack(
+                        [
+                            soft_cross_entropy(z, t)
+                            for z, t in zip(outputs.logits, taught.logits, strict=True)
+                        ]
+                    ).sum()
                     soft_tri = soft_triplet(outputs.embedding, taught.embedding, y)
                     w_ce, w_tri = p.soft_ce_weight, p.soft_triplet_weight
                     loss = (1 - w_ce) * ce + (1 - w_tri) * tri + w_ce * soft_ce + w_tri * soft_tri
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[union-attr]
+                loss.backward()
                 optimizer.step()
                 if teacher is not None and state is not None:
                     mean_teacher.update(teacher, net, state, p.teacher_momentum)

@@ -10,6 +10,7 @@ from strategies.attacks import (
     mimic,
     min_max,
     noisy_data,
+    random_noise,
     scale,
     sign_flip,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "min_max",
     "model_attack",
     "noisy_data",
+    "random_noise",
     "scale",
     "sign_flip",
 ]

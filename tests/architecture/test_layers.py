@@ -34,6 +34,8 @@ FOUNDATION = (
     "fedsim.graphs",
     "fedsim.mbo_tasks",
     "fedsim.reid_data",
+    "fedsim.avgk_data",
+    "fedsim.opendg_data",
     "fedsim.infoplane",
 )
 FLOWER_STRATEGIES = ("strategies.flower", "strategies.fedavg", "strategies.fedlaavg")

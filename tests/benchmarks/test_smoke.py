@@ -46,6 +46,11 @@ SMOKES = {
     "foundation.py": Smoke(printed=("final accuracy", "scenarios/quickstart.yaml")),
     "scale.py": Smoke(printed=("median round s",)),
     "resume.py": Smoke(printed=("same final metrics as uninterrupted: True",)),
+    "avgk/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| central | 0.3 | ×10 |", "| iid | 0.3 | ×10 | two-head |"),
+        files=("tables.md", "report/report.html"),
+    ),
     "byzantine/cost.py": Smoke(
         ("--csv", "{out}/cost.csv"),
         printed=("seconds per call, cpu", "flag / krum at n=8"),
@@ -55,6 +60,11 @@ SMOKES = {
         ("--out", "{out}"),
         printed=("| dirichlet | 1 | sign_flip |",),
         files=("robustness.csv", "heatmap_dirichlet.png", "claim.md"),
+    ),
+    "daml/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| daml (1 client / domain) |", "- DAML − erm, H (fair τ):"),
+        files=("daml.md", "opendg_digits/runs.csv", "opendg_digits/report/report.html"),
     ),
     "fedlaavg/memory.py": Smoke(printed=("client memory on disk GB", "fedlaavg")),
     "fedlaavg/run.py": Smoke(
@@ -81,6 +91,11 @@ SMOKES = {
         ("--out", "{out}"),
         printed=("| all data | single proxy |", "| iid | mean |"),
         files=("continuous/scores.md", "continuous/report/report.html"),
+    ),
+    "reid/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| RDSBN + MDIF |", "| single source [0] |", "| centralised (RDSBN"),
+        files=("table.md", "centralised.csv", "report/report.html"),
     ),
     "mgda/fairness.py": Smoke(
         ("--out", "{out}"),

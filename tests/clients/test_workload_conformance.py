@@ -65,6 +65,7 @@ TINY_DATA: dict[str, dict[str, Any]] = {
         "test_identities": 4,
         "views": 4,
     },
+    "opendg": {"name": "opendg_synthetic", "per_class": 12, "partition": {"name": "domains"}},
 }
 CLIENTS = 3
 ROUNDS = 3

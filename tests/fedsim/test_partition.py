@@ -14,7 +14,10 @@ from fedsim.partition import Indices
 from fedsim.registry import PARTITIONERS, Component
 
 ALL = PARTITIONERS.names()
-DETERMINISTIC = {"sorted", "natural"}  # splits that depend on the labels (or client ids) alone
+DETERMINISTIC = {"sorted", "natural", "ensemble"}  # no randomness (ensemble: unless bootstrap)
+# Splits whose clients share rows (not partitions): their own tests below.
+SHARING = {n for n in ALL if PARTITIONERS.entry(n).declared("shares_rows")}
+DISJOINT = sorted(set(ALL) - SHARING)
 # Splits that the federation hands each sample's own client id instead of its label.
 BY_CLIENT_ID = {n for n in ALL if PARTITIONERS.entry(n).declared("splits") == "client_ids"}
 
@@ -51,7 +54,7 @@ def test_the_documented_partitioners_are_registered() -> None:
 # ---- conformance: every registered partitioner ----
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", DISJOINT)
 def test_indices_are_sorted_int64_disjoint_and_in_range(name: str) -> None:
     # Prepare
     labels = labels_of()
@@ -109,7 +112,7 @@ def test_labels_are_not_modified_and_global_rng_is_not_used(name: str) -> None:
     np.testing.assert_array_equal(np.random.get_state()[1], state)  # type: ignore[index]
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", DISJOINT)
 def test_any_label_values_work(name: str) -> None:
     # Prepare: labels need not be 0..C-1
     labels = np.array([3, 7, 11] * 40, dtype=np.int64)
@@ -121,7 +124,7 @@ def test_any_label_values_work(name: str) -> None:
     assert sum(len(p) for p in parts) == len(labels)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", DISJOINT)
 def test_more_clients_than_samples_is_a_user_error(name: str) -> None:
     # Prepare
     labels = labels_of(n=5)
@@ -129,6 +132,27 @@ def test_more_clients_than_samples_is_a_user_error(name: str) -> None:
     # Execute / Assert
     with pytest.raises(UserError, match=r"needs .*got 6 clients"):
         split(name, labels, num_clients=6)
+
+
+# ---- ensemble ----
+
+
+def test_ensemble_gives_every_client_every_row() -> None:
+    parts = split("ensemble", labels_of(n=50), num_clients=3)
+    assert all(np.array_equal(p, np.arange(50)) and p.dtype == np.int64 for p in parts)
+
+
+def test_ensemble_bootstrap_resamples_each_client_with_replacement() -> None:
+    # Execute
+    parts = split("ensemble", labels_of(n=1000), num_clients=3, bootstrap=True)
+    again = split("ensemble", labels_of(n=1000), num_clients=3, bootstrap=True)
+
+    # Assert: n rows each, drawn with replacement (about 1 - 1/e distinct), sorted, seeded
+    for part in parts:
+        assert len(part) == 1000 and part.dtype == np.int64 and np.all(np.diff(part) >= 0)
+        assert len(np.unique(part)) / 1000 == pytest.approx(1 - np.exp(-1), abs=0.03)
+    assert not np.array_equal(parts[0], parts[1])
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
 # ---- sorted ----

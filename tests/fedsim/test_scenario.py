@@ -24,7 +24,12 @@ def test_defaults_are_filled_in_and_written_back(tiny) -> None:
     dumped = yaml.safe_load(scenario.to_yaml())
     assert dumped["workload"]["epochs"] == 1  # a workload default
     assert dumped["strategy"]["aggregator"] == {"name": "mean", "weighted": True}
-    assert dumped["strategy"]["server_opt"] == {"name": "sgd", "lr": 1.0, "momentum": 0.0}
+    assert dumped["strategy"]["server_opt"] == {
+        "name": "sgd",
+        "lr": 1.0,
+        "momentum": 0.0,
+        "decay": 1.0,
+    }
     assert dumped["data"]["partition"] == {"name": "dirichlet", "alpha": 0.5, "min_size": 2}
     assert dumped["engine"] == "local"
     assert dumped["resources"]["workers"] == 1

@@ -32,7 +32,7 @@ def attack(stage: Stage, updates: Tensor, info: RoundInfo) -> Tensor:
 
 
 def test_the_registry_holds_the_documented_attacks() -> None:
-    expected = {"gaussian", "sign_flip", "scale", "alie", "ipm", "min_max", "mimic"}
+    expected = {"gaussian", "random", "sign_flip", "scale", "alie", "ipm", "min_max", "mimic"}
     assert set(MODEL_ATTACKS) == expected
     assert set(DATA_ATTACKS) == {"label_flip", "noisy_data"}
 
@@ -99,6 +99,22 @@ def test_gaussian_has_the_asked_spread() -> None:
     _, info = inputs(byzantine=list(range(N)))
     forged = attack(ATTACKS.build("gaussian", sigma=3.0), torch.zeros(N, 500), info)
     assert forged.std().item() == pytest.approx(3.0, rel=0.05)
+
+
+def test_random_sends_the_update_of_a_uniform_gradient() -> None:
+    # Prepare: 2 byzantine clients of N, 2,000 coordinates, honest rows far from the noise
+    _, info = inputs(byzantine=[0, 3])
+    updates = torch.full((N, 2000), 100.0)
+
+    # Execute: the update of a U[0, 1) gradient at learning rate 0.5
+    forged = attack(ATTACKS.build("random", scale=0.5), updates, info)
+
+    # Assert: byzantine rows in (-0.5, 0], spread as U[0, 1) scaled; the honest rows untouched
+    rows = forged[[0, 3]]
+    assert rows.shape == (2, updates.shape[1])
+    assert bool((rows <= 0).all()) and bool((rows > -0.5).all())
+    assert rows.mean().item() == pytest.approx(-0.25, abs=0.05)
+    assert torch.equal(forged[~info.byzantine], updates[~info.byzantine])
 
 
 def test_label_flip_and_noisy_data_change_what_is_trained_on() -> None:

@@ -228,7 +228,18 @@ def test_sgd_with_momentum_accumulates_velocity_over_rounds() -> None:
         assert torch.allclose(step, 0.5 * torch.tensor(v))
 
 
-@pytest.mark.parametrize("options", [{"lr": 0.0}, {"momentum": 1.0}, {"momentum": -0.1}])
+def test_sgd_decays_its_step_by_the_round() -> None:
+    # lr_t = 0.8 * 0.5^(t - 1): 0.8, 0.4, 0.2 in rounds 1, 2, 3
+    stage = SERVER_OPTIMISERS.build("sgd", lr=0.8, decay=0.5)
+    for rnd, (g, lr) in enumerate(zip(GRADS, [0.8, 0.4, 0.2], strict=True), start=1):
+        info = RoundInfo.uniform(1, round=rnd)
+        step, _ = stage.update(g, None, info)
+        assert torch.allclose(step, lr * g)
+
+
+@pytest.mark.parametrize(
+    "options", [{"lr": 0.0}, {"momentum": 1.0}, {"momentum": -0.1}, {"decay": 0.0}, {"decay": 1.5}]
+)
 def test_sgd_refuses_out_of_range_hyper_parameters(options: dict[str, float]) -> None:
     # Execute / Assert
     with pytest.raises(ValueError):
