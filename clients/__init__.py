@@ -7,6 +7,7 @@ Nothing here imports Flower or ``strategies``.
 from clients import classification as classification
 from clients import compression as compression
 from clients import gnn as gnn
+from clients import infoplane_models as infoplane_models
 from clients import mbo as mbo
 from clients import sparsity as sparsity
 from clients.avgk import workload as avgk_workload  # noqa: F401  (registers "avgk")

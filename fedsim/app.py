@@ -25,6 +25,7 @@ from clients.workload import SERVER, split_state
 from fedsim import results, tracking, wire
 from fedsim.build import (
     build_strategy,
+    build_workload,
     byzantine_clients,
     initial_model_and_changes,
     pick_device,
@@ -37,7 +38,6 @@ from fedsim.errors import UserError
 from fedsim.exchanges import Exchanges
 from fedsim.features import ServerFeature, server_features
 from fedsim.progress import RoundProgress
-from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario, load
 from strategies.flower import with_phase
 
@@ -110,7 +110,7 @@ def _serve(
     client_ids = identify_clients(grid, scenario.clients.num)
     # Every Message from here on goes through it: it keeps track of the clients' own states.
     grid = states = ClientStateGrid(grid, client_ids, writer)
-    workload: Workload = WORKLOADS.build(scenario.workload)
+    workload: Workload = build_workload(scenario)
     federation = scenario_federation(scenario)
     model, model_changes = initial_model_and_changes(workload, scenario, federation.dataset)
     model = model.to(device)

@@ -14,7 +14,7 @@ from clients.workload import split_state
 from fedsim import privacy
 from fedsim.data import Federation, federation_for
 from fedsim.errors import UserError
-from fedsim.registry import ATTACKS, AVAILABILITY, STRATEGIES
+from fedsim.registry import ANALYSES, ATTACKS, AVAILABILITY, STRATEGIES, WORKLOADS
 from fedsim.scenario import Scenario
 from strategies.attacks.base import DataAttack, Poison
 from strategies.availability import Population
@@ -40,6 +40,19 @@ def seeded_generator(*seed: int) -> torch.Generator:
     """A torch generator seeded from integers (no global seeding)."""
     entropy = np.random.SeedSequence(list(seed)).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(entropy))
+
+
+def build_workload(scenario: Scenario) -> Workload:
+    """The scenario's workload, with its analyses' exchanges and central estimates attached
+    (the workload itself when it has none): what the server and every client run."""
+    workload: Workload = WORKLOADS.build(scenario.workload)
+    if not scenario.analysis:
+        return workload
+    from fedsim.analyses import Analysed
+
+    analyses = [ANALYSES.build(spec) for spec in scenario.analysis]
+    dataset = lambda: scenario_federation(scenario).dataset  # noqa: E731  (loaded when asked)
+    return Analysed(workload, analyses, scenario.rounds, dataset)  # type: ignore[return-value]
 
 
 def scenario_federation(scenario: Scenario) -> Federation:

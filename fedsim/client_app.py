@@ -38,6 +38,7 @@ from clients import Exchange, State, TrainConfig, Workload
 from clients.workload import TRAINED, split_state
 from fedsim import client_states, wire
 from fedsim.build import (
+    build_workload,
     initial_model,
     local_entries,
     pick_device,
@@ -46,7 +47,6 @@ from fedsim.build import (
 )
 from fedsim.data import Federation, Labelled
 from fedsim.features import ClientMod, Fit, Trained, client_mods
-from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario, parse
 
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
@@ -82,7 +82,7 @@ class ClientRuntime:
 def runtime(scenario_text: str) -> ClientRuntime:
     torch.set_num_threads(1)  # workers share the cores: more threads oversubscribe
     scenario = parse(yaml.safe_load(scenario_text))
-    workload: Workload = WORKLOADS.build(scenario.workload)
+    workload: Workload = build_workload(scenario)
     federation = scenario_federation(scenario)
     device = pick_device(scenario.device)
     model = initial_model(workload, scenario, federation.dataset)

@@ -18,12 +18,12 @@ from clients.workload import split_state
 from fedsim import privacy, tracking
 from fedsim.build import (
     build_strategy,
+    build_workload,
     initial_model_and_changes,
     scenario_federation,
 )
 from fedsim.errors import UserError
 from fedsim.features import server_features
-from fedsim.registry import WORKLOADS
 from fedsim.scenario import Scenario
 from strategies.flower import PipelineStrategy
 from strategies.pipeline import RoundInfo
@@ -46,7 +46,7 @@ def preflight(scenario: Scenario) -> None:
     (which checks its own parameters). A tracking store must open (MLflow checks its URI).
     """
     federation = scenario_federation(scenario)
-    workload = WORKLOADS.build(scenario.workload)
+    workload = build_workload(scenario)
     try:
         model, changes = initial_model_and_changes(workload, scenario, federation.dataset)
     except ValueError as err:  # a model the workload or local DP cannot build for this data

@@ -6,7 +6,9 @@ model and every broadcast so far; the usable reports go to the exchange's ``redu
 scenario's aggregation pipeline, and its broadcast then rides on every later Message (records
 ``received.<name>``) and reaches the central evaluation. A failed report, or one holding NaN or
 Inf, is dropped and recorded as ``client_failed``; a ``ValueError`` from ``reduce`` skips the
-exchange this round (``round_skipped``) and keeps its memory.
+exchange this round (``round_skipped``) and keeps its memory. Optionally, an exchange's
+``due(round)`` skips it on other rounds (an analysis's schedule), and its ``scope`` names the
+metrics.csv scope of its reduce's metrics (the server's by default).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class Exchanges:
         metrics: dict[str, float] = {}
         node_of = {client: node for node, client in self.client_ids.items()}
         for exchange in self.exchanges:
+            due = getattr(exchange, "due", None)  # an analysis measures on scheduled rounds only
+            if due is not None and not due(rnd):
+                continue
             started = time.perf_counter()
             clients = sorted(node_of if exchange.everyone or trained is None else trained)
             exchange_config = ConfigRecord(
@@ -104,7 +109,11 @@ class Exchanges:
                 else:
                     self._broadcast(name, broadcast)
                     self.memory[name] = memory
-                    metrics.update(reduced)
+                    scope = getattr(exchange, "scope", None)  # e.g. a federated estimate
+                    if scope:
+                        self.writer.metrics(rnd, scope, None, reduced)
+                    else:
+                        metrics.update(reduced)
             metrics[f"{name}_time_s"] = time.perf_counter() - started
         return metrics
 

@@ -193,6 +193,7 @@ AVAILABILITY: Registry[Any] = Registry("availability")
 SPARSITY: Registry[Any] = Registry("sparsity")
 COMPRESSORS: Registry[Any] = Registry("compressor")
 MODELS: Registry[Any] = Registry("model")  # a workload's network: (input_shape, classes) -> Module
+ANALYSES: Registry[Any] = Registry("analysis")  # instruments on any workload's model (``analysis``)
 
 # Modules whose import registers components; imported lazily so that layers stay independent.
 _COMPONENT_MODULES = (
@@ -204,6 +205,7 @@ _COMPONENT_MODULES = (
     "fedsim.reid_data",
     "fedsim.avgk_data",
     "fedsim.opendg_data",
+    "fedsim.infoplane",
     "clients",
     "strategies",
 )

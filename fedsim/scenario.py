@@ -22,6 +22,7 @@ from fedsim import plugins as _plugins
 from fedsim.data import dataset_kind
 from fedsim.errors import ScenarioError, UserError
 from fedsim.registry import (
+    ANALYSES,
     ATTACKS,
     DATASETS,
     WORKLOADS,
@@ -212,6 +213,8 @@ class Scenario(Section):
     eval: EvalSpec = EvalSpec()
     privacy: Privacy = NoPrivacy()
     tracking: TrackingSpec = TrackingSpec()
+    # Instruments on the workload's model, run after its exchanges (e.g. information_plane).
+    analysis: list[Component] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _byzantine_fit(self) -> Scenario:
@@ -301,6 +304,11 @@ def parse(raw: Any, source: str = "") -> Scenario:
                 spec = Component(name=dataset.declared("default_partition", "iid"))
         resolved[path], errs = resolve(spec, kind, path, base)
         problems += errs
+    analyses = []
+    for i, spec in enumerate(scenario.analysis):
+        done, errs = resolve(spec, "analysis", f"analysis[{i}]", base)
+        analyses.append(done)
+        problems += errs
     if problems:
         raise ScenarioError(problems, source)
 
@@ -322,6 +330,7 @@ def parse(raw: Any, source: str = "") -> Scenario:
             "workload": workload,
             "strategy": resolved["strategy"],
             "compression": resolved["compression"],
+            "analysis": analyses,
         }
     )
     problems = [problem for check in VALIDATORS for problem in check(resolved_scenario)]
@@ -358,6 +367,39 @@ def _workload_problems(scenario: Scenario) -> list[str]:
     contract): what it cannot train on, caught before anything runs."""
     check = getattr(WORKLOADS.build(scenario.workload.component), "check", None)
     return list(check(scenario)) if check is not None else []
+
+
+def _analysis_problems(scenario: Scenario) -> list[str]:
+    """Analyses probe a model called on sample tensors, and their metrics must not collide."""
+    if not scenario.analysis:
+        return []
+    problems = []
+    reads = WORKLOADS.build(scenario.workload.component).reads
+    if reads != "samples":
+        problems.append(
+            f"analysis: the analyses probe a model called on sample tensors, but workload "
+            f"{scenario.workload.name!r} reads {reads} data; remove analysis"
+        )
+    tags = [(spec.name, spec.options.get("tag", "")) for spec in scenario.analysis]
+    if len(set(tags)) < len(tags):
+        problems.append(
+            "analysis: two analyses of the same name need different tags (tag: fixed, ...), "
+            "or their metrics would collide"
+        )
+    evaluated = {r for r in range(1, scenario.rounds + 1) if r % scenario.eval.every == 0}
+    for i, spec in enumerate(scenario.analysis):
+        analysis = ANALYSES.build(spec)
+        analysis.attach(scenario.rounds)
+        # The server's own estimate is made with its central evaluation.
+        missed = sorted(set(analysis.central_rounds()) - evaluated - {scenario.rounds})
+        if missed:
+            problems.append(
+                f"analysis[{i}]: its central estimate is due in rounds {missed[:5]}"
+                f"{'…' if len(missed) > 5 else ''}, where the server does not evaluate "
+                f"(eval.every: {scenario.eval.every}); set eval.every to divide its rounds "
+                "(eval.every: 1 for schedule: log), or central: false"
+            )
+    return problems
 
 
 def _data_files(scenario: Scenario) -> list[str]:
@@ -436,6 +478,7 @@ VALIDATORS: list[Callable[[Scenario], list[str]]] = [
     _data_files,
     _workload_problems,
     _privacy_problems,
+    _analysis_problems,
 ]
 
 

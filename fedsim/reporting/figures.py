@@ -23,6 +23,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedsim.reporting import plane
 from fedsim.reporting.runs import Run
 from fedsim.reporting.summary import Configuration
 from fedsim.results import CLIENT, SERVER
@@ -347,6 +348,12 @@ FIGURES: list[tuple[str, str, FigureFn]] = [
         "Which clients were online (shaded) and which trained, by round",
         availability,
     ),
+    (
+        "information_plane",
+        "Information plane: I(X;T) against I(T;Y) per layer (1 = first hidden, last = output)",
+        plane.information_plane,
+    ),
+    ("compression", "I(X;T) of each layer by round (seeds overlaid)", plane.compression),
 ]
 
 

@@ -36,6 +36,7 @@ FOUNDATION = (
     "fedsim.reid_data",
     "fedsim.avgk_data",
     "fedsim.opendg_data",
+    "fedsim.infoplane",
 )
 FLOWER_STRATEGIES = ("strategies.flower", "strategies.fedavg", "strategies.fedlaavg")
 

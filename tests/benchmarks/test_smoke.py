@@ -77,6 +77,16 @@ SMOKES = {
         printed=("| centralised |", "| metis / halo 1-hop |"),
         files=("gnn.md", "runs.csv", "accuracy.png", "federated/report/report.html"),
     ),
+    "infoplane/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| relu | 0.0 |", "| relu | dirichlet | 0 |"),
+        files=("plane.md", "runs.csv", "report/figures/information_plane.png"),
+    ),
+    "infoplane/overhead.py": Smoke(
+        ("--out", "{out}"),
+        printed=("analysis every 10 rounds:",),
+        files=("overhead.md",),
+    ),
     "mbo/run.py": Smoke(
         ("--out", "{out}"),
         printed=("| all data | single proxy |", "| iid | mean |"),

@@ -1,0 +1,286 @@
+"""The ``information_plane`` analysis: I(X;T) and I(T;Y) of a model's layers over the rounds.
+
+Attached to any workload that trains a model on sample tensors (scenario section ``analysis``).
+On each scheduled round it adds two exchanges after the workload's own (``fedsim.analyses``):
+
+1. ``<id>_levels`` — every client sends, per layer, what the global bin edges need: its
+   distinct activity levels (``federated: exact``; adaptive bins from the union's levels), a
+   quantile sketch of them (``sketch``; approximate edges) or its range (fixed bins); the
+   server broadcasts the edges.
+2. ``<id>_counts`` — every client sends its (code, label) histogram under those edges; the
+   server sums them and computes I(X;T), I(T;Y) of the union (scope ``federated``). With
+   ``client_planes``, each client also reports its own data's plane under the global edges and
+   under adaptive edges of its own (``<exchange>_mi_xt_global.<layer>``,
+   ``<exchange>_mi_xt_own.<layer>``, scope client).
+
+Besides, the server estimates on a probe set it holds (``central``, scope ``server``): the test
+data, or every input of the dataset (``central_probe: all``, e.g. SZT's 4,096 patterns). KDE
+bounds run there only. Metrics are in bits, layers numbered from 1, the output last.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from torch import Tensor, nn
+
+from fedsim.infoplane import estimators as est
+from fedsim.infoplane.probe import Layer, activity, layers, select
+from fedsim.registry import ANALYSES, Params
+
+BINNED = ("adaptive_binning", "fixed_binning")
+
+
+class InformationPlaneParams(Params):
+    estimator: Literal["adaptive_binning", "fixed_binning", "kde_upper", "kde_lower"] = (
+        "adaptive_binning"
+    )
+    bins: int = 30
+    layers: Literal["all"] | list[int | str] = "all"
+    schedule: Literal["every", "log"] = "every"
+    every: PositiveInt = 1  # schedule every: rounds divisible by it, and the last
+    points: PositiveInt = 50  # schedule log: log-spaced rounds from 1 to the last, deduplicated
+    # Global edges from the clients: exact (union of levels), sketch (quantile sketches), none.
+    # Default: exact for binning, none for KDE (which federated estimation cannot do).
+    federated: Literal["exact", "sketch", "none"] | None = None
+    sketch_size: int = Field(64, ge=2)  # points per layer and client under federated: sketch
+    central: bool = True  # the server's own estimate on its probe set
+    # Each client also reports its own data's plane under the global and under its own edges
+    # (what global bins change), at about twice the clients' cost.
+    client_planes: bool = False
+    central_probe: Literal["test", "all"] = "test"
+    kde_variance: PositiveFloat | None = None  # None: adaptive, (0.1·max|T|)² per layer
+    tag: str = Field("", pattern=r"^[A-Za-z0-9_]*$")  # tells two analyses' metrics apart
+
+    @field_validator("bins")
+    @classmethod
+    def _two_bins(cls, bins: int) -> int:
+        if bins < 2:
+            raise ValueError(f"bins must be at least 2 (got {bins}): one bin measures nothing")
+        return bins
+
+    @model_validator(mode="after")
+    def _federated_fits(self) -> InformationPlaneParams:
+        if self.federated is None:
+            fed = "exact" if self.estimator in BINNED else "none"
+            object.__setattr__(self, "federated", fed)
+        if self.estimator not in BINNED and self.federated != "none":
+            raise ValueError(
+                f"federated: {self.federated} cannot estimate {self.estimator}: KDE bounds need "
+                "the distance between every pair of samples across clients; set federated: "
+                "none (the server's probe set only) or use a binning estimator"
+            )
+        if self.federated == "none" and not self.central:
+            raise ValueError("federated: none and central: false estimate nothing; enable one")
+        return self
+
+
+def rounds_due(params: InformationPlaneParams, rounds: int) -> frozenset[int]:
+    """The rounds the analysis measures."""
+    if params.schedule == "log":
+        spaced = np.logspace(0, math.log10(rounds), params.points)
+        return frozenset(int(r) for r in np.unique(np.floor(spaced)) if 1 <= r <= rounds)
+    return frozenset(r for r in range(1, rounds + 1) if r % params.every == 0 or r == rounds)
+
+
+class InformationPlane:
+    """The analysis on a run of ``rounds`` rounds: its exchanges and its central estimate."""
+
+    def __init__(self, params: InformationPlaneParams) -> None:
+        self.params = params
+        self.rounds: frozenset[int] = frozenset()
+        suffix = f"_{params.tag}" if params.tag else ""
+        self.prefix = ("mi_xt" + suffix, "mi_ty" + suffix)
+        self.exchanges: tuple[Any, ...] = ()
+        if params.federated != "none":
+            levels = Levels(self, f"infoplane{suffix}_levels")
+            self.exchanges = (levels, Counts(self, f"infoplane{suffix}_counts", levels.name))
+
+    def attach(self, rounds: int) -> None:
+        self.rounds = rounds_due(self.params, rounds)
+
+    def due(self, round: int) -> bool:
+        return round in self.rounds
+
+    def central_rounds(self) -> frozenset[int]:
+        """The rounds of the server's own estimate (made when the server evaluates)."""
+        return self.rounds if self.params.central else frozenset()
+
+    def layers(self, model: nn.Module, x: Tensor) -> list[Layer]:
+        """The layers asked for (ValueError for a model with none, or a name it lacks)."""
+        found = layers(model, x)
+        if len(found) < 2:
+            raise ValueError(
+                "information_plane: the model has no activation module to probe (only its "
+                "output); build it from nn.ReLU / nn.Tanh / ... modules, not functional calls"
+            )
+        return select(found, self.params.layers)
+
+    def metrics(self, number: int, mi: tuple[float, float]) -> dict[str, float]:
+        return {f"{self.prefix[0]}.{number}": mi[0], f"{self.prefix[1]}.{number}": mi[1]}
+
+    def central_metrics(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+        """The estimate on a probe set the server holds, all of it in one place."""
+        chosen = self.layers(model, x)
+        return self.estimate(chosen, activity(model, x, chosen), y.cpu().numpy())
+
+    def estimate(
+        self, chosen: list[Layer], acts: Mapping[int, np.ndarray], labels: np.ndarray
+    ) -> dict[str, float]:
+        """The plane of the layers' activity ``acts`` (by layer number) with ``labels``."""
+        out: dict[str, float] = {}
+        p = self.params
+        for layer in chosen:
+            t = acts[layer.number]
+            if p.estimator in BINNED:
+                edges = self.edges(layer, [est.levels(t, layer.low)], float(t.max()), [])
+                rows, counts = est.code_counts(est.codes(t, edges), labels)
+                out |= self.metrics(layer.number, est.binned_mi(rows, counts))
+            else:
+                variance = p.kde_variance or max((0.1 * float(np.abs(t).max())) ** 2, 1e-12)
+                upper = p.estimator == "kde_upper"
+                out |= self.metrics(layer.number, est.kde_mi(t, labels, variance, upper))
+        return out
+
+    def edges(
+        self, layer: Layer, levels: list[np.ndarray], high: float, counts: list[int]
+    ) -> np.ndarray:
+        """A layer's edges from the levels (or sketches with their ``counts``) seen."""
+        p = self.params
+        if p.estimator == "fixed_binning":
+            return est.fixed_edges(
+                -1.0 if layer.low < 0 else 0.0, 1.0 if layer.bounded else high, p.bins
+            )
+        if counts:
+            return est.sketched_edges(levels, counts, layer.low, p.bins)
+        return est.adaptive_edges(np.unique(np.concatenate(levels)), layer.low, p.bins)
+
+
+def _f32(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+class Levels:
+    """Exchange 1: what each client's activity tells the global edges; the server fixes them."""
+
+    everyone = True
+    scope = None  # its reduce's metrics: the server's
+
+    def __init__(self, plane: InformationPlane, name: str) -> None:
+        self.plane, self.name = plane, name
+
+    def due(self, round: int) -> bool:
+        return self.plane.due(round)
+
+    def report(
+        self, model: nn.Module, data: Any, state: Any, config: Any
+    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        x, _ = data
+        chosen = self.plane.layers(model, x)
+        acts = activity(model, x, chosen)
+        p = self.plane.params
+        out: dict[str, Tensor] = {}
+        for layer in chosen:
+            t, key = acts[layer.number], str(layer.number)
+            out[key + ".max"] = _f32(np.array([t.max()]))
+            # The server has no model: the layer's kind (its low edge, bounded or not) travels.
+            out[key + ".kind"] = torch.tensor(
+                [layer.low, float(layer.bounded)], dtype=torch.float64
+            )
+            if p.estimator == "adaptive_binning":
+                u = est.levels(t, layer.low)
+                if p.federated == "sketch":
+                    out[key] = _f32(est.sketch(u, p.sketch_size))
+                    out[key + ".n"] = torch.tensor([len(u)], dtype=torch.int64)
+                else:
+                    out[key] = _f32(u)
+        return out, {}
+
+    def reduce(
+        self, reports: Mapping[int, dict[str, Tensor]], memory: Any, aggregate: Any, round: int
+    ) -> tuple[dict[str, Tensor], Any, dict[str, float]]:
+        memory = dict(memory or {})  # layer -> the running maximum (fixed bins, as the reference)
+        numbers = sorted({k.split(".")[0] for r in reports.values() for k in r}, key=int)
+        broadcast: dict[str, Tensor] = {}
+        for key in numbers:
+            high = max(float(r[key + ".max"][0]) for r in reports.values())
+            high = max(high, float(memory.get(key, torch.tensor(-math.inf))))
+            memory[key] = torch.tensor(high)
+            kind = next(r[key + ".kind"] for r in reports.values())
+            layer = Layer(int(key), "", float(kind[0]), bool(kind[1]))
+            levels = [r[key].numpy() for r in reports.values() if key in r]
+            counts = [int(r[key + ".n"][0]) for r in reports.values() if key + ".n" in r]
+            broadcast[key] = _f32(self.plane.edges(layer, levels, high, counts))
+        return broadcast, memory, {}
+
+
+class Counts:
+    """Exchange 2: each client's (code, label) histogram under the global edges; the server
+    sums them and estimates the union's plane."""
+
+    everyone = True
+    scope = "federated"
+
+    def __init__(self, plane: InformationPlane, name: str, levels: str) -> None:
+        self.plane, self.name, self.levels = plane, name, levels
+
+    def due(self, round: int) -> bool:
+        return self.plane.due(round)
+
+    def report(
+        self, model: nn.Module, data: Any, state: Any, config: Any
+    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        x, y = data
+        edges = config.received[self.levels]
+        chosen = self.plane.layers(model, x)
+        acts = activity(model, x, chosen)
+        labels = y.cpu().numpy()
+        out: dict[str, Tensor] = {}
+        own: dict[str, float] = {}
+        for layer in chosen:
+            t, key = acts[layer.number], str(layer.number)
+            rows, counts = est.code_counts(est.codes(t, edges[key].cpu().numpy()), labels)
+            out[key + ".rows"] = torch.from_numpy(rows.astype(np.int16))
+            out[key + ".counts"] = torch.from_numpy(counts)
+            if (
+                self.plane.params.client_planes
+                and self.plane.params.estimator == "adaptive_binning"
+            ):
+                # This client's own plane under the global edges and under edges of its own:
+                # on the same data, their difference is what the global bins change.
+                mine = est.adaptive_edges(
+                    est.levels(t, layer.low), layer.low, self.plane.params.bins
+                )
+                own_rows, own_counts = est.code_counts(est.codes(t, mine), labels)
+                xt_x, ty_x = self.plane.prefix
+                own[f"{xt_x}_global.{key}"], own[f"{ty_x}_global.{key}"] = est.binned_mi(
+                    rows, counts
+                )
+                own[f"{xt_x}_own.{key}"], own[f"{ty_x}_own.{key}"] = est.binned_mi(
+                    own_rows, own_counts
+                )
+        return out, own
+
+    def reduce(
+        self, reports: Mapping[int, dict[str, Tensor]], memory: Any, aggregate: Any, round: int
+    ) -> tuple[dict[str, Tensor], Any, dict[str, float]]:
+        numbers = sorted({k.split(".")[0] for r in reports.values() for k in r}, key=int)
+        metrics: dict[str, float] = {}
+        for key in numbers:
+            parts = [
+                (r[key + ".rows"].numpy(), r[key + ".counts"].numpy()) for r in reports.values()
+            ]
+            metrics |= self.plane.metrics(int(key), est.binned_mi(*est.merge_counts(parts)))
+        values = torch.tensor([metrics[k] for k in sorted(metrics)], dtype=torch.float64)
+        return {"mi": values}, None, metrics
+
+
+@ANALYSES.register("information_plane", InformationPlaneParams)
+def information_plane(params: InformationPlaneParams) -> InformationPlane:
+    """I(X;T), I(T;Y) per layer (Chelombiev et al., 2019): adaptive/fixed binning, KDE bounds."""
+    return InformationPlane(params)

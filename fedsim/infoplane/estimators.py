@@ -1,0 +1,179 @@
+"""Mutual information between a layer's activity T and the input X or the label Y, in bits.
+
+The estimators of Chelombiev, Houghton & O'Donnell (ICLR 2019), as their code computes them.
+The network is deterministic and X uniform over distinct inputs, so for binned estimates
+H(T|X) = 0 and I(X;T) = H(T), I(T;Y) = H(T) − Σ_y p(y) H(T|Y=y), with plug-in entropies over
+the codes of T (one bin index per unit). Binning is split into its two halves so that they can
+be federated: edges (from the activity's levels) and counts of (code, label) rows. KDE bounds
+(Kolchinsky & Tracey) need every pairwise distance, so they only run where all the data is.
+Pure numpy: nothing here knows of models, clients or Flower.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+Floats = npt.NDArray[np.floating]
+Ints = npt.NDArray[np.integer]
+
+TANH_LOW = -1.000001  # the reference's lowest edge for activations bounded below by −1
+
+
+def entropy_bits(counts: npt.NDArray[np.integer]) -> float:
+    """Plug-in entropy, in bits, of the distribution the counts describe."""
+    c = np.asarray(counts, dtype=np.float64)
+    c = c[c > 0]
+    p = c / c.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+# ---- edges ------------------------------------------------------------------------------------
+
+
+def levels(values: Floats, low: float) -> Floats:
+    """The sorted distinct values of a layer's activity (all units pooled), ``low`` excluded:
+    what the exact federated protocol sends, and what adaptive edges are made of."""
+    u = np.unique(np.asarray(values, dtype=np.float32).ravel())
+    return u[u != np.float32(low)]
+
+
+def adaptive_edges(unique: Floats, low: float, bins: int) -> Floats:
+    """Entropy-based adaptive binning (EBAB): equal numbers of *distinct* levels per bin.
+
+    ``[low] + [U[⌊k·|U|/bins⌋] for k < bins] + [U[-1]]`` as the reference builds it; values at
+    ``low`` (ReLU's exact zeros, say) get a bin of their own.
+    """
+    u = np.asarray(unique, dtype=np.float32)
+    if u.size == 0:
+        return np.array([low], dtype=np.float32)
+    picks = [u[(k * u.size) // bins] for k in range(bins)]
+    return np.array([min(low, float(u[0])), *picks, u[-1]], dtype=np.float32)
+
+
+def fixed_edges(low: float, high: float, bins: int) -> Floats:
+    """Fixed-width bins from ``low`` to ``high`` (the activity's range, or the reference's
+    running maximum)."""
+    return np.linspace(low, max(high, low + 1e-6), bins, dtype=np.float32)
+
+
+def sketch(unique: Floats, size: int) -> Floats:
+    """``size`` evenly spaced order statistics of a client's distinct levels (the first and the
+    last included): a quantile sketch of them, sent instead of the levels."""
+    u = np.asarray(unique, dtype=np.float32)
+    if u.size <= size:
+        return u
+    picks = np.round(np.linspace(0, u.size - 1, size)).astype(np.int64)
+    return u[picks]
+
+
+def sketched_edges(sketches: list[Floats], counts: list[int], low: float, bins: int) -> Floats:
+    """Approximate EBAB edges from clients' sketches of their distinct levels.
+
+    Each sketch point stands for ``count / len(sketch)`` levels of its client; the edges are the
+    quantiles, at k/bins, of the union's levels under that weighting. Exact when a sketch holds
+    all of its client's levels and clients share no level.
+    """
+    points = [np.asarray(s, dtype=np.float32) for s in sketches if len(s)]
+    if not points:
+        return np.array([low], dtype=np.float32)
+    weights = [np.full(len(s), c / len(s)) for s, c in zip(sketches, counts, strict=True) if len(s)]
+    values = np.concatenate(points)
+    weight = np.concatenate(weights)
+    order = np.argsort(values, kind="stable")
+    values, cum = values[order], np.cumsum(weight[order])
+    total = cum[-1]
+    picks = [
+        values[min(np.searchsorted(cum, k * total / bins, side="right"), len(values) - 1)]
+        for k in range(bins)
+    ]
+    return np.array([min(low, float(values[0])), *picks, values[-1]], dtype=np.float32)
+
+
+# ---- codes and counts -------------------------------------------------------------------------
+
+
+def codes(activity: Floats, edges: Floats) -> npt.NDArray[np.int16]:
+    """Each unit's bin index (the same edges for every unit): rows (N, units)."""
+    a = np.asarray(activity, dtype=np.float32).reshape(len(activity), -1)
+    return np.digitize(a, np.asarray(edges, dtype=np.float32)).astype(np.int16)
+
+
+def code_counts(code_rows: Ints, labels: Ints) -> tuple[Ints, Ints]:
+    """The sparse histogram {(code row, label): count}, as (rows with the label last, counts):
+    what a client sends, and what the server sums. Rows come out sorted (so rows of one code
+    are adjacent), int16 (bins and labels below 32,768)."""
+    joint = np.concatenate([code_rows, np.asarray(labels).reshape(-1, 1)], axis=1)
+    return _unique_rows(joint.astype(np.int16), np.ones(len(joint), dtype=np.int64))
+
+
+def merge_counts(parts: list[tuple[Ints, Ints]]) -> tuple[Ints, Ints]:
+    """The histogram of the union: identical (code, label) rows summed."""
+    rows = np.concatenate([np.asarray(r, dtype=np.int16) for r, _ in parts])
+    counts = np.concatenate([np.asarray(c, dtype=np.int64) for _, c in parts])
+    return _unique_rows(rows, counts)
+
+
+def _unique_rows(rows: Ints, counts: Ints) -> tuple[Ints, Ints]:
+    """Distinct rows, ordered by their bytes, and the summed counts of each (one sort of the
+    rows as opaque byte strings: faster than ``np.unique(axis=0)``)."""
+    rows = np.ascontiguousarray(rows)
+    flat = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    summed = np.bincount(inverse.ravel(), weights=counts, minlength=len(first))
+    return rows[first], summed.astype(np.int64)
+
+
+def binned_mi(rows: Ints, counts: Ints) -> tuple[float, float]:
+    """(I(X;T), I(T;Y)) in bits from a (code, label) histogram as ``code_counts`` or
+    ``merge_counts`` return it: distinct rows, sorted, so that the rows of one code (which
+    differ in the label, the last column, only) are adjacent."""
+    rows, counts = np.asarray(rows), np.asarray(counts, dtype=np.int64)
+    changed = np.any(rows[1:, :-1] != rows[:-1, :-1], axis=1)
+    t_of = np.concatenate([[0], np.cumsum(changed)])  # each row's code, numbered
+    h_t = entropy_bits(np.bincount(t_of, weights=counts))
+    labels = rows[:, -1]
+    n = counts.sum()
+    h_t_given_y = 0.0
+    for y in np.unique(labels):
+        mine = labels == y
+        h_t_given_y += (
+            counts[mine].sum() / n * entropy_bits(np.bincount(t_of[mine], weights=counts[mine]))
+        )
+    return h_t, h_t - h_t_given_y
+
+
+# ---- kernel density bounds ----------------------------------------------------------------------
+
+
+def _kde_entropy_nats(t: Floats, variance: float) -> float:
+    """−(1/N) Σ_i ln[(1/N) Σ_j exp(−‖t_i − t_j‖² / (2·variance))] + (d/2)(1 + ln 2π·variance)."""
+    t = np.asarray(t, dtype=np.float64).reshape(len(t), -1)
+    n, d = t.shape
+    sq = (t * t).sum(axis=1)
+    dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * t @ t.T, 0.0)
+    z = -dist / (2.0 * variance)
+    top = z.max(axis=1, keepdims=True)  # log-sum-exp, stable
+    log_mean = top[:, 0] + np.log(np.exp(z - top).sum(axis=1)) - math.log(n)
+    return float(-log_mean.mean() + d / 2 * (1 + math.log(2 * math.pi * variance)))
+
+
+def kde_mi(activity: Floats, labels: Ints, variance: float, upper: bool) -> tuple[float, float]:
+    """(I(X;T), I(T;Y)) in bits, Kolchinsky–Tracey pairwise bounds with Gaussian noise of
+    ``variance`` added to T: the KL form (upper) or the Bhattacharyya form (lower, the KL form
+    at variance 4·s² plus (d/2)·ln(1/4))."""
+    t = np.asarray(activity, dtype=np.float64).reshape(len(activity), -1)
+    d = t.shape[1]
+    labels = np.asarray(labels)
+
+    def h(sub: Floats) -> float:
+        if upper:
+            return _kde_entropy_nats(sub, variance)
+        return _kde_entropy_nats(sub, 4 * variance) + d / 2 * math.log(0.25)
+
+    h_t_given_x = d / 2 * math.log(2 * math.pi * math.e * variance)
+    h_t = h(t)
+    h_t_given_y = sum(np.mean(labels == y) * h(t[labels == y]) for y in np.unique(labels))
+    return (h_t - h_t_given_x) / math.log(2), (h_t - h_t_given_y) / math.log(2)

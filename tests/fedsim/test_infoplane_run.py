@@ -1,0 +1,129 @@
+"""A run with the information-plane analysis: the same metrics on every engine and worker
+count, and after a ``kill -9`` and ``--resume``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import fedsim.engine
+from fedsim import checkpoint, results
+from fedsim.cli import app as cli
+from fedsim.scenario import parse
+
+ROOT = Path(__file__).parents[2]
+
+
+def plane_scenario(**changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": "plane",
+        "seed": 0,
+        "rounds": 8,
+        "data": {"name": "szt", "partition": {"name": "dirichlet", "alpha": 0.5}},
+        "clients": {"num": 3, "per_round": 2},
+        "workload": {
+            "name": "classification",
+            "model": {"name": "infoplane_mlp", "activation": "relu"},
+            "batch_size": 256,
+            "lr": 0.05,
+            "momentum": 0.9,
+        },
+        "analysis": [
+            {"name": "information_plane", "every": 2, "central_probe": "all"},
+            {"name": "information_plane", "tag": "sketch", "federated": "sketch", "every": 3},
+        ],
+    }
+    return {**raw, **changes}
+
+
+def run(run_dir: Path, raw: dict[str, Any]) -> None:
+    scenario = parse(raw)
+    results.prepare(run_dir, scenario, command="test")
+    fedsim.engine.run(scenario, run_dir, show_progress=False)
+
+
+def learned(run_dir: Path) -> pd.DataFrame:
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("plane") / "local"
+    run(path, plane_scenario())
+    return path
+
+
+def test_the_plane_is_measured_on_the_scheduled_rounds(local_run: Path) -> None:
+    metrics = learned(local_run)
+    plane = metrics[metrics.metric.str.startswith("mi_")]
+    # every 2 of 8 rounds, and every 3 (and the last); 6 layers; both estimates
+    for metric, due in (("mi_xt.6", [2, 4, 6, 8]), ("mi_xt_sketch.6", [3, 6, 8])):
+        for scope in ("federated", "server"):
+            rows = plane[(plane.metric == metric) & (plane.scope == scope)]
+            assert rows["round"].tolist() == due, (metric, scope)
+    assert plane["value"].between(0, 12).all()
+    traffic = metrics[
+        metrics.metric.isin(["infoplane_levels_bytes_up", "infoplane_sketch_levels_bytes_up"])
+    ]
+    exact, sketch = (
+        traffic[traffic.metric == m]["value"].iloc[-1] for m in sorted(set(traffic.metric))
+    )
+    assert sketch < exact  # the sketch sends 64 points a layer, not every distinct level
+
+
+def test_two_workers_give_the_in_process_metrics(local_run: Path, tmp_path: Path) -> None:
+    run(tmp_path / "workers", plane_scenario(resources={"workers": 2}))
+    pd.testing.assert_frame_equal(learned(tmp_path / "workers"), learned(local_run))
+
+
+@pytest.mark.flower
+def test_flowers_engine_gives_the_local_engines_metrics(local_run: Path, tmp_path: Path) -> None:
+    run(tmp_path / "flower", plane_scenario(engine="flower"))
+    pd.testing.assert_frame_equal(learned(tmp_path / "flower"), learned(local_run))
+
+
+def rounds_done(run_dir: Path) -> int:
+    try:
+        return (run_dir / "metrics.csv").read_text().count(",server,,round_time_s,")
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
+    local_run: Path, write_scenario: Any, tmp_path: Path
+) -> None:
+    # Prepare: the local run's scenario, to be killed with rounds to go
+    raw = plane_scenario()
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "fedsim", "run", str(write_scenario(raw))]
+    command += ["--out", str(killed), "--no-progress"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while rounds_done(killed) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    # Execute: kill -9 mid-run, then resume
+    os.kill(proc.pid, signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
+    at_kill = checkpoint.load(killed).round  # type: ignore[union-attr]
+    assert 2 <= at_kill < 8
+    resumed = CliRunner().invoke(cli, ["run", "--resume", str(killed), "--no-progress"])
+
+    # Assert: the metrics of a run never interrupted (the running maximum of fixed bins and
+    # the edges broadcast are in the checkpoint)
+    assert resumed.exit_code == 0, resumed.output
+    pd.testing.assert_frame_equal(learned(killed), learned(local_run))
+    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
+    assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [at_kill]
