@@ -9,6 +9,7 @@ from clients import compression as compression
 from clients import gnn as gnn
 from clients import mbo as mbo
 from clients import sparsity as sparsity
+from clients.hsi import workload as hsi_workload  # noqa: F401  (registers "hsi")
 from clients.reid import workload as reid_workload  # noqa: F401  (registers "reid")
 from clients.workload import (
     Aggregate,

@@ -34,6 +34,7 @@ FOUNDATION = (
     "fedsim.graphs",
     "fedsim.mbo_tasks",
     "fedsim.reid_data",
+    "fedsim.hsi_data",
 )
 FLOWER_STRATEGIES = ("strategies.flower", "strategies.fedavg", "strategies.fedlaavg")
 
