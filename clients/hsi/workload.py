@@ -74,9 +74,10 @@ class HsiParams(Params):
     batch_size: PositiveInt = 64
     refine_steps: int = Field(default=20, ge=0)  # full-window steps of the refinement net
     # What mean-field uses of the pairwise net: ``pmi`` (default), log P(a,b) − log P(a) −
-    # log P(b) of its C² softmax, halved (each edge has two ordered factors); ``logits``: the raw
-    # logits, Lin et al.'s potential, which re-counts each neighbour's class evidence.
+    # log P(b) of its C² softmax; ``logits``: the raw logits, Lin et al.'s potential, which
+    # re-counts each neighbour's class evidence. Either is scaled by ``pairwise_weight``.
     pairwise_potential: Literal["pmi", "logits"] = "pmi"
+    pairwise_weight: float = Field(default=0.05, ge=0.0)
 
 
 def group_bounds(bands: int, groups: int, remainder: str) -> list[tuple[int, int]]:
@@ -94,7 +95,10 @@ def group_bounds(bands: int, groups: int, remainder: str) -> list[tuple[int, int
 
 
 class Refiner(nn.Module):
-    """Encoder–decoder on the map (C, h, w): conv+pool ×2 → transposed conv ×2, added to log Q."""
+    """Encoder–decoder on the map (C, h, w): conv+pool ×2 → transposed conv ×2, added to log Q
+    with a learnt ``gain`` that starts at 0 (the refinement starts as the CRF's map: a randomly
+    initialised decoder would otherwise add noise that 20 steps on a few labelled pixels do not
+    undo)."""
 
     def __init__(self, classes: int, width: int = 16) -> None:
         super().__init__()
@@ -102,13 +106,18 @@ class Refiner(nn.Module):
         self.enc2 = nn.Conv2d(width, 2 * width, 3, padding=1)
         self.dec1 = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
         self.dec2 = nn.ConvTranspose2d(width, classes, 2, stride=2)
+        self.gain = nn.Parameter(torch.zeros(()))
+
+    @torch.no_grad()
+    def init_parameters(self, generator: torch.Generator) -> None:
+        self.gain.zero_()
 
     def forward(self, q: Tensor) -> Tensor:
         h, w = q.shape[-2:]
         x = F.max_pool2d(F.relu(self.enc1(q)), 2, ceil_mode=True)
         x = F.max_pool2d(F.relu(self.enc2(x)), 2, ceil_mode=True)
         x = self.dec2(F.relu(self.dec1(x)))[..., :h, :w]
-        return cast(Tensor, q.clamp_min(1e-8).log() + x)
+        return cast(Tensor, q.clamp_min(1e-8).log() + self.gain * x)
 
 
 class HsiNet(nn.Module):
@@ -132,7 +141,7 @@ class HsiNet(nn.Module):
             else None
         )
         self.refiner = Refiner(classes) if p.refine else None
-        self.pmi = p.pairwise_potential == "pmi"
+        self.pmi, self.pairwise_weight = p.pairwise_potential == "pmi", p.pairwise_weight
 
     def features(self, patches: Tensor) -> Tensor:
         """φ (n, features) of patch cubes (n, B, s, s)."""
@@ -156,20 +165,20 @@ def patches(cube: Tensor, size: int) -> Tensor:
     return cols[0].T.reshape(h * w, b, size, size)
 
 
-def potential(z: Tensor, pmi: bool) -> Tensor:
+def potential(z: Tensor, pmi: bool, weight: float) -> Tensor:
     """The pairwise potentials (E, C, C) mean-field uses, from the pairwise logits ``z``.
 
     Piecewise training makes softmax_{C²}(z) a model of P(y_p, y_q | φ_p, φ_q), which holds each
     end's own class evidence; summing raw logits over 16 factors counts that evidence again and
     again (it lowered OA below the unaries' in our runs). The pointwise mutual information keeps
-    only what the pair says beyond its ends; halved, as each edge is two ordered factors."""
+    only what the pair says beyond its ends. Scaled by ``weight`` (each edge is two factors)."""
     if not pmi:
-        return z
+        return weight * z
     e, c, _ = z.shape
     log_joint = torch.log_softmax(z.reshape(e, c * c), dim=1).reshape(e, c, c)
     rows = torch.logsumexp(log_joint, dim=2, keepdim=True)
     cols = torch.logsumexp(log_joint, dim=1, keepdim=True)
-    return 0.5 * (log_joint - rows - cols)
+    return weight * (log_joint - rows - cols)
 
 
 @torch.no_grad()
@@ -189,7 +198,7 @@ def predict(net: HsiNet, window: SceneWindow, iterations: int) -> dict[str, Tens
         z = torch.cat([
             net.pair_logits(phi[e[:, 0]], phi[e[:, 1]]) for e in edges.split(8 * BATCH)
         ])
-        q = mean_field(unary, edges, potential(z, net.pmi), iterations)
+        q = mean_field(unary, edges, potential(z, net.pmi, net.pairwise_weight), iterations)
         out["crf"] = q.clamp_min(1e-8).log()
     if net.refiner is not None:
         refined = net.refiner(q.T.reshape(1, -1, h, w))[0]
