@@ -358,8 +358,9 @@ class HsiWorkload:
     def evaluate(
         self, model: nn.Module, data: SceneWindow, state: State, config: TrainConfig
     ) -> Metrics:
-        """Only the tile's count of test pixels: its scores enter the server's summed matrix."""
-        return {"test_pixels": float(data.test.sum())}
+        """Nothing: a tile's scores enter the server's summed matrix (exchange ``confusion``);
+        an average of tiles' scores is not a score of the scene."""
+        return {}
 
     def evaluate_central(
         self, model: nn.Module, test: SceneWindow, config: TrainConfig, memory: Mapping[str, Any]
