@@ -152,7 +152,7 @@ def edge_count(mask: npt.NDArray[np.bool_]) -> int:
 class SplitParams(SceneDatasetParams):
     train_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)  # of each class's labelled pixels
     block: PositiveInt = 3  # training pixels come as block x block squares (1: single pixels)
-    split_seed: NonNegativeInt = 0  # of the training blocks
+    split_seed: NonNegativeInt = 0  # of the training blocks (hsi_synthetic: with its seed)
 
 
 class HsiSyntheticParams(SplitParams):
@@ -192,7 +192,7 @@ def hsi_synthetic(p: HsiSyntheticParams) -> Scene:
     noise = ndimage.gaussian_filter1d(rng.normal(size=(b, h, w)), 1.5, axis=0)
     noise *= p.noise / noise.std()
     cube = mixed * illumination + noise
-    return _scene("hsi_synthetic", cube, labels, c, p)
+    return _scene("hsi_synthetic", cube, labels, c, p, [p.seed, p.split_seed, 7])
 
 
 def _unit(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -229,13 +229,14 @@ def _scene(
     labels: npt.NDArray[np.integer[Any]],
     classes: int,
     p: SplitParams,
+    split_seed: list[int],
 ) -> Scene:
     """Standardised bands, and training blocks drawn class by class."""
     cube = np.asarray(cube, dtype=np.float64)
     cube = (cube - cube.mean(axis=(1, 2), keepdims=True)) / np.maximum(
         cube.std(axis=(1, 2), keepdims=True), 1e-12
     )
-    train = _blocks(labels, classes, p.train_fraction, p.block, np.random.default_rng([p.split_seed, 7]))
+    train = _blocks(labels, classes, p.train_fraction, p.block, np.random.default_rng(split_seed))
     labelled = labels != UNLABELLED
     return Scene(
         name,
@@ -309,7 +310,7 @@ def hsi_file(p: HsiFileParams) -> Scene:
     classes = int(gt.max())
     if classes < 2:
         raise UserError(f"hsi_file: the ground truth needs at least 2 classes, got {classes}")
-    return _scene(Path(p.path).stem, np.moveaxis(cube, 2, 0), gt - 1, classes, p)
+    return _scene(Path(p.path).stem, np.moveaxis(cube, 2, 0), gt - 1, classes, p, [p.split_seed, 7])
 
 
 def _read(path: Path, key: str | None, ndim: int, field: str) -> npt.NDArray[Any]:

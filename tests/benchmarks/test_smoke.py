@@ -67,6 +67,11 @@ SMOKES = {
         printed=("| centralised |", "| metis / halo 1-hop |"),
         files=("gnn.md", "runs.csv", "accuracy.png", "federated/report/report.html"),
     ),
+    "hsi/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| centralised: + CRF (mean-field) |", "| 4 tiles, halo 2 | "),
+        files=("table.md", "maps.png", "runs.csv", "report/report.html"),
+    ),
     "mbo/run.py": Smoke(
         ("--out", "{out}"),
         printed=("| all data | single proxy |", "| iid | mean |"),
