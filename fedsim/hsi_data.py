@@ -208,12 +208,14 @@ def _spectra(
     out = np.empty((classes, bands))
     for k in range(classes):
         bumps = sum(
-            rng.uniform(0.1, 0.3) * np.exp(-0.5 * ((lam - rng.uniform()) / rng.uniform(0.15, 0.4)) ** 2)
+            rng.uniform(0.1, 0.3)
+            * np.exp(-0.5 * ((lam - rng.uniform()) / rng.uniform(0.15, 0.4)) ** 2)
             for _ in range(3)
         )
         continuum = 0.25 + rng.uniform(-0.15, 0.15) * lam + bumps
         dips = sum(
-            rng.uniform(0.05, 0.2) * np.exp(-0.5 * ((lam - rng.uniform()) / rng.uniform(0.02, 0.06)) ** 2)
+            rng.uniform(0.05, 0.2)
+            * np.exp(-0.5 * ((lam - rng.uniform()) / rng.uniform(0.02, 0.06)) ** 2)
             for _ in range(2)
         )
         out[k] = continuum - dips
@@ -304,8 +306,10 @@ def hsi_file(p: HsiFileParams) -> Scene:
             "width, bands); give the map of this cube"
         )
     if not np.all(np.equal(np.mod(gt, 1), 0)) or gt.min() < 0:
-        raise UserError("hsi_file: the ground truth holds classes 0 (none), 1, 2, ...: got "
-                        "negative or fractional values")
+        raise UserError(
+            "hsi_file: the ground truth holds classes 0 (none), 1, 2, ...: got "
+            "negative or fractional values"
+        )
     gt = gt.astype(np.int64)
     classes = int(gt.max())
     if classes < 2:
@@ -343,7 +347,7 @@ def read_envi(header: Path) -> npt.NDArray[Any]:
     """An ENVI image as (lines, samples, bands): with ``spectral`` when installed, else a plain
     reader of uncompressed bsq/bil/bip data."""
     try:
-        import spectral  # type: ignore[import-not-found]
+        import spectral
     except ImportError:
         pass
     else:
@@ -359,23 +363,32 @@ def read_envi(header: Path) -> npt.NDArray[Any]:
         lines, samples, bands = (int(fields[k]) for k in ("lines", "samples", "bands"))
         dtype = np.dtype(_ENVI_TYPES[int(fields["data type"])])
     except (KeyError, ValueError) as e:
-        raise UserError(f"hsi_file: {header} lacks or misstates {e} (lines, samples, bands, "
-                        "data type)") from None
+        raise UserError(
+            f"hsi_file: {header} lacks or misstates {e} (lines, samples, bands, data type)"
+        ) from None
     dtype = dtype.newbyteorder(">" if fields.get("byte order", "0") == "1" else "<")
     data = next(
-        (header.with_suffix(s) for s in ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip")
-         if header.with_suffix(s).is_file() and header.with_suffix(s) != header),
+        (
+            header.with_suffix(s)
+            for s in ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip")
+            if header.with_suffix(s).is_file() and header.with_suffix(s) != header
+        ),
         None,
     )
     if data is None:
         raise UserError(f"hsi_file: no data file beside {header} (same name, no suffix or .img)")
     raw = np.fromfile(data, dtype=dtype, offset=int(fields.get("header offset", "0")))
     if raw.size != lines * samples * bands:
-        raise UserError(f"hsi_file: {data} holds {raw.size} values, the header says "
-                        f"{lines} x {samples} x {bands}")
+        raise UserError(
+            f"hsi_file: {data} holds {raw.size} values, the header says "
+            f"{lines} x {samples} x {bands}"
+        )
     interleave = fields.get("interleave", "bsq").lower()
-    order = {"bsq": (bands, lines, samples), "bil": (lines, bands, samples),
-             "bip": (lines, samples, bands)}
+    order = {
+        "bsq": (bands, lines, samples),
+        "bil": (lines, bands, samples),
+        "bip": (lines, samples, bands),
+    }
     if interleave not in order:
         raise UserError(f"hsi_file: {header}: unknown interleave {interleave!r}")
     cube = raw.reshape(order[interleave])
@@ -414,7 +427,9 @@ class Tiling:
     def grid(self, num_clients: int) -> tuple[int, int]:
         if self.layout == "stripes":
             return num_clients, 1
-        rows = self.rows or max(d for d in range(1, math.isqrt(num_clients) + 1) if num_clients % d == 0)
+        rows = self.rows or max(
+            d for d in range(1, math.isqrt(num_clients) + 1) if num_clients % d == 0
+        )
         if num_clients % rows:
             raise UserError(
                 f"partition tiles: rows={rows} does not divide clients.num={num_clients}; "
@@ -450,10 +465,14 @@ class SceneFederation:
 
     def class_counts(self) -> npt.NDArray[np.int64]:
         labels, train = self.dataset.labels.cpu().numpy(), self.dataset.train.cpu().numpy()
-        return np.stack([
-            np.bincount(labels[r0:r1, c0:c1][train[r0:r1, c0:c1]], minlength=self.dataset.num_classes)
-            for r0, r1, c0, c1 in self.tiles
-        ]).astype(np.int64)
+        return np.stack(
+            [
+                np.bincount(
+                    labels[r0:r1, c0:c1][train[r0:r1, c0:c1]], minlength=self.dataset.num_classes
+                )
+                for r0, r1, c0, c1 in self.tiles
+            ]
+        ).astype(np.int64)
 
     def train_data(self, client: int) -> SceneWindow:
         return self.dataset.window(*self.tiles[client], halo=self.halo)
@@ -498,7 +517,9 @@ def federate_scene(
         "halo_bytes": float(halo_pixels * dataset.bands * FLOAT_BYTES),
         "labelled_pairs": float(dataset.labelled_pairs),
         "labelled_pairs_in_tiles": float(kept_pairs),
-        "tiles_without_labels": float(sum(train[r0:r1, c0:c1].sum() == 0 for r0, r1, c0, c1 in rects)),
+        "tiles_without_labels": float(
+            sum(train[r0:r1, c0:c1].sum() == 0 for r0, r1, c0, c1 in rects)
+        ),
     }
     return SceneFederation(dataset, rects, tiling.halo, stats)
 

@@ -30,11 +30,23 @@ from sweep_report import report, run_sweep  # benchmarks/ holds the shared helpe
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
-SMALL = ["data.height=16", "data.width=16", "data.bands=8", "data.classes=3",
-         "data.similar_pairs=1", "rounds=2", "eval.every=2", "checkpoint_every=2",
-         "workload.refine_steps=2"]
-SMOKE_ABLATION = "sweep={workload: [{name: hsi, crf: false, refine: false}, {name: hsi}], data.seed: [0]}"
-SMOKE_TILES = "sweep={data.partition: [{name: tiles, halo: 0}, {name: tiles, halo: 2}], data.seed: [0]}"
+SMALL = [
+    "data.height=16",
+    "data.width=16",
+    "data.bands=8",
+    "data.classes=3",
+    "data.similar_pairs=1",
+    "rounds=2",
+    "eval.every=2",
+    "checkpoint_every=2",
+    "workload.refine_steps=2",
+]
+SMOKE_ABLATION = (
+    "sweep={workload: [{name: hsi, crf: false, refine: false}, {name: hsi}], data.seed: [0]}"
+)
+SMOKE_TILES = (
+    "sweep={data.partition: [{name: tiles, halo: 0}, {name: tiles, halo: 2}], data.seed: [0]}"
+)
 STAGES = (("cnn", "CNN unary"), ("crf", "+ CRF (mean-field)"), ("refine", "+ refinement"))
 
 
@@ -56,16 +68,25 @@ def final(sweep: Path) -> pd.DataFrame:
             if f"oa_{stage}" not in last:
                 continue
             trained = "" if w.get("crf", True) or stage != "cnn" else " (trained alone)"
-            rows.append({
-                "setting": f"{where}: {label}{trained}{grouped}",
-                "seed": values["data.seed"],
-                "oa": last[f"oa_{stage}"],
-                "aa": last[f"aa_{stage}"],
-                "kappa": last[f"kappa_{stage}"],
-                **({"tiles_oa": last["tiles_oa"], "edges_lost": last["crf_edges_lost"],
-                    "halo_bytes": last["halo_bytes"]} if stage == "refine" else {}),
-                "dir": str(sweep / point["dir"]),
-            })
+            rows.append(
+                {
+                    "setting": f"{where}: {label}{trained}{grouped}",
+                    "seed": values["data.seed"],
+                    "oa": last[f"oa_{stage}"],
+                    "aa": last[f"aa_{stage}"],
+                    "kappa": last[f"kappa_{stage}"],
+                    **(
+                        {
+                            "tiles_oa": last["tiles_oa"],
+                            "edges_lost": last["crf_edges_lost"],
+                            "halo_bytes": last["halo_bytes"],
+                        }
+                        if stage == "refine"
+                        else {}
+                    ),
+                    "dir": str(sweep / point["dir"]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -78,15 +99,29 @@ def table(runs: pd.DataFrame) -> str:
 
 
 CLAIMS = (
-    ("the CRF adds over the CNN unary", "centralised: + CRF (mean-field)", "centralised: CNN unary"),
-    ("refinement adds over the CRF", "centralised: + refinement", "centralised: + CRF (mean-field)"),
-    ("the full model beats the CNN trained alone", "centralised: + refinement",
-     "centralised: CNN unary (trained alone)"),
+    (
+        "the CRF adds over the CNN unary",
+        "centralised: + CRF (mean-field)",
+        "centralised: CNN unary",
+    ),
+    (
+        "refinement adds over the CRF",
+        "centralised: + refinement",
+        "centralised: + CRF (mean-field)",
+    ),
+    (
+        "the full model beats the CNN trained alone",
+        "centralised: + refinement",
+        "centralised: CNN unary (trained alone)",
+    ),
     ("band groups help", "centralised: + refinement", "centralised: + refinement, no band groups"),
     ("a halo helps 4 tiles", "4 tiles, halo 2: + refinement", "4 tiles, halo 0: + refinement"),
     ("a halo helps 9 tiles", "9 tiles, halo 2: + refinement", "9 tiles, halo 0: + refinement"),
-    ("the CRF adds over the unary on 4 tiles (halo 2)", "4 tiles, halo 2: + CRF (mean-field)",
-     "4 tiles, halo 2: CNN unary"),
+    (
+        "the CRF adds over the unary on 4 tiles (halo 2)",
+        "4 tiles, halo 2: + CRF (mean-field)",
+        "4 tiles, halo 2: CNN unary",
+    ),
 )
 
 
@@ -154,7 +189,10 @@ def figure(run_dirs: list[Path], out: Path) -> None:
         assert state is not None, f"{run_dir} has no checkpoint"
         model.load_state_dict(state.model, strict=False)
         h, w = scene.shape
-        maps = {k: v.argmax(dim=1).reshape(h, w) for k, v in predict(model, scene.whole(), workload.params.iterations).items()}
+        maps = {
+            k: v.argmax(dim=1).reshape(h, w)
+            for k, v in predict(model, scene.whole(), workload.params.iterations).items()
+        }
         panels = [("ground truth", scene.labels)] + [
             (label, maps[stage]) for stage, label in STAGES if stage in maps
         ]
@@ -166,8 +204,16 @@ def figure(run_dirs: list[Path], out: Path) -> None:
                 right = (image == scene.labels)[scene.test].float().mean()
                 title = f"{title}: OA {float(right):.3f}"
             for r0, r1, c0, c1 in fed.tiles:
-                ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False,
-                                           edgecolor="white", linewidth=1.5))
+                ax.add_patch(
+                    plt.Rectangle(
+                        (c0 - 0.5, r0 - 0.5),
+                        c1 - c0,
+                        r1 - r0,
+                        fill=False,
+                        edgecolor="white",
+                        linewidth=1.5,
+                    )
+                )
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -186,7 +232,9 @@ def main() -> None:
     out = args.out or (OUT / "smoke" if args.smoke else OUT) / "hsi"
     small = SMALL if args.smoke else []
     started = time.perf_counter()
-    run_sweep(HERE / "ablation.yaml", out / "ablation", [*small, SMOKE_ABLATION] if args.smoke else [])
+    run_sweep(
+        HERE / "ablation.yaml", out / "ablation", [*small, SMOKE_ABLATION] if args.smoke else []
+    )
     run_sweep(HERE / "tiles.yaml", out / "tiles", [*small, SMOKE_TILES] if args.smoke else [])
     elapsed = time.perf_counter() - started
     report([out / "ablation", out / "tiles"], out / "report")
@@ -195,16 +243,27 @@ def main() -> None:
     text = table(runs) + "\n\n" + claims(runs)
     tiled = runs[runs.setting.str.contains("tiles") & runs.setting.str.endswith("refinement")]
     cut = tiled.groupby("setting")[["tiles_oa", "edges_lost", "halo_bytes"]].mean()
-    text += "\n\n| tiling (full model) | tiles' summed OA | CRF edges lost | halo bytes |\n|---|---|---|---|\n"
-    text += "\n".join(f"| {k.split(':')[0]} | {r.tiles_oa:.3f} | {r.edges_lost:.3f} | {r.halo_bytes:.0f} |"
-                      for k, r in cut.iterrows())
+    text += "\n\n| tiling (full model) | tiles' summed OA | CRF edges lost | halo bytes |\n"
+    text += "|---|---|---|---|\n"
+    text += "\n".join(
+        f"| {k.split(':')[0]} | {r.tiles_oa:.3f} | {r.edges_lost:.3f} | {r.halo_bytes:.0f} |"
+        for k, r in cut.iterrows()
+    )
     first = _first_of(runs, "4 tiles, halo 2: + refinement")
     round_s, mf_s = timings(first)
-    text += (f"\n\nboth sweeps: {elapsed:.0f} s; a round of 4 tiles (halo 2): median {round_s:.2f} s;"
-             f" mean-field on the whole scene: {1000 * mf_s:.1f} ms")
+    text += (
+        f"\n\nboth sweeps: {elapsed:.0f} s; a round of 4 tiles (halo 2): median {round_s:.2f} s;"
+        f" mean-field on the whole scene: {1000 * mf_s:.1f} ms"
+    )
     (out / "table.md").write_text(text + "\n")
-    figure([_first_of(runs, "centralised: + refinement"), _first_of(runs, "4 tiles, halo 0: + refinement"), first],
-           out / "maps.png")
+    figure(
+        [
+            _first_of(runs, "centralised: + refinement"),
+            _first_of(runs, "4 tiles, halo 0: + refinement"),
+            first,
+        ],
+        out / "maps.png",
+    )
     print(f"\n{text}\n\nfigure: {out / 'maps.png'}\nreport: {out / 'report' / 'report.html'}")
 
 

@@ -3,7 +3,8 @@
 Energy over ordered neighbour pairs (both directions of every edge, each its own factor):
 ``E(y) = −Σ_p z^U_p[y_p] − Σ_{(p,q)} z^V_pq[y_p, y_q]``, ``P(y) ∝ exp(−E(y))``. The mean-field
 update of a node collects both factors it takes part in (as first and as second end):
-``Q_p(y) ∝ exp(z^U_p[y] + Σ_{(p,q)} Σ_y' z^V_pq[y, y'] Q_q(y') + Σ_{(q,p)} Σ_y' z^V_qp[y', y] Q_q(y'))``.
+``Q_p(y) ∝ exp(z^U_p[y] + Σ_{(p,q)} Σ_y' z^V_pq[y, y'] Q_q(y')
++ Σ_{(q,p)} Σ_y' z^V_qp[y', y] Q_q(y'))``.
 (The notes' update keeps the first sum only, which is not the mean-field update of this energy.)
 Updates are parallel (all nodes at once), from ``Q⁰ = softmax(z^U)``.
 """

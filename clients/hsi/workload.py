@@ -125,9 +125,7 @@ class HsiNet(nn.Module):
         super().__init__()
         self.classes, self.patch = classes, p.patch
         self.bounds = group_bounds(bands, p.band_groups, p.band_remainder)
-        self.branches = nn.ModuleList(
-            nn.Conv3d(1, p.channels, 3, padding=1) for _ in self.bounds
-        )
+        self.branches = nn.ModuleList(nn.Conv3d(1, p.channels, 3, padding=1) for _ in self.bounds)
         flat = sum(p.channels * -(-(b - a) // 2) * p.patch**2 for a, b in self.bounds)
         self.embed = nn.Linear(flat, p.features)
         self.unary = nn.Linear(p.features, classes)
@@ -195,9 +193,7 @@ def predict(net: HsiNet, window: SceneWindow, iterations: int) -> dict[str, Tens
     q = torch.softmax(unary, dim=1)
     if net.pairwise is not None:
         edges = grid_edges(h, w, unary.device)
-        z = torch.cat([
-            net.pair_logits(phi[e[:, 0]], phi[e[:, 1]]) for e in edges.split(8 * BATCH)
-        ])
+        z = torch.cat([net.pair_logits(phi[e[:, 0]], phi[e[:, 1]]) for e in edges.split(8 * BATCH)])
         q = mean_field(unary, edges, potential(z, net.pmi, net.pairwise_weight), iterations)
         out["crf"] = q.clamp_min(1e-8).log()
     if net.refiner is not None:
@@ -222,9 +218,13 @@ def stage_scores(matrices: Mapping[str, Tensor], prefix: str = "") -> Metrics:
     last = [s for s in STAGES if s in matrices][-1]
     out = scores(matrices[last], prefix)
     for stage, m in matrices.items():
-        out.update({
-            k: v for k, v in scores(m, prefix, f"_{stage}").items() if not k.startswith(f"{prefix}acc")
-        })
+        out.update(
+            {
+                k: v
+                for k, v in scores(m, prefix, f"_{stage}").items()
+                if not k.startswith(f"{prefix}acc")
+            }
+        )
     return out
 
 
@@ -343,7 +343,7 @@ class HsiWorkload:
         assert net.refiner is not None
         h, w = data.shape
         scores_ = predict(net, data, self.params.iterations)
-        q = (scores_["crf"].exp() if "crf" in scores_ else torch.softmax(scores_["cnn"], 1))
+        q = scores_["crf"].exp() if "crf" in scores_ else torch.softmax(scores_["cnn"], 1)
         q_map = q.T.reshape(1, -1, h, w)
         optimizer = torch.optim.Adam(net.refiner.parameters(), lr=self.params.lr)
         loss = torch.zeros(())
@@ -376,8 +376,9 @@ def _patch_message(patch: int, h: int, w: int) -> str:
     )
 
 
-def _patch_fits(patch: int, rects: list[tuple[int, int, int, int]], halo: int, h: int, w: int
-                ) -> list[str]:
+def _patch_fits(
+    patch: int, rects: list[tuple[int, int, int, int]], halo: int, h: int, w: int
+) -> list[str]:
     for r0, r1, c0, c1 in rects:
         wh = min(r1 + halo, h) - max(r0 - halo, 0)
         ww = min(c1 + halo, w) - max(c0 - halo, 0)

@@ -65,8 +65,15 @@ TINY_DATA: dict[str, dict[str, Any]] = {
         "test_identities": 4,
         "views": 4,
     },
-    "scene": {"name": "hsi_synthetic", "height": 12, "width": 12, "bands": 8, "classes": 3,
-              "similar_pairs": 1, "partition": {"name": "tiles", "halo": 1}},
+    "scene": {
+        "name": "hsi_synthetic",
+        "height": 12,
+        "width": 12,
+        "bands": 8,
+        "classes": 3,
+        "similar_pairs": 1,
+        "partition": {"name": "tiles", "halo": 1},
+    },
 }
 CLIENTS = 3
 ROUNDS = 3

@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 import torch
 
-from clients.hsi.workload import HsiParams, patches, group_bounds
+from clients.hsi.workload import HsiParams, group_bounds, patches
 from fedsim.errors import UserError
 from fedsim.hsi_data import (
     HsiFileParams,

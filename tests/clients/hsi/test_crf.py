@@ -12,7 +12,9 @@ from clients.hsi.crf import grid_edges, labelled_pairs, mean_field
 C = 3
 
 
-def exact_marginals(unary: torch.Tensor, edges: torch.Tensor, pairwise: torch.Tensor) -> torch.Tensor:
+def exact_marginals(
+    unary: torch.Tensor, edges: torch.Tensor, pairwise: torch.Tensor
+) -> torch.Tensor:
     """P(y) ∝ exp(Σ_p z^U_p[y_p] + Σ_(p,q) z^V_pq[y_p, y_q]) summed over all C⁴ labellings."""
     n = unary.shape[0]
     marginals = torch.zeros(n, C, dtype=torch.float64)
@@ -24,7 +26,9 @@ def exact_marginals(unary: torch.Tensor, edges: torch.Tensor, pairwise: torch.Te
     return marginals / marginals.sum(dim=1, keepdim=True)
 
 
-def kl_to_exact(q: torch.Tensor, unary: torch.Tensor, edges: torch.Tensor, pairwise: torch.Tensor) -> float:
+def kl_to_exact(
+    q: torch.Tensor, unary: torch.Tensor, edges: torch.Tensor, pairwise: torch.Tensor
+) -> float:
     """KL(Q ‖ P) up to log Z: E_Q[−score] − H(Q), by enumeration (what mean-field minimises)."""
     total = 0.0
     for y in itertools.product(range(C), repeat=4):
@@ -101,7 +105,9 @@ def test_the_notes_one_sided_update_is_not_a_kl_stationary_point() -> None:
     assert lowered
 
 
-def mean_field_step(q: torch.Tensor, unary: torch.Tensor, edges: torch.Tensor, pairwise: torch.Tensor) -> torch.Tensor:
+def mean_field_step(
+    q: torch.Tensor, unary: torch.Tensor, edges: torch.Tensor, pairwise: torch.Tensor
+) -> torch.Tensor:
     """One update from ``q`` written out pixel by pixel, independently of ``mean_field``."""
     out = torch.empty_like(q)
     for p in range(4):

@@ -22,7 +22,6 @@ import fedsim.engine
 from clients.hsi.workload import HsiParams, HsiWorkload
 from clients.workload import TRAINED, TrainConfig
 from fedsim import results
-from fedsim.errors import UserError
 from fedsim.hsi_data import HsiSyntheticParams, hsi_synthetic
 from fedsim.scenario import parse
 from tests.fedsim.test_toy_workload import ROOT, invoke, learned, loaded, rounds_done
@@ -68,11 +67,22 @@ def test_the_run_records_summed_and_central_scores_and_the_tiling(local_run: Pat
     metrics = learned(local_run)
     server = metrics[metrics.scope == "server"]
     names = set(server.metric)
-    assert {"oa", "aa", "kappa", "oa_cnn", "oa_crf", "oa_refine", "tiles_oa", "tiles_kappa"} <= names
+    assert {
+        "oa",
+        "aa",
+        "kappa",
+        "oa_cnn",
+        "oa_crf",
+        "oa_refine",
+        "tiles_oa",
+        "tiles_kappa",
+    } <= names
     assert {"crf_edges_cut", "halo_bytes", "labelled_pairs"} <= names
     # the tiles' summed matrices cover every test pixel once, as the whole scene does
     test_pixels = metrics[(metrics.metric == "confusion_test_pixels") & (metrics["round"] == 3)]
-    scene = hsi_synthetic(HsiSyntheticParams(height=16, width=16, bands=8, classes=3, similar_pairs=1))
+    scene = hsi_synthetic(
+        HsiSyntheticParams(height=16, width=16, bands=8, classes=3, similar_pairs=1)
+    )
     assert test_pixels.value.sum() == int(scene.test.sum())
 
 
@@ -107,7 +117,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
 
 
 def test_a_tile_without_labels_abstains() -> None:
-    scene = hsi_synthetic(HsiSyntheticParams(height=8, width=8, bands=8, classes=3, similar_pairs=1))
+    scene = hsi_synthetic(
+        HsiSyntheticParams(height=8, width=8, bands=8, classes=3, similar_pairs=1)
+    )
     window = scene.whole()
     window = dataclasses.replace(window, train=torch.zeros_like(window.train))
     workload = HsiWorkload(HsiParams())
@@ -121,8 +133,14 @@ def test_a_tile_without_labels_abstains() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"workload": {"name": "hsi", "patch": 11}}, r"workload.patch=11 exceeds a tile plus its halo \(9 x 9"),
-        ({"workload": {"name": "hsi", "band_groups": 3}}, "band_groups=3 does not divide the data's 8"),
+        (
+            {"workload": {"name": "hsi", "patch": 11}},
+            r"workload.patch=11 exceeds a tile plus its halo \(9 x 9",
+        ),
+        (
+            {"workload": {"name": "hsi", "band_groups": 3}},
+            "band_groups=3 does not divide the data's 8",
+        ),
     ],
 )
 def test_bad_sizes_are_refused_when_the_scenario_is_validated(

@@ -30,7 +30,9 @@ def test_a_class_without_test_pixels_is_left_out_of_aa() -> None:
 def test_kappa_matches_scikit_learn_on_random_labels() -> None:
     g = torch.Generator().manual_seed(0)
     truth = torch.randint(0, 5, (500,), generator=g)
-    noisy = torch.where(torch.rand(500, generator=g) < 0.6, truth, torch.randint(0, 5, (500,), generator=g))
+    noisy = torch.where(
+        torch.rand(500, generator=g) < 0.6, truth, torch.randint(0, 5, (500,), generator=g)
+    )
     s = scores(confusion(truth, noisy, 5))
     assert s["kappa"] == pytest.approx(cohen_kappa_score(truth.numpy(), noisy.numpy()))
     assert s["oa"] == pytest.approx(float((truth == noisy).float().mean()))
