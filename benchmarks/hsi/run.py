@@ -5,12 +5,12 @@
 
 On a 48 x 48 x 32-band hsi_synthetic scene (6 classes, 2 spectrally similar pairs, 10 % of each
 class labelled as 3 x 3 blocks), 10 rounds of 2 local epochs: ablation.yaml (one client: CNN
-only, the full model, the full model without band groups; 5 scenes) and tiles.yaml (the full
-model over 4 and 9 tiles, halo 0 and 2; the same 5 scenes). A table of the final whole-scene OA, AA and
-κ, mean ± std, the claims checked paired by scene, the time of one round and of mean-field on
-the whole scene, and a figure (ground truth beside the CNN, + CRF and + refinement maps, tile
-borders) from the 4-tile runs' final models: written here, not by ``fedsim report``, whose
-figures are per-metric curves. Output: benchmarks/out/hsi/ (or --out).
+only, the full model, the full model without band groups) and tiles.yaml (the full model over 4
+and 9 tiles, halo 0 and 2), both on the same 5 scenes. A table of the final whole-scene OA, AA
+and κ, mean ± std, the claims checked paired by scene, the time of one round and of mean-field
+on the whole scene, and a figure (ground truth beside the CNN, + CRF and + refinement maps,
+tile borders) of the centralised and the 4-tile runs' final models on scene 0: written here,
+not by ``fedsim report``, whose figures are per-metric curves. Output: benchmarks/out/hsi/.
 """
 
 from __future__ import annotations
