@@ -12,6 +12,7 @@ from clients import mbo as mbo
 from clients import sparsity as sparsity
 from clients.avgk import workload as avgk_workload  # noqa: F401  (registers "avgk")
 from clients.daml import workload as daml_workload  # noqa: F401  (registers "daml")
+from clients.hsi import workload as hsi_workload  # noqa: F401  (registers "hsi")
 from clients.reid import workload as reid_workload  # noqa: F401  (registers "reid")
 from clients.workload import (
     Aggregate,

@@ -82,6 +82,15 @@ class OpenDGDatasetParams(DatasetParams):
     default_partition: ClassVar[str] = "domains"
 
 
+class SceneDatasetParams(DatasetParams):
+    """One hyperspectral scene (a band cube and a ground-truth map); dealt out as tiles of the
+    scene (``fedsim.hsi_data``)."""
+
+    kind: ClassVar[str] = "scene"
+    partitioners: ClassVar[str] = "scene_partitioner"
+    default_partition: ClassVar[str] = "tiles"
+
+
 @dataclass(frozen=True)
 class Ref:
     """Marks a params field that is itself a component of another kind (e.g. ``aggregator``)."""
@@ -183,6 +192,7 @@ PARTITIONERS: Registry[Any] = Registry("partitioner")
 GRAPH_PARTITIONERS: Registry[Any] = Registry("graph_partitioner")  # nodes of a graph dataset
 DOMAIN_PARTITIONERS: Registry[Any] = Registry("domain_partitioner")  # a domain dataset's people
 OPENDG_PARTITIONERS: Registry[Any] = Registry("opendg_partitioner")  # open DG source domains
+SCENE_PARTITIONERS: Registry[Any] = Registry("scene_partitioner")  # a scene's pixels, as tiles
 WORKLOADS: Registry[Any] = Registry("workload")
 STRATEGIES: Registry[Any] = Registry("strategy")
 AGGREGATORS: Registry[Any] = Registry("aggregator")
@@ -206,6 +216,7 @@ _COMPONENT_MODULES = (
     "fedsim.avgk_data",
     "fedsim.opendg_data",
     "fedsim.infoplane",
+    "fedsim.hsi_data",
     "clients",
     "strategies",
 )

@@ -37,6 +37,7 @@ FOUNDATION = (
     "fedsim.avgk_data",
     "fedsim.opendg_data",
     "fedsim.infoplane",
+    "fedsim.hsi_data",
 )
 FLOWER_STRATEGIES = ("strategies.flower", "strategies.fedavg", "strategies.fedlaavg")
 

@@ -87,6 +87,11 @@ SMOKES = {
         printed=("analysis every 10 rounds:",),
         files=("overhead.md",),
     ),
+    "hsi/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| centralised: + CRF (mean-field) |", "| 4 tiles, halo 2 | "),
+        files=("table.md", "maps.png", "runs.csv", "report/report.html"),
+    ),
     "mbo/run.py": Smoke(
         ("--out", "{out}"),
         printed=("| all data | single proxy |", "| iid | mean |"),

@@ -66,6 +66,15 @@ TINY_DATA: dict[str, dict[str, Any]] = {
         "views": 4,
     },
     "opendg": {"name": "opendg_synthetic", "per_class": 12, "partition": {"name": "domains"}},
+    "scene": {
+        "name": "hsi_synthetic",
+        "height": 12,
+        "width": 12,
+        "bands": 8,
+        "classes": 3,
+        "similar_pairs": 1,
+        "partition": {"name": "tiles", "halo": 1},
+    },
 }
 CLIENTS = 3
 ROUNDS = 3
