@@ -44,7 +44,22 @@ def scipy_min_norm(g: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray |
         constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(n)}],
         options={"ftol": 1e-16, "maxiter": 1000},
     )
-    return result.x
+    w = result.x
+    # SLSQP stops about 1e-6 from the optimum (how far depends on the BLAS threads): polish it
+    # by solving the KKT system exactly on the coordinates it leaves strictly inside the bounds.
+    free = (w > lo + 1e-7) & (w < hi - 1e-7)
+    if free.any():
+        fixed = np.where(free, 0.0, np.where(w <= lo + 1e-7, lo, hi))
+        k = int(free.sum())
+        kkt = np.zeros((k + 1, k + 1))
+        kkt[:k, :k] = 2 * g[np.ix_(free, free)]
+        kkt[:k, k] = kkt[k, :k] = 1.0
+        rhs = np.append(-2 * g[np.ix_(free, ~free)] @ fixed[~free], 1.0 - fixed.sum())
+        polished = fixed.copy()
+        polished[free] = np.linalg.solve(kkt, rhs)[:k]
+        if np.all(polished >= lo - 1e-12) and np.all(polished <= hi + 1e-12):
+            w = polished
+    return w
 
 
 def info_with_counts(counts: list[float] | np.ndarray) -> RoundInfo:
@@ -77,7 +92,8 @@ def test_mgda_weights_match_an_independent_qp_solver(seed: int) -> None:
     # Assert
     assert np.abs(w - reference).max() < 1e-6
     assert np.linalg.norm(w @ u - reference @ u) < 1e-6
-    assert w @ g @ w <= reference @ g @ reference + 1e-12  # never worse than SLSQP
+    best = reference @ g @ reference
+    assert w @ g @ w <= best + 1e-12 * max(1.0, best)  # as low as the exact optimum
     assert w.min() >= 0 and abs(w.sum() - 1) < 1e-12
 
 
