@@ -3,23 +3,13 @@ count, and after a ``kill -9`` and ``--resume``."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-import fedsim.engine
-from fedsim import checkpoint, results
-from fedsim.cli import app as cli
-from fedsim.scenario import parse
+from tests.engines import killed_and_resumed, learned, run_in_process
 
 ROOT = Path(__file__).parents[2]
 
@@ -47,14 +37,7 @@ def plane_scenario(**changes: Any) -> dict[str, Any]:
 
 
 def run(run_dir: Path, raw: dict[str, Any]) -> None:
-    scenario = parse(raw)
-    results.prepare(run_dir, scenario, command="test")
-    fedsim.engine.run(scenario, run_dir, show_progress=False)
-
-
-def learned(run_dir: Path) -> pd.DataFrame:
-    metrics = pd.read_csv(run_dir / "metrics.csv")
-    return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
+    run_in_process(run_dir, raw)
 
 
 @pytest.fixture(scope="module")
@@ -93,37 +76,13 @@ def test_flowers_engine_gives_the_local_engines_metrics(local_run: Path, tmp_pat
     pd.testing.assert_frame_equal(learned(tmp_path / "flower"), learned(local_run))
 
 
-def rounds_done(run_dir: Path) -> int:
-    try:
-        return (run_dir / "metrics.csv").read_text().count(",server,,round_time_s,")
-    except FileNotFoundError:
-        return 0
-
-
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     local_run: Path, write_scenario: Any, tmp_path: Path
 ) -> None:
-    # Prepare: the local run's scenario, to be killed with rounds to go
-    raw = plane_scenario()
-    killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "fedsim", "run", str(write_scenario(raw))]
-    command += ["--out", str(killed), "--no-progress"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while rounds_done(killed) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-    # Execute: kill -9 mid-run, then resume
-    os.kill(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
-    at_kill = checkpoint.load(killed).round  # type: ignore[union-attr]
-    assert 2 <= at_kill < 8
-    resumed = CliRunner().invoke(cli, ["run", "--resume", str(killed), "--no-progress"])
+    # Prepare / Execute: the local run's scenario, killed with rounds to go, then resumed
+    at_kill = killed_and_resumed(write_scenario(plane_scenario()), tmp_path / "killed", 3)
 
     # Assert: the metrics of a run never interrupted (the running maximum of fixed bins and
     # the edges broadcast are in the checkpoint)
-    assert resumed.exit_code == 0, resumed.output
-    pd.testing.assert_frame_equal(learned(killed), learned(local_run))
-    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
-    assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [at_kill]
+    assert 2 <= at_kill < 8
+    pd.testing.assert_frame_equal(learned(tmp_path / "killed"), learned(local_run))

@@ -3,22 +3,14 @@ input, and the same metrics on every engine and after ``kill -9``."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-import fedsim.engine
 from clients.avgk.calibration import pooled_threshold
 from clients.avgk.workload import (
     OWN,
@@ -29,14 +21,14 @@ from clients.avgk.workload import (
     log_scores,
     outputs,
 )
-from fedsim import checkpoint, results
+from fedsim import checkpoint
 from fedsim.build import scenario_federation
-from fedsim.cli import app as cli
 from fedsim.client_app import STATE
 from fedsim.data import load_data
 from fedsim.errors import ScenarioError, UserError
 from fedsim.registry import WORKLOADS, Component
 from fedsim.scenario import parse
+from tests.engines import killed_and_resumed, learned, run_in_process
 
 ROOT = Path(__file__).parents[3]
 WORKLOAD = {"name": "avgk", "k": 1.5, "model": {"name": "mlp", "hidden": 32}, "lr": 0.005}
@@ -57,15 +49,7 @@ def scenario(**changes: Any) -> dict[str, Any]:
 
 
 def run(out: Path, raw: dict[str, Any]) -> pd.DataFrame:
-    parsed = parse(raw)
-    results.prepare(out, parsed, command="test")
-    fedsim.engine.run(parsed, out, show_progress=False)
-    return learned(out)
-
-
-def learned(out: Path) -> pd.DataFrame:
-    metrics = pd.read_csv(out / "metrics.csv")
-    return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
+    return learned(run_in_process(out, raw))
 
 
 def server(metrics: pd.DataFrame, name: str) -> list[float]:
@@ -173,38 +157,15 @@ def test_flowers_engine_gives_the_local_engines_metrics(local_run: Path, tmp_pat
     pd.testing.assert_frame_equal(flower, learned(local_run))
 
 
-def rounds_done(out: Path) -> int:
-    try:
-        return (out / "metrics.csv").read_text().count(",server,,round_time_s,")
-    except FileNotFoundError:
-        return 0
-
-
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     write_scenario: Any, tmp_path: Path
 ) -> None:
-    # Prepare: a `fedsim run` long enough to be killed with rounds to go
+    # Prepare / Execute: a `fedsim run` killed with rounds to go, resumed; the same uninterrupted
     raw = scenario(rounds=12)
-    killed, reference = tmp_path / "killed", tmp_path / "reference"
-    command = [sys.executable, "-m", "fedsim", "run", str(write_scenario(raw))]
-    command += ["--out", str(killed), "--no-progress"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while rounds_done(killed) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-    # Execute: kill -9 mid-run, then resume
-    os.kill(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
-    at_kill = checkpoint.load(killed).round  # type: ignore[union-attr]
-    assert 2 <= at_kill < 12
-    resumed = CliRunner().invoke(cli, ["run", "--resume", str(killed), "--no-progress"])
-    run(reference, raw)
+    at_kill = killed_and_resumed(write_scenario(raw), tmp_path / "killed", after_rounds=3)
+    reference = run(tmp_path / "reference", raw)
 
     # Assert: the same metrics (thresholds, own λ and the pseudo-label carry included)
-    assert resumed.exit_code == 0, resumed.output
-    pd.testing.assert_frame_equal(learned(killed), learned(reference))
-    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
-    assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [at_kill]
-    assert math.isfinite(server(learned(killed), "avgk_accuracy")[-1])
+    assert 2 <= at_kill < 12
+    pd.testing.assert_frame_equal(learned(tmp_path / "killed"), reference)
+    assert math.isfinite(server(reference, "avgk_accuracy")[-1])

@@ -3,28 +3,18 @@ SIGKILL resumes to the uninterrupted result, the other mappings run, bad input i
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-import fedsim.engine
 from clients.daml.workload import DamlParams, DamlWorkload
-from fedsim import checkpoint, results
-from fedsim.cli import app as cli
+from fedsim import checkpoint
 from fedsim.registry import DATASETS, Component
 from fedsim.scenario import ScenarioError, load, parse
-
-ROOT = Path(__file__).parents[3]
+from tests.engines import ROOT, killed_and_resumed, learned, run_in_process
 
 
 def tiny(**changes: Any) -> dict[str, Any]:
@@ -42,22 +32,7 @@ def tiny(**changes: Any) -> dict[str, Any]:
 
 
 def run(out: Path, raw: dict[str, Any]) -> Path:
-    scenario = parse(raw)
-    results.prepare(out, scenario, command="test")
-    fedsim.engine.run(scenario, out, show_progress=False)
-    return out
-
-
-def learned(run_dir: Path) -> pd.DataFrame:
-    metrics = pd.read_csv(run_dir / "metrics.csv")
-    return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
-
-
-def rounds_done(run_dir: Path) -> int:
-    try:
-        return (run_dir / "metrics.csv").read_text().count(",server,,round_time_s,")
-    except FileNotFoundError:
-        return 0
+    return run_in_process(out, raw)
 
 
 def server(run_dir: Path, metric: str) -> list[float]:
@@ -78,30 +53,14 @@ def test_flowers_engine_gives_the_local_engines_metrics(tmp_path: Path) -> None:
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     write_scenario: Any, tmp_path: Path
 ) -> None:
-    # Prepare: a `fedsim run` long enough to be killed with rounds to go
+    # Prepare / Execute: a `fedsim run` killed with rounds to go, resumed; the same uninterrupted
     raw = tiny(rounds=10)
-    killed, reference = tmp_path / "killed", tmp_path / "reference"
-    command = [sys.executable, "-m", "fedsim", "run", str(write_scenario(raw))]
-    command += ["--out", str(killed), "--no-progress"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while rounds_done(killed) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-    # Execute: kill -9 mid-run, then resume
-    os.kill(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
-    at_kill = checkpoint.load(killed).round  # type: ignore[union-attr]
-    assert 2 <= at_kill < 10
-    resumed = CliRunner().invoke(cli, ["run", "--resume", str(killed), "--no-progress"])
-    run(reference, raw)
+    at_kill = killed_and_resumed(write_scenario(raw), tmp_path / "killed", after_rounds=3)
+    reference = run(tmp_path / "reference", raw)
 
     # Assert: the same metrics (the server's momentum and the feature statistics included)
-    assert resumed.exit_code == 0, resumed.output
-    pd.testing.assert_frame_equal(learned(killed), learned(reference))
-    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
-    assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [at_kill]
+    assert 2 <= at_kill < 10
+    pd.testing.assert_frame_equal(learned(tmp_path / "killed"), learned(reference))
 
 
 @pytest.mark.parametrize(

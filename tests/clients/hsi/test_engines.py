@@ -5,12 +5,7 @@ result; a tile without labels abstains; bad sizes are refused at validation."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-import fedsim.engine
 from clients.hsi.workload import HsiParams, HsiWorkload
 from clients.workload import TRAINED, TrainConfig
 from fedsim import results
 from fedsim.hsi_data import HsiSyntheticParams, hsi_synthetic
-from fedsim.scenario import parse
-from tests.fedsim.test_toy_workload import ROOT, invoke, learned, loaded, rounds_done
+from tests.engines import killed_and_resumed, learned, run_in_process
+from tests.fedsim.test_toy_workload import invoke
 
 
 def hsi_scenario(**changes: Any) -> dict[str, Any]:
@@ -48,12 +42,6 @@ def hsi_scenario(**changes: Any) -> dict[str, Any]:
         "eval": {"every": 1},
     }
     return {**raw, **changes}
-
-
-def run_in_process(run_dir: Path, raw: dict[str, Any]) -> None:
-    scenario = parse(raw)
-    results.prepare(run_dir, scenario, command="test")
-    fedsim.engine.run(scenario, run_dir, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -98,22 +86,10 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     write_scenario: Any, tmp_path: Path
 ) -> None:
     raw = hsi_scenario(rounds=6)
-    killed, reference = tmp_path / "killed", tmp_path / "reference"
-    command = [sys.executable, "-m", "fedsim", "run", str(write_scenario(raw))]
-    command += ["--out", str(killed), "--no-progress"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while rounds_done(killed) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
-    assert 1 <= loaded(killed).round < 6
-    resumed = invoke("run", "--resume", killed, "--no-progress")
-    run_in_process(reference, raw)
-    assert resumed.exit_code == 0, resumed.output
-    pd.testing.assert_frame_equal(learned(killed), learned(reference))
-    assert results.run_status(killed) == "completed"
+    at_kill = killed_and_resumed(write_scenario(raw), tmp_path / "killed")
+    reference = run_in_process(tmp_path / "reference", raw)
+    assert 1 <= at_kill < 6
+    pd.testing.assert_frame_equal(learned(tmp_path / "killed"), learned(reference))
 
 
 def test_a_tile_without_labels_abstains() -> None:

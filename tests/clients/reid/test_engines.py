@@ -4,28 +4,15 @@ SIGKILL resumes to the uninterrupted result."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-import fedsim.engine
 from fedsim import results
-from fedsim.scenario import parse
-from tests.fedsim.test_toy_workload import (
-    ROOT,
-    assert_same_client_states,
-    invoke,
-    learned,
-    loaded,
-    rounds_done,
-)
+from tests.engines import killed_and_resumed, learned, loaded, run_in_process
+from tests.fedsim.test_toy_workload import assert_same_client_states
 
 
 def reid_scenario(**changes: Any) -> dict[str, Any]:
@@ -49,12 +36,6 @@ def reid_scenario(**changes: Any) -> dict[str, Any]:
         "eval": {"every": 1},
     }
     return {**raw, **changes}
-
-
-def run_in_process(run_dir: Path, raw: dict[str, Any]) -> None:
-    scenario = parse(raw)
-    results.prepare(run_dir, scenario, command="test")
-    fedsim.engine.run(scenario, run_dir, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -86,27 +67,12 @@ def test_flowers_engine_gives_the_local_engines_metrics_and_states(
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     write_scenario: Any, tmp_path: Path
 ) -> None:
-    # Prepare: a `fedsim run` long enough to be killed with rounds to go
+    # Prepare / Execute: a `fedsim run` killed with rounds to go, resumed; the same uninterrupted
     raw = reid_scenario(rounds=6)
-    killed, reference = tmp_path / "killed", tmp_path / "reference"
-    command = [sys.executable, "-m", "fedsim", "run", str(write_scenario(raw))]
-    command += ["--out", str(killed), "--no-progress"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while rounds_done(killed) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-    # Execute: kill -9 mid-run, then resume
-    os.kill(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
-    at_kill = loaded(killed).round
-    assert 1 <= at_kill < 6
-    resumed = invoke("run", "--resume", killed, "--no-progress")
-    run_in_process(reference, raw)
+    at_kill = killed_and_resumed(write_scenario(raw), tmp_path / "killed")
+    reference = run_in_process(tmp_path / "reference", raw)
 
     # Assert: the same metrics and client states as a run never interrupted
-    assert resumed.exit_code == 0, resumed.output
-    pd.testing.assert_frame_equal(learned(killed), learned(reference))
-    assert results.run_status(killed) == "completed"
-    assert_same_client_states(loaded(killed), loaded(reference))
+    assert 1 <= at_kill < 6
+    pd.testing.assert_frame_equal(learned(tmp_path / "killed"), learned(reference))
+    assert_same_client_states(loaded(tmp_path / "killed"), loaded(reference))
