@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from typer.testing import CliRunner
 
 import fedsim.engine
@@ -65,9 +66,29 @@ def killed_and_resumed(scenario_file: Path, killed: Path, after_rounds: int = 2)
     _, stderr = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr!r}"
     at_kill = loaded(killed).round
-    resumed = CliRunner().invoke(cli, ["run", "--resume", str(killed), "--no-progress"])
+    resumed = invoke("run", "--resume", killed, "--no-progress")
     assert resumed.exit_code == 0, resumed.output
     assert results.run_status(killed) == "completed"
     events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
     assert [e["after_round"] for e in events if e["event"] == "run_resumed"] == [at_kill]
     return at_kill
+
+
+def assert_same_client_states(got: checkpoint.Checkpoint, want: checkpoint.Checkpoint) -> None:
+    """The clients' saved states are the same records, with bit-exact tensors."""
+    assert sorted(got.clients) == sorted(want.clients)
+    for client, state in want.clients.items():
+        assert got.clients[client].keys() == state.keys()
+        for kind, records in state.items():
+            assert got.clients[client][kind].keys() == records.keys(), (client, kind)
+            for key, record in records.items():
+                again = got.clients[client][kind][key]
+                if kind == "arrays":  # same names, dtypes and values
+                    assert again.keys() == record.keys()
+                    torch.testing.assert_close(again, record, rtol=0, atol=0)
+                else:
+                    assert again == record, (client, kind, key)
+
+
+def invoke(*args: Any) -> Any:
+    return CliRunner().invoke(cli, [str(a) for a in args])

@@ -26,7 +26,8 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sweep_report import report, run_sweep  # benchmarks/ holds the shared helper
+from claims import paired_claims  # benchmarks/ holds the shared helpers
+from sweep_report import report, run_sweep
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
@@ -129,16 +130,7 @@ def claims(runs: pd.DataFrame) -> str:
     """Each claim's OA difference paired by scene: mean ± standard error, scenes up, and a
     verdict (holds / reversed beyond 2 standard errors, else within noise)."""
     by = runs.pivot_table(index="seed", columns="setting", values="oa")
-    lines = ["| claim | Δ OA ± s.e. | scenes up | verdict |", "|---|---|---|---|"]
-    for claim, better, worse in CLAIMS:
-        if better not in by or worse not in by:
-            continue
-        diff = (by[better] - by[worse]).dropna()
-        se = diff.std(ddof=1) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
-        mean, up = diff.mean(), int((diff > 0).sum())
-        verdict = "holds" if mean > 2 * se else "reversed" if mean < -2 * se else "within noise"
-        lines.append(f"| {claim} | {mean:+.3f} ± {se:.3f} | {up}/{len(diff)} | {verdict} |")
-    return "\n".join(lines)
+    return paired_claims(by, CLAIMS, "OA", "scenes")
 
 
 def timings(run_dir: Path) -> tuple[float, float]:

@@ -24,7 +24,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_report import report, run_sweep  # benchmarks/ holds the shared helper
+from claims import paired_claims  # benchmarks/ holds the shared helpers
+from sweep_report import report, run_sweep
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
@@ -104,16 +105,7 @@ def claims(runs: pd.DataFrame) -> str:
         chosen = singles[singles.rung == best].assign(rung="best single source")
         runs = pd.concat([runs, chosen])
     by = runs.pivot_table(index="seed", columns="rung", values="mAP")
-    lines = ["| claim | Δ target mAP ± s.e. | seeds up | verdict |", "|---|---|---|---|"]
-    for claim, better, worse in CLAIMS:
-        if better not in by or worse not in by:
-            continue
-        diff = (by[better] - by[worse]).dropna()
-        se = diff.std(ddof=1) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
-        mean, up = diff.mean(), int((diff > 0).sum())
-        verdict = "holds" if mean > 2 * se else "reversed" if mean < -2 * se else "within noise"
-        lines.append(f"| {claim} | {mean:+.3f} ± {se:.3f} | {up}/{len(diff)} | {verdict} |")
-    return "\n".join(lines)
+    return paired_claims(by, CLAIMS, "target mAP")
 
 
 def main() -> None:

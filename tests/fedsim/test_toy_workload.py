@@ -22,7 +22,6 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import fedsim.client_app
 import fedsim.engine
@@ -32,12 +31,12 @@ from clients.workload import (
     split_state,
 )
 from fedsim import checkpoint, results
-from fedsim.cli import app as cli
 from fedsim.client_app import LOCAL, STATE
 from fedsim.client_states import STATE_TYPE
 from fedsim.data import load_data
 from fedsim.registry import WORKLOADS
 from fedsim.scenario import parse
+from tests.engines import assert_same_client_states, invoke, learned, loaded, rounds_done
 
 ROOT = Path(__file__).parents[2]
 TOY_FILE = Path(__file__).with_name("toy_workload.py")
@@ -89,47 +88,8 @@ def run_toy(run_dir: Path, raw: dict[str, Any]) -> list[tuple[str, str, set[str]
     return RecordingGrid.replies
 
 
-def learned(run_dir: Path) -> pd.DataFrame:
-    """Everything a run learned and measured, except wall-clock timings."""
-    metrics = pd.read_csv(run_dir / "metrics.csv")
-    return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
-
-
 def rows(metrics: pd.DataFrame, scope: str, metric: str) -> pd.DataFrame:
     return metrics[(metrics.scope == scope) & (metrics.metric == metric)]
-
-
-def loaded(run_dir: Path) -> checkpoint.Checkpoint:
-    state = checkpoint.load(run_dir)
-    assert state is not None, f"{run_dir} has no checkpoint"
-    return state
-
-
-def rounds_done(run_dir: Path) -> int:
-    try:
-        return (run_dir / "metrics.csv").read_text().count(",server,,round_time_s,")
-    except FileNotFoundError:
-        return 0
-
-
-def assert_same_client_states(got: checkpoint.Checkpoint, want: checkpoint.Checkpoint) -> None:
-    """The clients' saved states are the same records, with bit-exact tensors."""
-    assert sorted(got.clients) == sorted(want.clients)
-    for client, state in want.clients.items():
-        assert got.clients[client].keys() == state.keys()
-        for kind, records in state.items():
-            assert got.clients[client][kind].keys() == records.keys(), (client, kind)
-            for key, record in records.items():
-                again = got.clients[client][kind][key]
-                if kind == "arrays":  # same names, dtypes and values
-                    assert again.keys() == record.keys()
-                    torch.testing.assert_close(again, record, rtol=0, atol=0)
-                else:
-                    assert again == record, (client, kind, key)
-
-
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @dataclass

@@ -17,8 +17,7 @@ from clients.hsi.workload import HsiParams, HsiWorkload
 from clients.workload import TRAINED, TrainConfig
 from fedsim import results
 from fedsim.hsi_data import HsiSyntheticParams, hsi_synthetic
-from tests.engines import killed_and_resumed, learned, run_in_process
-from tests.fedsim.test_toy_workload import invoke
+from tests.engines import invoke, killed_and_resumed, learned, run_in_process
 
 
 def hsi_scenario(**changes: Any) -> dict[str, Any]:

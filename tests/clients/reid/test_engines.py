@@ -11,8 +11,13 @@ import pandas as pd
 import pytest
 
 from fedsim import results
-from tests.engines import killed_and_resumed, learned, loaded, run_in_process
-from tests.fedsim.test_toy_workload import assert_same_client_states
+from tests.engines import (
+    assert_same_client_states,
+    killed_and_resumed,
+    learned,
+    loaded,
+    run_in_process,
+)
 
 
 def reid_scenario(**changes: Any) -> dict[str, Any]:
