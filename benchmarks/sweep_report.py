@@ -6,11 +6,14 @@ start-up of a ``fedsim`` process.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 from command import checkout_fedsim
 
 
@@ -48,3 +51,13 @@ def run_sweep_with_report(
     ran = run_sweep(scenario, out, sets, jobs)
     report([out], out / "report")
     return ran
+
+
+def final_server_metrics(sweep: Path) -> Iterator[tuple[dict[str, Any], Path, pd.Series]]:
+    """Each point of a finished sweep: its swept values, its run directory and the last value
+    of every server metric (a Series by metric name)."""
+    for point in json.loads((sweep / "sweep.json").read_text())["points"]:
+        metrics = pd.read_csv(sweep / point["dir"] / "metrics.csv")
+        server = metrics[metrics.scope == "server"]
+        last = server.sort_values("round").groupby("metric").value.last()
+        yield point["values"], sweep / point["dir"], last

@@ -20,14 +20,17 @@ Output: benchmarks/out/daml/ (<dataset>/..., daml.md), or --out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sweep_report import report, run_sweep  # benchmarks/ holds the shared helper
+from sweep_report import (  # benchmarks/ holds the shared helper
+    final_server_metrics,
+    report,
+    run_sweep,
+)
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
@@ -64,11 +67,7 @@ COLUMNS = {
 def final_metrics(sweep: Path, label: str | None = None) -> pd.DataFrame:
     """One row per run: its method label, seed and last server metrics."""
     rows = []
-    for point in json.loads((sweep / "sweep.json").read_text())["points"]:
-        metrics = pd.read_csv(sweep / point["dir"] / "metrics.csv")
-        server = metrics[metrics.scope == "server"]
-        last = server.sort_values("round").groupby("metric").value.last()
-        values = point["values"]
+    for values, _, last in final_server_metrics(sweep):
         name = label or f"{values['workload.method']} (1 client / domain)"
         rows.append({"method": name, "seed": values["seed"], **{k: last[k] for k in COLUMNS}})
     return pd.DataFrame(rows)

@@ -16,7 +16,6 @@ not by ``fedsim report``, whose figures are per-metric curves. Output: benchmark
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from claims import paired_claims  # benchmarks/ holds the shared helpers
-from sweep_report import report, run_sweep
+from sweep_report import final_server_metrics, report, run_sweep
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
@@ -54,12 +53,8 @@ STAGES = (("cnn", "CNN unary"), ("crf", "+ CRF (mean-field)"), ("refine", "+ ref
 def final(sweep: Path) -> pd.DataFrame:
     """One row per (run, stage): its setting, scene seed and final whole-scene OA, AA, κ."""
     rows = []
-    for point in json.loads((sweep / "sweep.json").read_text())["points"]:
-        metrics = pd.read_csv(sweep / point["dir"] / "metrics.csv")
-        server = metrics[metrics.scope == "server"]
-        last = server.sort_values("round").groupby("metric").value.last()
-        values = point["values"]
-        raw = yaml.safe_load((sweep / point["dir"] / "scenario.yaml").read_text())
+    for values, run_dir, last in final_server_metrics(sweep):
+        raw = yaml.safe_load((run_dir / "scenario.yaml").read_text())
         w = raw["workload"]
         clients = raw["clients"]["num"]
         halo = raw["data"]["partition"].get("halo", 0)
@@ -85,7 +80,7 @@ def final(sweep: Path) -> pd.DataFrame:
                         if stage == "refine"
                         else {}
                     ),
-                    "dir": str(sweep / point["dir"]),
+                    "dir": str(run_dir),
                 }
             )
     return pd.DataFrame(rows)

@@ -17,14 +17,17 @@ Output: benchmarks/out/mbo_<task>/ (ensembles/, single/, report/, scores.md), or
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sweep_report import report, run_sweep  # benchmarks/ holds the shared helper
+from sweep_report import (  # benchmarks/ holds the shared helper
+    final_server_metrics,
+    report,
+    run_sweep,
+)
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
@@ -44,11 +47,7 @@ SMOKE = [
 def final_scores(sweep: Path, method: str | None = None) -> pd.DataFrame:
     """One row per run: split, method, seed and its last p100 / p50 and the offline best."""
     rows = []
-    for point in json.loads((sweep / "sweep.json").read_text())["points"]:
-        metrics = pd.read_csv(sweep / point["dir"] / "metrics.csv")
-        server = metrics[metrics.scope == "server"]
-        last = server.sort_values("round").groupby("metric").value.last()
-        values = point["values"]
+    for values, _, last in final_server_metrics(sweep):
         rows.append(
             {
                 "split": values.get("data.partition.name", "all data"),

@@ -25,7 +25,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims import paired_claims  # benchmarks/ holds the shared helpers
-from sweep_report import report, run_sweep
+from sweep_report import final_server_metrics, report, run_sweep
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
@@ -46,11 +46,7 @@ SMOKE_SINGLE = "sweep={data.partition.sources: [[0]], seed: [0]}"
 def final(sweep: Path, name: str | None = None) -> pd.DataFrame:
     """One row per run: its rung, seed and final target mAP / rank-1."""
     rows = []
-    for point in json.loads((sweep / "sweep.json").read_text())["points"]:
-        metrics = pd.read_csv(sweep / point["dir"] / "metrics.csv")
-        server = metrics[metrics.scope == "server"]
-        last = server.sort_values("round").groupby("metric").value.last()
-        values = point["values"]
+    for values, _, last in final_server_metrics(sweep):
         if name is None:
             w = values["workload"]
             switches = (
