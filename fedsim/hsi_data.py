@@ -29,7 +29,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from pydantic import Field, NonNegativeInt, PositiveInt
-from scipy import ndimage
 from torch import Tensor
 
 from fedsim.data import federates
@@ -177,6 +176,9 @@ def hsi_synthetic(p: HsiSyntheticParams) -> Scene:
             f"hsi_synthetic: similar_pairs={p.similar_pairs} needs classes >= "
             f"{2 * p.similar_pairs}, got {p.classes}"
         )
+    # Imported here: scipy.ndimage costs every run's start-up ~0.2 s, and only this scene needs it.
+    from scipy import ndimage
+
     rng = np.random.default_rng([p.seed, 19])
     h, w, b, c = p.height, p.width, p.bands, p.classes
     sigma = p.region_scale * max(h, w)
