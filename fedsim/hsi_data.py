@@ -176,7 +176,8 @@ def hsi_synthetic(p: HsiSyntheticParams) -> Scene:
             f"hsi_synthetic: similar_pairs={p.similar_pairs} needs classes >= "
             f"{2 * p.similar_pairs}, got {p.classes}"
         )
-    # Imported here: scipy.ndimage costs every run's start-up ~0.2 s, and only this scene needs it.
+    # Imported here: only this scene needs scipy.ndimage (~0.2 s of start-up when nothing else,
+    # e.g. scikit-learn, has loaded it).
     from scipy import ndimage
 
     rng = np.random.default_rng([p.seed, 19])

@@ -18,8 +18,8 @@ import yaml
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
-# Only for the scenarios that use them (privacy:, a knn graph dataset, a hyperspectral scene).
-UNUSED = ("opacus", "sklearn.decomposition", "sklearn.neighbors", "scipy.ndimage")
+# Only for the scenarios that use them (privacy:, a knn graph dataset).
+UNUSED = ("opacus", "sklearn.decomposition", "sklearn.neighbors")
 RUN_AND_LIST_MODULES = """
 import json, sys
 from fedsim.cli import app
