@@ -46,23 +46,26 @@ def batch_hard_triplet(features: Tensor, labels: Tensor, normalize: bool = False
     x, y = features[keep], labels[keep]
     if normalize:
         x = F.normalize(x, dim=1)
-    d = euclidean_distances(x)
-    same = y[:, None] == y[None, :]
-    eye = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
-    pos_mask, neg_mask = same & ~eye, ~same
-    valid = pos_mask.any(dim=1) & neg_mask.any(dim=1)
+    valid = _anchors(y)
     if not bool(valid.any()):
         return features.sum() * 0.0
-    d_ap, d_an, _, _ = _hardest(d, pos_mask, neg_mask)
+    d_ap, d_an, _, _ = _hardest(euclidean_distances(x), y)
     return F.softplus(d_ap[valid] - d_an[valid]).mean()
 
 
-def _hardest(
-    d: Tensor, pos_mask: Tensor, neg_mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per anchor: the hardest positive's and negative's distances and their columns."""
-    d_ap, i_ap = torch.where(pos_mask, d, torch.full_like(d, -torch.inf)).max(dim=1)
-    d_an, i_an = torch.where(neg_mask, d, torch.full_like(d, torch.inf)).min(dim=1)
+def _anchors(y: Tensor) -> Tensor:
+    """The samples of labels ``y`` that have a positive and a negative in the batch."""
+    same = y[:, None] == y[None, :]
+    return (same.sum(dim=1) > 1) & ~same.all(dim=1)
+
+
+def _hardest(d: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per anchor of distances ``d`` and labels ``y``: the hardest positive's (farthest of the
+    same label, itself excluded) and negative's (nearest of another) distances and columns."""
+    same = y[:, None] == y[None, :]
+    eye = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    d_ap, i_ap = torch.where(same & ~eye, d, torch.full_like(d, -torch.inf)).max(dim=1)
+    d_an, i_an = torch.where(~same, d, torch.full_like(d, torch.inf)).min(dim=1)
     return d_ap, d_an, i_ap, i_an
 
 
@@ -73,13 +76,10 @@ def soft_triplet(features: Tensor, teacher_features: Tensor, labels: Tensor) -> 
     Anchors with no positive or no negative, and samples labelled -1, are left out."""
     keep = labels != IGNORE
     x, t, y = features[keep], teacher_features[keep].detach(), labels[keep]
-    same = y[:, None] == y[None, :]
-    eye = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
-    pos_mask, neg_mask = same & ~eye, ~same
-    valid = pos_mask.any(dim=1) & neg_mask.any(dim=1)
+    valid = _anchors(y)
     if not bool(valid.any()):
         return features.sum() * 0.0
-    d_ap, d_an, i_ap, i_an = _hardest(euclidean_distances(x), pos_mask, neg_mask)
+    d_ap, d_an, i_ap, i_an = _hardest(euclidean_distances(x), y)
     dt = euclidean_distances(t)
     rows = torch.arange(y.shape[0], device=y.device)
     student = F.log_softmax(torch.stack((d_ap, d_an), dim=1)[valid], dim=1)
