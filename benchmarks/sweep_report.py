@@ -61,3 +61,10 @@ def final_server_metrics(sweep: Path) -> Iterator[tuple[dict[str, Any], Path, pd
         server = metrics[metrics.scope == "server"]
         last = server.sort_values("round").groupby("metric").value.last()
         yield point["values"], sweep / point["dir"], last
+
+
+def mean_std(values: pd.Series, digits: int = 3) -> str:
+    """``mean ± std`` over seeds (sample std), or the mean alone for a single value."""
+    if len(values) > 1:
+        return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+    return f"{values.mean():.{digits}f}"

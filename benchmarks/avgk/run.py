@@ -28,6 +28,7 @@ import copy
 import json
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from command import checkout_fedsim  # benchmarks/ holds the shared helpers
-from sweep_report import report
+from sweep_report import mean_std, report
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
@@ -47,6 +48,8 @@ SMOKE_DATA = {
     "avgk_gaussian": {"num_samples": 1000},
 }
 TAIL_CLASSES, HEAD_CLASSES = (7, 8, 9), (0, 1, 2)  # fashion_mnist_avgk's rarest / commonest
+
+ms = partial(mean_std, digits=4)  # accuracies to 4 places
 
 
 def methods(base: dict[str, Any], k: float) -> list[dict[str, Any]]:
@@ -101,14 +104,6 @@ def last_rows(sweep_dir: Path) -> pd.DataFrame:
         }
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def ms(values: pd.Series) -> str:
-    return (
-        f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
-        if len(values) > 1
-        else f"{values.mean():.4f}"
-    )
 
 
 def paired(frame: pd.DataFrame, column: str) -> pd.Series:

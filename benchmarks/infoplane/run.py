@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sweep_report import report, run_sweep  # benchmarks/ holds the shared helper
+from sweep_report import mean_std, report, run_sweep  # benchmarks/ holds the shared helper
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "out"
@@ -58,6 +59,8 @@ SMOKE_FEDERATED = (
     "seed: [0]}"
 )
 
+pm = partial(mean_std, digits=2)  # bits and accuracies to 2 places
+
 
 def runs(sweep: Path) -> pd.DataFrame:
     """One row per run: its sweep values, test accuracy, and per layer the peak and last
@@ -88,14 +91,6 @@ def runs(sweep: Path) -> pd.DataFrame:
                 row[f"{tag}compression {layer}"] = xt.max() - xt.iloc[-1]
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def pm(values: pd.Series) -> str:
-    return (
-        f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
-        if len(values) > 1
-        else f"{values.mean():.2f}"
-    )
 
 
 def claims_table(central: pd.DataFrame) -> str:
