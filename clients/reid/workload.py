@@ -212,9 +212,7 @@ class ReidNet(nn.Module):
 
 def _branch(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, Tensor]:
     """The float local entries a domain's features depend on (all but the classifiers), less the
-    frozen (constant 0) neck biases: identical all-zero arrays in one Message trip a limitation
-    of ``fedsim.wire.message_bytes`` (Flower's cached chunks, shared between equal arrays, are
-    not all dropped, and a two-worker pool cannot pickle them)."""
+    frozen neck biases: constant 0 on every client, the server's model holds them already."""
     frozen = {k for k, q in model.named_parameters() if not q.requires_grad}
     return {
         k: v
