@@ -234,7 +234,7 @@ def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
 
 def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -> State:
     """Load the shared entries sent and this client's local entries; its workload state."""
-    rt.model.load_state_dict(sent.to_torch_state_dict(), strict=False)
+    rt.model.load_state_dict(wire.tensors(sent), strict=False)
     if rt.local_keys:
         kept = context.state.array_records.get(LOCAL)
         local: dict[str, torch.Tensor]
@@ -267,8 +267,10 @@ def _received(rt: ClientRuntime, content: RecordDict) -> dict[str, dict[str, tor
     out: dict[str, dict[str, torch.Tensor]] = {}
     for key, record in content.array_records.items():
         if key.startswith(wire.RECEIVED):
-            tensors = record.to_torch_state_dict()
-            out[key.removeprefix(wire.RECEIVED)] = {k: v.to(rt.device) for k, v in tensors.items()}
+            tensors = wire.tensors(record)  # shared by the round's clients: each its own copy
+            out[key.removeprefix(wire.RECEIVED)] = {
+                k: v.to(rt.device, copy=True) for k, v in tensors.items()
+            }
     return out
 
 

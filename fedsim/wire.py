@@ -21,6 +21,8 @@ content-addressed objects: the message, its records, arrays and array chunks, ea
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import cast
 
@@ -28,7 +30,11 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from flwr.app.message.message import make_message
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.common.constant import SType
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    no_object_id_recompute,
+)
 from torch import Tensor
 
 from strategies.flower import UPDATE, flatten, unflatten, with_record
@@ -156,38 +162,81 @@ def received_model(content: RecordDict, template: ArrayRecord) -> tuple[ArrayRec
     return unflatten(vector, template), support
 
 
+def tensors(record: ArrayRecord) -> dict[str, Tensor]:
+    """``record``'s arrays as tensors, decoded once per record: on the local engine every
+    client of a round receives the same model and broadcast records. Read-only by contract:
+    loading them copies (``load_state_dict``); whoever changes one must clone it first."""
+    key = (id(record), tuple(id(array) for array in record.values()))
+    hit = _decoded.get(key)
+    if hit is not None and hit[0]() is record:
+        return hit[1]
+    decoded = {name: torch.from_numpy(_numpy(array)) for name, array in record.items()}
+    _decoded[key] = (weakref.ref(record), decoded)
+    while len(_decoded) > _DECODED_KEPT:  # the oldest first: last round's records
+        del _decoded[next(iter(_decoded))]
+    return decoded
+
+
+def _numpy(array: Array) -> np.ndarray:
+    """``array.numpy()`` without parsing the ``.npy`` header's text (``np.load`` evaluates it as
+    a Python literal, which costs more than decoding a small array): Flower keeps the dtype and
+    shape beside the bytes. Anything but a plain C-ordered ``.npy`` goes the long way."""
+    data = array.data
+    if array.stype == SType.NUMPY and data[:6] == b"\x93NUMPY" and data[6] in (1, 2, 3):
+        size = 2 if data[6] == 1 else 4  # the header length's bytes, by format version
+        start = 8 + size + int.from_bytes(data[8 : 8 + size], "little")
+        dtype, shape = np.dtype(array.dtype), tuple(array.shape)
+        count = math.prod(shape)
+        header = bytes(data[8 + size : start])
+        if b"'fortran_order': False" in header and len(data) - start == count * dtype.itemsize:
+            return np.frombuffer(data, dtype, count, start).reshape(shape).copy()
+    return array.numpy()
+
+
+_DECODED_KEPT = 16  # a round's model and broadcasts, with room for a previous round's
+_decoded: dict[tuple[int, tuple[int, ...]], tuple[weakref.ref[ArrayRecord], dict[str, Tensor]]] = {}
+
+
 # -- sizes -------------------------------------------------------------------------------------
 
 
-def message_bytes(msg: Message, known: dict[int, int] | None = None) -> int:
+def message_bytes(msg: Message, known: dict[int, dict[str, int]] | None = None) -> int:
     """Bytes of the records ``msg`` carries as Flower serialises them: each distinct object of
     its content tree (record dict, array and metric records, arrays, array chunks), deflated.
 
     Left out: the message header and config records, which carry fedsim's own plumbing (the
     scenario text, the run directory) and would make the count depend on where a run is
-    written. ``known`` caches sizes by content identity (many Messages share one model).
+    written. ``known`` caches each record's objects by the record's identity: the Messages of
+    a round share one model and one record per broadcast, deflated once rather than per client.
     """
     if not msg.has_content():
         return 0
-    if known is not None and id(msg.content) in known:
-        return known[id(msg.content)]
-    objects = get_all_nested_objects(msg.content).values()
-    size = sum(len(o.deflate()) for o in objects if not isinstance(o, ConfigRecord))
-    # Flower caches an Array's chunks as memoryviews, which cannot be pickled. Drop them from
-    # every Array: ``objects`` holds one per distinct content, equal arrays share an entry.
-    for record in msg.content.array_records.values():
+    known = {} if known is None else known
+    objects: dict[str, int] = {}
+    for record in msg.content.values():
+        if isinstance(record, ConfigRecord):
+            continue
+        if id(record) not in known:
+            nested = get_all_nested_objects(record)
+            known[id(record)] = {key: len(o.deflate()) for key, o in nested.items()}
+            _drop_chunks(record)
+        objects.update(known[id(record)])  # keyed by content: equal objects count once
+    return sum(objects.values()) + len(msg.content.deflate())
+
+
+def _drop_chunks(record: object) -> None:
+    """Flower caches an Array's chunks as memoryviews, which cannot be pickled (a worker pool
+    pickles Messages after they were counted): drop them."""
+    if isinstance(record, ArrayRecord):
         for array in record.values():
             array.__dict__.pop("_chunks", None)
-    if known is not None:
-        known[id(msg.content)] = size
-    return size
 
 
 def traffic(sent: Sequence[Message], replies: Sequence[Message]) -> tuple[int, int]:
     """(bytes sent to clients, bytes they replied) for one exchange."""
-    known: dict[int, int] = {}
-    down = sum(message_bytes(m, known) for m in sent)
-    return down, sum(message_bytes(m) for m in replies)
+    known: dict[int, dict[str, int]] = {}
+    with no_object_id_recompute():  # as Flower pushes Messages: each object's id hashed once
+        return sum(message_bytes(m, known) for m in sent), sum(message_bytes(m) for m in replies)
 
 
 def array_bytes(record: ArrayRecord) -> int:

@@ -21,6 +21,7 @@ bounds run there only. Metrics are in bits, layers numbered from 1, the output l
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -34,6 +35,9 @@ from fedsim.infoplane.probe import Layer, activity, layers, select
 from fedsim.registry import ANALYSES, Params
 
 BINNED = ("adaptive_binning", "fixed_binning")
+# A round's client activity kept between the two exchanges, for all the clients a process
+# serves; past it, the counts phase runs the probe again.
+KEEP_ACTIVITY_BYTES = 64 * 2**20
 
 
 class InformationPlaneParams(Params):
@@ -94,6 +98,8 @@ class InformationPlane:
     def __init__(self, params: InformationPlaneParams) -> None:
         self.params = params
         self.rounds: frozenset[int] = frozenset()
+        self._activity: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+        self._found: weakref.WeakKeyDictionary[nn.Module, list[Layer]] = weakref.WeakKeyDictionary()
         suffix = f"_{params.tag}" if params.tag else ""
         self.prefix = ("mi_xt" + suffix, "mi_ty" + suffix)
         self.exchanges: tuple[Any, ...] = ()
@@ -113,13 +119,31 @@ class InformationPlane:
 
     def layers(self, model: nn.Module, x: Tensor) -> list[Layer]:
         """The layers asked for (ValueError for a model with none, or a name it lacks)."""
-        found = layers(model, x)
+        found = self._found.get(model)
+        if found is None:  # a forward pass finds them; a model keeps its modules for the run
+            found = self._found[model] = layers(model, x)
         if len(found) < 2:
             raise ValueError(
                 "information_plane: the model has no activation module to probe (only its "
                 "output); build it from nn.ReLU / nn.Tanh / ... modules, not functional calls"
             )
         return select(found, self.params.layers)
+
+    def client_activity(
+        self, model: nn.Module, x: Tensor, chosen: list[Layer], client: int, round: int
+    ) -> dict[int, np.ndarray]:
+        """A client's activity this round: the edges phase computes it, the counts phase of
+        the same round (same model, same data) reuses it when this process still holds it."""
+        key = (client, round)
+        if key in self._activity:
+            return self._activity.pop(key)
+        acts = activity(model, x, chosen)
+        if any(k[1] != round for k in self._activity):  # a new round: last round's are stale
+            self._activity.clear()
+        held = sum(a.nbytes for kept in self._activity.values() for a in kept.values())
+        if held + sum(a.nbytes for a in acts.values()) <= KEEP_ACTIVITY_BYTES:
+            self._activity[key] = acts
+        return acts
 
     def metrics(self, number: int, mi: tuple[float, float]) -> dict[str, float]:
         return {f"{self.prefix[0]}.{number}": mi[0], f"{self.prefix[1]}.{number}": mi[1]}
@@ -182,15 +206,15 @@ class Levels:
     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         x, _ = data
         chosen = self.plane.layers(model, x)
-        acts = activity(model, x, chosen)
+        acts = self.plane.client_activity(model, x, chosen, config.client, config.round)
         p = self.plane.params
         out: dict[str, Tensor] = {}
         for layer in chosen:
             t, key = acts[layer.number], str(layer.number)
-            out[key + ".max"] = _f32(np.array([t.max()]))
-            # The server has no model: the layer's kind (its low edge, bounded or not) travels.
-            out[key + ".kind"] = torch.tensor(
-                [layer.low, float(layer.bounded)], dtype=torch.float64
+            # The maximum and, as the server has no model, the layer's kind (its low edge,
+            # bounded or not): one array, as each costs its own framing and decoding.
+            out[key + ".meta"] = torch.tensor(
+                [float(t.max()), layer.low, float(layer.bounded)], dtype=torch.float64
             )
             if p.estimator == "adaptive_binning":
                 u = est.levels(t, layer.low)
@@ -208,11 +232,11 @@ class Levels:
         numbers = sorted({k.split(".")[0] for r in reports.values() for k in r}, key=int)
         broadcast: dict[str, Tensor] = {}
         for key in numbers:
-            high = max(float(r[key + ".max"][0]) for r in reports.values())
+            high = max(float(r[key + ".meta"][0]) for r in reports.values())
             high = max(high, float(memory.get(key, torch.tensor(-math.inf))))
             memory[key] = torch.tensor(high)
-            kind = next(r[key + ".kind"] for r in reports.values())
-            layer = Layer(int(key), "", float(kind[0]), bool(kind[1]))
+            meta = next(r[key + ".meta"] for r in reports.values())
+            layer = Layer(int(key), "", float(meta[1]), bool(meta[2]))
             levels = [r[key].numpy() for r in reports.values() if key in r]
             counts = [int(r[key + ".n"][0]) for r in reports.values() if key + ".n" in r]
             broadcast[key] = _f32(self.plane.edges(layer, levels, high, counts))
@@ -238,7 +262,7 @@ class Counts:
         x, y = data
         edges = config.received[self.levels]
         chosen = self.plane.layers(model, x)
-        acts = activity(model, x, chosen)
+        acts = self.plane.client_activity(model, x, chosen, config.client, config.round)
         labels = y.cpu().numpy()
         out: dict[str, Tensor] = {}
         own: dict[str, float] = {}

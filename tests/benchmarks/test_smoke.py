@@ -84,7 +84,7 @@ SMOKES = {
     ),
     "infoplane/overhead.py": Smoke(
         ("--out", "{out}"),
-        printed=("analysis every 10 rounds:",),
+        printed=("analysis every 10 rounds, cpu time:", "of a round (median of the runs)"),
         files=("overhead.md",),
     ),
     "hsi/run.py": Smoke(

@@ -141,16 +141,18 @@ def test_federated_binned_mi_with_global_edges_equals_the_pooled_estimate() -> N
     plane = InformationPlane(InformationPlaneParams())
     x, y = dataset.x_train, dataset.y_train
     shards = {c: (x[c::3], y[c::3]) for c in range(3)}
-    config = TrainConfig(1, 0, torch.Generator(), torch.device("cpu"))
     levels, counts = plane.exchanges
 
+    def config(client: int, **received: Any) -> TrainConfig:
+        return TrainConfig(1, client, torch.Generator(), torch.device("cpu"), received=received)
+
     # Execute: both exchanges as the core runs them, then the pooled estimate
-    reports = {c: levels.report(model, d, {}, config)[0] for c, d in shards.items()}
+    reports = {c: levels.report(model, d, {}, config(c))[0] for c, d in shards.items()}
     edges, _, _ = levels.reduce(reports, None, None, 1)
-    config = TrainConfig(
-        1, 0, torch.Generator(), torch.device("cpu"), received={levels.name: edges}
-    )
-    reports = {c: counts.report(model, d, {}, config)[0] for c, d in shards.items()}
+    reports = {
+        c: counts.report(model, d, {}, config(c, **{levels.name: edges}))[0]
+        for c, d in shards.items()
+    }
     _, _, federated = counts.reduce(reports, None, None, 1)
     # the pooled estimate: the union of the clients' activity (a float32 forward pass rounds
     # differently in other batch sizes, so the union is not one pass over all the rows)

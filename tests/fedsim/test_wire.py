@@ -173,3 +173,30 @@ def test_an_encoded_update_reaches_the_pipeline_bit_exactly() -> None:
     # Assert: the pipeline's rows are the clients' updates, bit for bit
     (rows,) = seen
     assert torch.equal(rows, torch.stack(updates))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int16", "int64", "bool"])
+def test_decoded_tensors_equal_flowers_own_decoding(dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    shapes = [(), (0,), (3,), (2, 5), (4, 3, 2)]
+    arrays = {
+        f"a{i}": Array(np.asarray(rng.standard_normal(shape) * 100).astype(dtype))
+        for i, shape in enumerate(shapes)
+    }
+    arrays["fortran"] = Array(np.asfortranarray(np.arange(6.0).reshape(2, 3)).astype(dtype))
+    record = ArrayRecord(arrays)
+
+    decoded = wire.tensors(record)
+
+    for name, reference in record.to_torch_state_dict().items():
+        assert decoded[name].dtype == reference.dtype
+        assert decoded[name].shape == reference.shape
+        assert torch.equal(decoded[name], reference)
+
+
+def test_a_record_is_decoded_once_until_an_array_of_it_changes() -> None:
+    record = ArrayRecord({"w": Array(np.ones(3, np.float32))})
+    first = wire.tensors(record)
+    assert wire.tensors(record) is first  # the clients of a round share one decoding
+    record["w"] = Array(np.zeros(3, np.float32))  # replaced: decoded again
+    assert torch.equal(wire.tensors(record)["w"], torch.zeros(3))
