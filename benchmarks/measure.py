@@ -1,9 +1,15 @@
 """Measuring a command as the benchmarks do: wall time and peak resident memory of its process tree.
 
-The memory figure is the sum of the resident set sizes of the process and all its descendants
-(driver, worker processes, Ray daemons and actors), sampled every ``interval`` seconds; the peak
-of that sum is reported. Pages shared between processes count once per process, so for a tree
-of many processes it is an upper bound on what the machine lost.
+Memory is sampled every ``interval`` seconds over the process and all its descendants (driver,
+worker processes, Ray daemons and actors), and the peak of each sum is reported:
+
+* ``peak_rss``: the sum of the resident set sizes. A page shared between processes (a forked
+  worker's copy-on-write data, a library) counts once per process: an upper bound on what the
+  machine lost.
+* ``peak_pss``: the sum of the proportional set sizes (Linux; elsewhere equal to the RSS): a
+  page shared by k processes counts 1/k in each, so pages the tree shares count once. Pages also
+  mapped by processes outside the tree (a library other programs load too) count a share only,
+  so compare PSS figures measured side by side, in one run.
 
 CPU time (user + system, all processes of the tree) is less disturbed than wall time by other
 work on a shared machine. It is the larger of two lower bounds: what the operating system
@@ -50,11 +56,16 @@ class Measured:
     output: str
     wall_s: float
     peak_rss: int  # bytes, of the whole process tree
+    peak_pss: int  # bytes, proportional: pages shared within the tree count once
     cpu_s: float  # user + system seconds of the whole process tree (a lower bound, see above)
 
     @property
     def peak_gb(self) -> float:
         return self.peak_rss / 1e9
+
+    @property
+    def peak_pss_gb(self) -> float:
+        return self.peak_pss / 1e9
 
     def check(self, what: str) -> Measured:
         """This measurement, or SystemExit with the command's output when it failed."""
@@ -87,24 +98,26 @@ def measure(
         env=None if env is None else dict(env),
         cwd=cwd,
     )
-    peak, done = 0, threading.Event()
+    peak = peak_pss = 0
+    done = threading.Event()
     cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> last sampled CPU seconds
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_pss
         try:
             root = psutil.Process(proc.pid)
         except psutil.Error:  # already gone
             return
         while not done.is_set():
-            rss = 0
+            rss = pss = 0
             for p in tree(root):
                 # A process may exit between listing and reading.
                 with contextlib.suppress(psutil.Error), p.oneshot():
                     rss += p.memory_info().rss
+                    pss += _pss(p)
                     times = p.cpu_times()
                     cpu[(p.pid, p.create_time())] = times.user + times.system
-            peak = max(peak, rss)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             done.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -114,4 +127,10 @@ def measure(
     done.set()
     sampler.join()
     cpu_s = max(_children_cpu_s() - cpu_before, sum(cpu.values()))
-    return Measured(tuple(command), proc.returncode, output, wall, peak, cpu_s)
+    return Measured(tuple(command), proc.returncode, output, wall, peak, peak_pss, cpu_s)
+
+
+def _pss(p: psutil.Process) -> int:
+    """``p``'s proportional set size, or its RSS where the system does not tell it."""
+    full = p.memory_full_info()
+    return int(getattr(full, "pss", full.rss))

@@ -101,6 +101,15 @@ def runtime(scenario_text: str) -> ClientRuntime:
     )
 
 
+def prepare(scenario: Scenario) -> None:
+    """Build this process's runtime for ``scenario`` now, before its first Message: at start-up
+    rather than in round 1, and once for the workers forked from this process. Leaves torch on
+    one thread, as the runtime runs it (no thread pool is then alive when workers are forked)."""
+    runtime(scenario.to_yaml())
+    # torch imports its compiler stack (seconds) when the first optimiser is built: now.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+
+
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds."""

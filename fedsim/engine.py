@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from fedsim.build import (
     build_strategy,
     build_workload,
     initial_model_and_changes,
+    pick_device,
     scenario_federation,
 )
 from fedsim.errors import UserError
@@ -109,17 +111,26 @@ def run(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
 def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> None:
     """fedsim's local engine: the ClientApp in this process, or on ``resources.workers``."""
     from fedsim.app import serve
-    from fedsim.client_app import client_app
+    from fedsim.client_app import client_app, prepare
     from fedsim.grid import InProcessGrid
 
     sizes = scenario_federation(scenario).client_sizes()
     workers = scenario.resources.workers
+    # On the CPU, on Linux, workers are forked from this process once it has built what a
+    # client needs: they start at once and share its data rather than load their own.
+    fork = workers > 1 and sys.platform == "linux" and pick_device(scenario.device).type == "cpu"
+    threads = torch.get_num_threads()
+    if workers == 1 or fork:
+        prepare(scenario)  # start-up work, where the first round would otherwise pay it
     grid = InProcessGrid(
         CLIENT_APP if workers > 1 else client_app,
         scenario.clients.num,
         workers=workers,
         costs=sizes,  # local training time grows with a client's sample count
+        fork=fork,
     )
+    if workers > 1:  # the workers train; this process aggregates and evaluates, on all threads
+        torch.set_num_threads(threads)
     try:
         serve(grid, scenario, run_dir, show_progress)
     finally:
@@ -150,7 +161,6 @@ def run_flower_simulation(scenario: Scenario, run_dir: Path, show_progress: bool
     from flwr.supercore.telemetry import EventType
 
     from fedsim.app import server_app
-    from fedsim.build import pick_device
     from fedsim.client_app import client_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # fedsim shows its own progress

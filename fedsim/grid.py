@@ -6,6 +6,11 @@ polling floor. With one worker the ClientApp runs in this process and nothing is
 to the least-loaded worker. Each node keeps its own ``Context`` (so ``context.state`` persists
 across rounds), created when the node is first addressed, with Flower's ``partition-id`` and
 ``num-partitions``.
+
+Workers are forked where the caller says it is safe (``fork=True``: Linux, no CUDA in this
+process): they start at once with everything this process has loaded (modules, the data, the
+ClientApp's runtime), and share those pages with it instead of each holding a copy. Otherwise
+they are spawned, and each imports and loads on its own.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import importlib
 import multiprocessing as mp
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkContext, SpawnContext
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -42,6 +48,7 @@ class InProcessGrid(Grid):
         workers: int = 1,
         costs: Sequence[float] | None = None,
         run_id: int = 1,
+        fork: bool = False,
     ) -> None:
         self.num_nodes = num_nodes
         self.costs = costs
@@ -52,7 +59,7 @@ class InProcessGrid(Grid):
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._contexts: dict[int, Context] = {}
         self._replies: dict[str, Message] = {}
-        self._pool = _Pool(client_app, workers) if workers > 1 else None
+        self._pool = _Pool(client_app, workers, fork) if workers > 1 else None
         self._app = load_app(client_app) if self._pool is None else None
 
     # -- Grid --------------------------------------------------------------------------------
@@ -183,10 +190,14 @@ Done = tuple[Message, RecordDict]
 class _Pool:
     """Worker processes, each running the ClientApp on the (message, context) pairs it is sent."""
 
-    def __init__(self, client_app: ClientApp | str, size: int) -> None:
+    def __init__(self, client_app: ClientApp | str, size: int, fork: bool = False) -> None:
         if not isinstance(client_app, str):
             raise TypeError("worker processes need the ClientApp's import path, e.g. 'pkg.mod:app'")
-        context = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+        # Forking a process that has initialised CUDA, or whose threads hold locks, can leave
+        # the child stuck: the caller knows whether this one is safe to fork.
+        context: SpawnContext | ForkContext = (
+            mp.get_context("fork") if fork else mp.get_context("spawn")
+        )
         self.size = size
         self._conns: list[Connection] = []
         self._procs = []
