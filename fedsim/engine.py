@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # imports Opacus: only a scenario with central DP loads it (f
     from strategies.flower.central_dp import CentralDP
 
 CLIENT_APP = "fedsim.client_app:client_app"
+COHORT = "fedsim.client_app:train_cohort"  # resources.vectorize: a round's clients at once
 
 
 def preflight(scenario: Scenario) -> None:
@@ -119,6 +120,7 @@ def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> 
         scenario.clients.num,
         workers=workers,
         costs=sizes,  # local training time grows with a client's sample count
+        cohort=COHORT if scenario.resources.vectorize else None,
     )
     try:
         serve(grid, scenario, run_dir, show_progress)

@@ -1,0 +1,190 @@
+"""A cohort of clients' local SGD trained as one batched model (``resources.vectorize``).
+
+Each client's weights are one slice of stacked parameters (``torch.func``: ``functional_call``
+under ``vmap`` of ``grad``), so one call per step trains every client of the cohort. The result
+is each client's ``fit`` to float rounding: every client draws its own minibatches from its own
+generator exactly as ``PlainTraining`` does, a batch shorter than the others (a pass's last) is
+padded with samples of weight zero, and SGD (momentum, weight decay, FedProx's proximal term)
+steps each client's slice with its own momentum buffers, in ``torch.optim.SGD``'s order of
+operations. A client with fewer steps than the cohort's longest is frozen once it has run its
+own: its later steps leave its weights and buffers as they are.
+
+Training all of a round's clients as one model replaces many small kernels by a few large ones,
+which is where a GPU (or, for small models, Python's per-call overhead) leaves time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.utils.rnn import pad_sequence
+
+from clients.workload import Fitted, Member, PlainTraining, shuffled_passes
+
+
+class LocalSGD(Protocol):
+    """The hyper-parameters of the local training that the cohort reproduces."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def steps(self) -> int | None: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def mu(self) -> float: ...
+
+
+def fit_cohort(model: nn.Module, members: Sequence[Member], p: LocalSGD) -> list[Fitted | None]:
+    """Each member's training by minibatch SGD from its own start, all at once; None for a
+    member that must be trained alone (no data, a private or unusual minibatch order, a
+    non-finite loss, whose error its own ``fit`` reports)."""
+    results: list[Fitted | None] = [None] * len(members)
+    if any(True for _ in model.buffers()):  # running statistics (BatchNorm) update in place
+        return results
+    together = [i for i, member in enumerate(members) if _batchable(member)]
+    if len(together) < 2:  # one client alone is as fast in the loop
+        return results
+    for i, fitted in zip(together, _train(model, [members[i] for i in together], p), strict=True):
+        results[i] = fitted
+    return results
+
+
+def _batchable(member: Member) -> bool:
+    x, y = member.data
+    training = member.config.training
+    plain = type(training) is PlainTraining  # DP-SGD or another order: its own loop
+    return plain and x.shape[0] > 0 and y.shape[0] == x.shape[0]
+
+
+def _train(model: nn.Module, members: list[Member], p: LocalSGD) -> list[Fitted | None]:
+    trainable = [name for name, q in model.named_parameters() if q.requires_grad]
+    frozen_names = [name for name, q in model.named_parameters() if not q.requires_grad]
+    params = {k: torch.stack([m.start[k] for m in members]).detach() for k in trainable}
+    frozen = {k: torch.stack([m.start[k] for m in members]) for k in frozen_names}
+    anchor = {k: v.clone() for k, v in params.items()} if p.mu > 0 else {}
+    x, y, index, weight, steps = _batches(members, p)
+    clients, shortest = len(members), min(steps)
+    remaining = torch.tensor(steps, device=x.device)
+
+    def loss(
+        params: dict[str, Tensor], frozen: dict[str, Tensor], xb: Tensor, yb: Tensor, wb: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        logits = functional_call(model, {**params, **frozen}, (xb,))
+        # The mean over the real samples: padding weighs nothing.
+        mean = (F.cross_entropy(logits, yb, reduction="none") * wb).sum() / wb.sum()
+        correct = ((logits.argmax(dim=1) == yb) * wb).sum()
+        return mean, (mean.detach(), correct.detach())
+
+    gradients = vmap(grad(loss, has_aux=True))
+    buffers: dict[str, Tensor] = {}
+    loss_sum = torch.zeros(clients, device=x.device)
+    correct = torch.zeros(clients, device=x.device)
+    model.train()
+    for s in range(index.shape[1]):
+        idx, wb = index[:, s], weight[:, s]
+        # None: every client still has a batch of its own (no host sync to know it).
+        active = None if s < shortest else remaining > s
+        if active is not None:  # a finished client's lane computes on a dummy, then discarded
+            wb = torch.where(active[:, None], wb, torch.ones_like(wb))
+        grads, (batch_loss, batch_correct) = gradients(params, frozen, x[idx], y[idx], wb)
+        with torch.no_grad():
+            params = _sgd_step(params, grads, buffers, anchor, active, p, first=s == 0)
+            seen = weight[:, s].sum(dim=1)
+            loss_sum += _where(active, batch_loss * seen, torch.zeros_like(batch_loss))
+            correct += _where(active, batch_correct, torch.zeros_like(batch_correct))
+    seen_all = weight.sum(dim=(1, 2)).double()  # as fit divides: Python floats
+    losses = (loss_sum.double() / seen_all).tolist()
+    accuracies = (correct.double() / seen_all).tolist()
+    results: list[Fitted | None] = []
+    for c, member in enumerate(members):
+        if not math.isfinite(losses[c]):  # its own fit raises the error
+            results.append(None)
+            continue
+        entries = {**member.start, **{k: v[c] for k, v in params.items()}}
+        metrics = {"train_loss": losses[c], "train_accuracy": accuracies[c]}
+        results.append(Fitted(entries, metrics))
+    return results
+
+
+def _batches(
+    members: list[Member], p: LocalSGD
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[int]]:
+    """The cohort's data concatenated, and for each (client, step) the indices of its batch
+    into it and their weights (1, 0 for padding): shapes (clients, steps, batch)."""
+    device = members[0].config.device
+    rows: list[Tensor] = []
+    owner: list[int] = []
+    step: list[int] = []
+    steps: list[int] = []
+    offset = 0
+    for c, member in enumerate(members):
+        n = member.data[0].shape[0]
+        # The same generator draws, in the same order, as the client's own PlainTraining.
+        passes = shuffled_passes(
+            n, p.batch_size, p.epochs, p.steps, member.config.generator, device
+        )
+        batches = [batch for one_pass in passes for batch in one_pass]
+        rows += [batch + offset for batch in batches]
+        owner += [c] * len(batches)
+        step += list(range(len(batches)))
+        steps.append(len(batches))
+        offset += n
+    padded = pad_sequence(rows, batch_first=True)  # (all batches, longest)
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    real = (torch.arange(padded.shape[1], device=device) < lengths[:, None]).float()
+    shape = (len(members), max(steps), padded.shape[1])
+    index = torch.zeros(shape, dtype=torch.long, device=device)
+    weight = torch.zeros(shape, device=device)
+    at = (torch.tensor(owner, device=device), torch.tensor(step, device=device))
+    index[at], weight[at] = padded, real
+    x = torch.cat([member.data[0] for member in members])
+    y = torch.cat([member.data[1] for member in members])
+    return x, y, index, weight, steps
+
+
+def _sgd_step(
+    params: dict[str, Tensor],
+    grads: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    anchor: dict[str, Tensor],
+    active: Tensor | None,
+    p: LocalSGD,
+    first: bool,
+) -> dict[str, Tensor]:
+    """One ``torch.optim.SGD`` step of every client's slice (dampening 0, no Nesterov), the
+    proximal gradient mu·(w − w₀) added first as ``fit`` adds it; inactive clients unchanged."""
+    stepped = {}
+    for k, w in params.items():
+        g = grads[k]
+        if anchor:
+            g = g.add(w - anchor[k], alpha=p.mu)
+        if p.weight_decay:
+            g = g.add(w, alpha=p.weight_decay)
+        if p.momentum:
+            if first:
+                buffers[k] = g.clone()
+            else:
+                buffers[k] = _where(active, buffers[k].mul(p.momentum).add(g), buffers[k])
+            g = buffers[k]
+        stepped[k] = _where(active, w.add(g, alpha=-p.lr), w)
+    return stepped
+
+
+def _where(active: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` for the active clients (rows), ``old`` for the others; None: all active."""
+    if active is None:
+        return new
+    return torch.where(active.view(-1, *[1] * (new.dim() - 1)), new, old)
