@@ -1,7 +1,8 @@
 """A cohort of clients' local SGD trained as one batched model (``resources.vectorize``).
 
 Each client's weights are one slice of stacked parameters (``torch.func``: ``functional_call``
-under ``vmap`` of ``grad``), so one call per step trains every client of the cohort. The result
+under ``vmap`` for the forward pass, one backward pass for all), so one call per step trains
+every client of the cohort. The result
 is each client's ``fit`` to float rounding: every client draws its own minibatches from its own
 generator exactly as ``PlainTraining`` does, a batch shorter than the others (a pass's last) is
 padded with samples of weight zero, and SGD (momentum, weight decay, FedProx's proximal term)
@@ -22,7 +23,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 from torch.nn.utils.rnn import pad_sequence
 
 from clients.workload import Fitted, Member, PlainTraining, shuffled_passes
@@ -79,16 +80,10 @@ def _train(model: nn.Module, members: list[Member], p: LocalSGD) -> list[Fitted 
     clients, shortest = len(members), min(steps)
     remaining = torch.tensor(steps, device=x.device)
 
-    def loss(
-        params: dict[str, Tensor], frozen: dict[str, Tensor], xb: Tensor, yb: Tensor, wb: Tensor
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        logits = functional_call(model, {**params, **frozen}, (xb,))
-        # The mean over the real samples: padding weighs nothing.
-        mean = (F.cross_entropy(logits, yb, reduction="none") * wb).sum() / wb.sum()
-        correct = ((logits.argmax(dim=1) == yb) * wb).sum()
-        return mean, (mean.detach(), correct.detach())
+    def forward(params: dict[str, Tensor], frozen: dict[str, Tensor], xb: Tensor) -> Tensor:
+        return functional_call(model, {**params, **frozen}, (xb,))
 
-    gradients = vmap(grad(loss, has_aux=True))
+    logits_of = vmap(forward)  # (clients, batch, ...) -> (clients, batch, classes)
     buffers: dict[str, Tensor] = {}
     loss_sum = torch.zeros(clients, device=x.device)
     correct = torch.zeros(clients, device=x.device)
@@ -99,9 +94,26 @@ def _train(model: nn.Module, members: list[Member], p: LocalSGD) -> list[Fitted 
         active = None if s < shortest else remaining > s
         if active is not None:  # a finished client's lane computes on a dummy, then discarded
             wb = torch.where(active[:, None], wb, torch.ones_like(wb))
-        grads, (batch_loss, batch_correct) = gradients(params, frozen, x[idx], y[idx], wb)
+        live = {k: v.detach().requires_grad_() for k, v in params.items()}
+        xb, yb = x[idx], y[idx]
+        logits = logits_of(live, frozen, xb)
+        per_sample = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
+        # Each client's mean over its real samples (padding weighs nothing). The clients'
+        # losses share no weights, so the gradient of their sum is each one's own gradient.
+        batch_loss = (per_sample.view_as(wb) * wb).sum(dim=1) / wb.sum(dim=1)
+        grads = torch.autograd.grad(batch_loss.sum(), list(live.values()))
+        batch_loss = batch_loss.detach()
+        batch_correct = ((logits.detach().argmax(dim=-1) == yb) * wb).sum(dim=1)
         with torch.no_grad():
-            params = _sgd_step(params, grads, buffers, anchor, active, p, first=s == 0)
+            params = _sgd_step(
+                params,
+                dict(zip(live, grads, strict=True)),
+                buffers,
+                anchor,
+                active,
+                p,
+                first=s == 0,
+            )
             seen = weight[:, s].sum(dim=1)
             loss_sum += _where(active, batch_loss * seen, torch.zeros_like(batch_loss))
             correct += _where(active, batch_correct, torch.zeros_like(batch_correct))

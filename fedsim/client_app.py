@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial, reduce
+from functools import lru_cache, reduce
 from typing import Any, cast
 
 import torch
@@ -174,18 +174,19 @@ def _start(client: int, content: RecordDict, context: Context, *stream: int) -> 
     return Call(rt, rnd, sent, positions, state, config)
 
 
-def _train(
-    client: int, content: RecordDict, context: Context, train: Train | None = None
-) -> RecordDict:
-    """Train (``train``, default the workload's ``fit``) inside the scenario's client mods;
-    keep the client's state; reply with the model (or what a mod made of it)."""
+def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
     call, fit = _train_call(client, content, context)
+    return _trained(call, fit, context, call.rt.workload.fit)
+
+
+def _trained(call: Call, fit: Fit, context: Context, train: Train) -> RecordDict:
+    """Train (``train``: the workload's ``fit``, or a cohort's result) inside the scenario's
+    client mods; keep the client's state; reply with the model (or what a mod made of it)."""
     rt = call.rt
-    inner = _fitted(rt, train or rt.workload.fit)
-    trained = reduce(_wrap, reversed(rt.mods), inner)(fit)
+    trained = reduce(_wrap, reversed(rt.mods), _fitted(rt, train))(fit)
     _save(rt, context, call.state)
     metrics = dict(trained.metrics)
-    weight = metrics.pop(TRAINED, rt.sizes[client])  # the workload may say what it trained on
+    weight = metrics.pop(TRAINED, rt.sizes[fit.client])  # the workload may say what it trained on
     record = MetricRecord({**metrics, "num-examples": int(weight)})
     return RecordDict({trained.key: trained.arrays, "metrics": record})
 
@@ -258,25 +259,26 @@ def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
 
 def train_cohort(work: Sequence[tuple[Message, Context]]) -> list[Message]:
     """The ClientApp's replies to ``work``, its train Messages trained together where the
-    workload can (``fit_cohort``) and no client mod wraps the training.
+    workload can (``fit_cohort``) and no client mod changes the training.
 
-    A client of the cohort goes through the same ``_train`` as alone, its workload call replaced
-    by its share of the cohort's result; every other Message, and every client the cohort leaves
-    out, is served by the ClientApp one at a time.
+    A client of the cohort goes through the same ``_trained`` as alone, its workload call
+    replaced by its share of the cohort's result; every other Message, and every client the
+    cohort leaves out, is served by the ClientApp one at a time.
     """
     together = _fit_together(work)
     replies = []
     for i, (msg, context) in enumerate(work):
-        fitted = together.get(i)
-        if fitted is None:
-            replies.append(client_app(msg, context))
+        if i in together:
+            replies.append(_reply(msg, context, _finish(*together[i])))
         else:
-            replies.append(_reply(msg, context, partial(_train, train=_replay(fitted))))
+            replies.append(client_app(msg, context))
     return replies
 
 
-def _fit_together(work: Sequence[tuple[Message, Context]]) -> dict[int, Fitted]:
-    """The results of the train Messages that one ``fit_cohort`` trains, by index in ``work``."""
+def _fit_together(work: Sequence[tuple[Message, Context]]) -> dict[int, tuple[Call, Fit, Fitted]]:
+    """The train Messages that one ``fit_cohort`` trains, by index in ``work``: each one's
+    call as ``_train`` starts it, and its result."""
+    calls: list[tuple[Call, Fit]] = []
     members: list[Member] = []
     where: list[int] = []
     rt: ClientRuntime | None = None
@@ -292,6 +294,7 @@ def _fit_together(work: Sequence[tuple[Message, Context]]) -> dict[int, Fitted]:
         rt = call.rt
         start = {k: v.detach().clone() for k, v in rt.model.state_dict().items()}
         members.append(Member(start, fit.data, call.state, call.config))
+        calls.append((call, fit))
         where.append(i)
     fit_cohort = getattr(rt.workload, "fit_cohort", None) if rt is not None else None
     if rt is None or fit_cohort is None or len(members) < 2:
@@ -306,7 +309,18 @@ def _fit_together(work: Sequence[tuple[Message, Context]]) -> dict[int, Fitted]:
             err,
         )
         return {}
-    return {i: fitted for i, fitted in zip(where, results, strict=True) if fitted is not None}
+    return {
+        i: (*started, fitted)
+        for i, started, fitted in zip(where, calls, results, strict=True)
+        if fitted is not None
+    }
+
+
+def _finish(
+    call: Call, fit: Fit, fitted: Fitted
+) -> Callable[[int, RecordDict, Context], RecordDict]:
+    """The rest of ``_train``, for a client that the cohort has trained."""
+    return lambda client, content, context: _trained(call, fit, context, _replay(fitted))
 
 
 def _replay(fitted: Fitted) -> Train:
