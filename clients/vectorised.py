@@ -2,13 +2,13 @@
 
 Each client's weights are one slice of stacked parameters (``torch.func``: ``functional_call``
 under ``vmap`` for the forward pass, one backward pass for all), so one call per step trains
-every client of the cohort. The result
-is each client's ``fit`` to float rounding: every client draws its own minibatches from its own
-generator exactly as ``PlainTraining`` does, a batch shorter than the others (a pass's last) is
-padded with samples of weight zero, and SGD (momentum, weight decay, FedProx's proximal term)
-steps each client's slice with its own momentum buffers, in ``torch.optim.SGD``'s order of
-operations. A client with fewer steps than the cohort's longest is frozen once it has run its
-own: its later steps leave its weights and buffers as they are.
+every client of the cohort. The result is each client's ``fit`` to float rounding: every client
+draws its own minibatches from its own generator exactly as ``PlainTraining`` does, a batch
+shorter than the others (a pass's last) is padded with samples of weight zero, and SGD
+(momentum, weight decay, FedProx's proximal term) steps each client's slice with its own
+momentum buffers, in ``torch.optim.SGD``'s order of operations. Clients with different numbers
+of steps train together: ordered by steps, longest first, the clients that still have a batch
+at any step are the first rows, and only those rows are computed and stepped.
 
 Training all of a round's clients as one model replaces many small kernels by a few large ones,
 which is where a GPU (or, for small models, Python's per-call overhead) leaves time.
@@ -71,55 +71,55 @@ def _batchable(member: Member) -> bool:
 
 
 def _train(model: nn.Module, members: list[Member], p: LocalSGD) -> list[Fitted | None]:
+    """The members trained, longest first (so that the clients still training at any step are
+    a prefix of the rows); the results in the members' order."""
+    # The same generator draws, in the same order, as each client's own PlainTraining.
+    plans = [_batches(member, p) for member in members]
+    order = sorted(range(len(members)), key=lambda c: -len(plans[c]))
+    fitted = _train_longest_first(model, [members[c] for c in order], [plans[c] for c in order], p)
+    results: list[Fitted | None] = [None] * len(members)
+    for c, one in zip(order, fitted, strict=True):
+        results[c] = one
+    return results
+
+
+def _train_longest_first(
+    model: nn.Module, members: list[Member], plans: list[list[Tensor]], p: LocalSGD
+) -> list[Fitted | None]:
     trainable = [name for name, q in model.named_parameters() if q.requires_grad]
     frozen_names = [name for name, q in model.named_parameters() if not q.requires_grad]
     params = {k: torch.stack([m.start[k] for m in members]).detach() for k in trainable}
     frozen = {k: torch.stack([m.start[k] for m in members]) for k in frozen_names}
     anchor = {k: v.clone() for k, v in params.items()} if p.mu > 0 else {}
-    x, y, index, weight, steps = _batches(members, p)
-    clients, shortest = len(members), min(steps)
-    remaining = torch.tensor(steps, device=x.device)
+    x, y, index, weight = _stacked(members, plans)
+    steps = [len(plan) for plan in plans]  # descending
 
     def forward(params: dict[str, Tensor], frozen: dict[str, Tensor], xb: Tensor) -> Tensor:
         return functional_call(model, {**params, **frozen}, (xb,))
 
     logits_of = vmap(forward)  # (clients, batch, ...) -> (clients, batch, classes)
-    buffers: dict[str, Tensor] = {}
-    loss_sum = torch.zeros(clients, device=x.device)
-    correct = torch.zeros(clients, device=x.device)
+    momentum: dict[str, Tensor] = {}
+    loss_sum = torch.zeros(len(members), device=x.device)
+    correct = torch.zeros(len(members), device=x.device)
     model.train()
-    for s in range(index.shape[1]):
-        idx, wb = index[:, s], weight[:, s]
-        # None: every client still has a batch of its own (no host sync to know it).
-        active = None if s < shortest else remaining > s
-        if active is not None:  # a finished client's lane computes on a dummy, then discarded
-            wb = torch.where(active[:, None], wb, torch.ones_like(wb))
-        live = {k: v.detach().requires_grad_() for k, v in params.items()}
+    for s in range(steps[0]):
+        a = sum(1 for n in steps if n > s)  # the clients with a batch at this step: rows :a
+        live = {k: v[:a].detach().requires_grad_() for k, v in params.items()}
+        idx, wb = index[:a, s], weight[:a, s]
         xb, yb = x[idx], y[idx]
-        logits = logits_of(live, frozen, xb)
+        logits = logits_of(live, {k: v[:a] for k, v in frozen.items()}, xb)
         per_sample = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
         # Each client's mean over its real samples (padding weighs nothing). The clients'
         # losses share no weights, so the gradient of their sum is each one's own gradient.
         batch_loss = (per_sample.view_as(wb) * wb).sum(dim=1) / wb.sum(dim=1)
         grads = torch.autograd.grad(batch_loss.sum(), list(live.values()))
-        batch_loss = batch_loss.detach()
-        batch_correct = ((logits.detach().argmax(dim=-1) == yb) * wb).sum(dim=1)
         with torch.no_grad():
-            params = _sgd_step(
-                params,
-                dict(zip(live, grads, strict=True)),
-                buffers,
-                anchor,
-                active,
-                p,
-                first=s == 0,
-            )
-            seen = weight[:, s].sum(dim=1)
-            loss_sum += _where(active, batch_loss * seen, torch.zeros_like(batch_loss))
-            correct += _where(active, batch_correct, torch.zeros_like(batch_correct))
-    seen_all = weight.sum(dim=(1, 2)).double()  # as fit divides: Python floats
-    losses = (loss_sum.double() / seen_all).tolist()
-    accuracies = (correct.double() / seen_all).tolist()
+            _sgd_step(params, dict(zip(live, grads, strict=True)), momentum, anchor, a, p)
+            loss_sum[:a] += batch_loss * wb.sum(dim=1)
+            correct[:a] += ((logits.argmax(dim=-1) == yb) * wb).sum(dim=1)
+    seen = weight.sum(dim=(1, 2)).double()  # as fit divides: Python floats
+    losses = (loss_sum.double() / seen).tolist()
+    accuracies = (correct.double() / seen).tolist()
     results: list[Fitted | None] = []
     for c, member in enumerate(members):
         if not math.isfinite(losses[c]):  # its own fit raises the error
@@ -131,72 +131,62 @@ def _train(model: nn.Module, members: list[Member], p: LocalSGD) -> list[Fitted 
     return results
 
 
-def _batches(
-    members: list[Member], p: LocalSGD
-) -> tuple[Tensor, Tensor, Tensor, Tensor, list[int]]:
-    """The cohort's data concatenated, and for each (client, step) the indices of its batch
-    into it and their weights (1, 0 for padding): shapes (clients, steps, batch)."""
+def _batches(member: Member, p: LocalSGD) -> list[Tensor]:
+    """The member's index batches, every pass's in turn, drawn as ``PlainTraining`` draws them."""
+    n = member.data[0].shape[0]
+    config = member.config
+    passes = shuffled_passes(n, p.batch_size, p.epochs, p.steps, config.generator, config.device)
+    return [batch for one_pass in passes for batch in one_pass]
+
+
+def _stacked(
+    members: list[Member], plans: list[list[Tensor]]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The members' data concatenated, and for each (client, step) the indices of its batch
+    into it and their weights (1, and 0 for padding): shapes (clients, steps, batch)."""
     device = members[0].config.device
     rows: list[Tensor] = []
     owner: list[int] = []
     step: list[int] = []
-    steps: list[int] = []
     offset = 0
-    for c, member in enumerate(members):
-        n = member.data[0].shape[0]
-        # The same generator draws, in the same order, as the client's own PlainTraining.
-        passes = shuffled_passes(
-            n, p.batch_size, p.epochs, p.steps, member.config.generator, device
-        )
-        batches = [batch for one_pass in passes for batch in one_pass]
-        rows += [batch + offset for batch in batches]
-        owner += [c] * len(batches)
-        step += list(range(len(batches)))
-        steps.append(len(batches))
-        offset += n
+    for c, (member, plan) in enumerate(zip(members, plans, strict=True)):
+        rows += [batch + offset for batch in plan]
+        owner += [c] * len(plan)
+        step += list(range(len(plan)))
+        offset += member.data[0].shape[0]
     padded = pad_sequence(rows, batch_first=True)  # (all batches, longest)
     lengths = torch.tensor([len(row) for row in rows], device=device)
     real = (torch.arange(padded.shape[1], device=device) < lengths[:, None]).float()
-    shape = (len(members), max(steps), padded.shape[1])
+    shape = (len(members), max(len(plan) for plan in plans), padded.shape[1])
     index = torch.zeros(shape, dtype=torch.long, device=device)
     weight = torch.zeros(shape, device=device)
     at = (torch.tensor(owner, device=device), torch.tensor(step, device=device))
     index[at], weight[at] = padded, real
     x = torch.cat([member.data[0] for member in members])
     y = torch.cat([member.data[1] for member in members])
-    return x, y, index, weight, steps
+    return x, y, index, weight
 
 
 def _sgd_step(
     params: dict[str, Tensor],
     grads: dict[str, Tensor],
-    buffers: dict[str, Tensor],
+    momentum: dict[str, Tensor],
     anchor: dict[str, Tensor],
-    active: Tensor | None,
+    a: int,
     p: LocalSGD,
-    first: bool,
-) -> dict[str, Tensor]:
-    """One ``torch.optim.SGD`` step of every client's slice (dampening 0, no Nesterov), the
-    proximal gradient mu·(w − w₀) added first as ``fit`` adds it; inactive clients unchanged."""
-    stepped = {}
-    for k, w in params.items():
-        g = grads[k]
+) -> None:
+    """One ``torch.optim.SGD`` step (dampening 0, no Nesterov) of the first ``a`` clients'
+    slices, in place, the proximal gradient mu·(w − w₀) added first as ``fit`` adds it."""
+    for k, g in grads.items():
+        w = params[k][:a]
         if anchor:
-            g = g.add(w - anchor[k], alpha=p.mu)
+            g = g.add(w - anchor[k][:a], alpha=p.mu)
         if p.weight_decay:
             g = g.add(w, alpha=p.weight_decay)
         if p.momentum:
-            if first:
-                buffers[k] = g.clone()
+            if k not in momentum:  # the first step: every client is at it
+                momentum[k] = g.clone()
             else:
-                buffers[k] = _where(active, buffers[k].mul(p.momentum).add(g), buffers[k])
-            g = buffers[k]
-        stepped[k] = _where(active, w.add(g, alpha=-p.lr), w)
-    return stepped
-
-
-def _where(active: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
-    """``new`` for the active clients (rows), ``old`` for the others; None: all active."""
-    if active is None:
-        return new
-    return torch.where(active.view(-1, *[1] * (new.dim() - 1)), new, old)
+                momentum[k][:a].mul_(p.momentum).add_(g)
+            g = momentum[k][:a]
+        w.add_(g, alpha=-p.lr)
