@@ -26,10 +26,6 @@ from flwr.supercore.task_identity import TaskIdentity
 
 FIRST_NODE_ID = 1000  # node ids differ from partition ids, as on Flower's engines
 
-Work = tuple[Message, Context]
-Done = tuple[Message, RecordDict]
-Cohort = Callable[[list[Work]], list[Message]]  # replies to several Messages, in order
-
 
 class InProcessGrid(Grid):
     """Runs a ClientApp for ``num_nodes`` simulated nodes, in-process or on a worker pool.
@@ -181,6 +177,15 @@ def load_app(app: ClientApp | str) -> ClientApp:
     return loaded
 
 
+def _partition(ctx: Context) -> int:
+    return int(ctx.node_config["partition-id"])
+
+
+Work = tuple[Message, Context]
+Done = tuple[Message, RecordDict]
+Cohort = Callable[[list[Work]], list[Message]]  # replies to several Messages, in order
+
+
 def load_cohort(path: str | None) -> Cohort | None:
     if path is None:
         return None
@@ -194,10 +199,6 @@ def serve(app: ClientApp, cohort: Cohort | None, work: list[Work]) -> list[Messa
     if cohort is not None:
         return cohort(work)
     return [app(msg, ctx) for msg, ctx in work]
-
-
-def _partition(ctx: Context) -> int:
-    return int(ctx.node_config["partition-id"])
 
 
 class _Pool:
