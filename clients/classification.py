@@ -3,6 +3,7 @@ or one's own) trained by minibatch SGD (FedAvg / FedProx)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -12,7 +13,16 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_
 from torch import nn
 
 from clients import models as _models  # noqa: F401  (registers the built-in models)
-from clients.workload import Labelled, State, TrainConfig, WorkloadBase, init_parameters
+from clients import vectorised
+from clients.workload import (
+    Fitted,
+    Labelled,
+    Member,
+    State,
+    TrainConfig,
+    WorkloadBase,
+    init_parameters,
+)
 from fedsim.data import Dataset
 from fedsim.errors import UserError
 from fedsim.registry import MODELS, WORKLOADS, Component, Params, Ref
@@ -146,6 +156,12 @@ class ClassificationWorkload(WorkloadBase):
             "train_loss": loss_sum.item() / seen,
             "train_accuracy": correct.item() / seen,
         }
+
+    def fit_cohort(self, model: nn.Module, members: Sequence[Member]) -> list[Fitted | None]:
+        """Several clients' ``fit`` as one batched model (``clients.vectorised``)."""
+        if type(self).fit is not ClassificationWorkload.fit:  # a subclass trains its own way
+            return [None] * len(members)
+        return vectorised.fit_cohort(model, members, self.params)
 
     def evaluate(
         self, model: nn.Module, data: Labelled, state: State, config: TrainConfig

@@ -125,6 +125,26 @@ class TrainConfig:
     received: Mapping[str, Arrays] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Member:
+    """One client's training call in a cohort (``fit_cohort``): what ``fit`` would be given,
+    the model as the state dict loaded for this client (shared entries sent, its local ones)."""
+
+    start: dict[str, Tensor]
+    data: Any
+    state: State
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A cohort member's result: the model's state dict after its training, and the metrics
+    its ``fit`` would have returned."""
+
+    entries: dict[str, Tensor]
+    metrics: Metrics
+
+
 # The scenario's attack -> pre-aggregators -> aggregator -> server optimiser on rows (n, d) sent
 # by ``clients``, from pipeline state ``state`` (None: a fresh one); ``objectives`` (n,) for rules
 # such as ``min``. Returns (step, new state); raises ValueError when the rule cannot hold.
@@ -171,6 +191,11 @@ class Workload(Protocol):
     client (``("*.bn*",)`` is FedBN, ``("*",)`` shares nothing); integer buffers never do either.
     Optionally, ``check(scenario) -> list[str]`` names what the workload cannot run with in a
     resolved scenario (one line per problem), so that ``fedsim validate`` refuses it too.
+
+    Optionally, ``fit_cohort(model, members) -> list[Fitted | None]`` trains several clients'
+    calls of one round at once (``resources.vectorize``): each result must equal, to float
+    rounding, what ``fit`` does from ``member.start``; None leaves a member to ``fit``. It may
+    use ``model`` (loaded with anything) as a template, and must change no member's state.
     """
 
     reads: ClassVar[str]

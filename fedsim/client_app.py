@@ -9,16 +9,21 @@ local entries and the workload's own state go back there, and the reply carries 
 entries only (evaluation changes neither, and keeps only a first call's draw). Features the
 scenario turns on wrap the training call as client mods (``fedsim.features``).
 
+With ``resources.vectorize`` the local engine hands a round's Messages to ``train_cohort``,
+which trains the train Messages' clients as one batched model where the workload can; each
+client's reply is still built by the same handler.
+
 The server checkpoints and restores a client's ``context.state`` with ``query.state`` and
 ``query.restore`` (``fedsim.client_states``); a reply whose call changed the state says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, reduce
-from typing import cast
+from typing import Any, cast
 
 import torch
 import yaml
@@ -28,6 +33,7 @@ from flwr.app import (
     Context,
     Error,
     Message,
+    MessageType,
     MetricRecord,
     RecordDict,
 )
@@ -35,7 +41,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from clients import Exchange, State, TrainConfig, Workload
-from clients.workload import TRAINED, split_state
+from clients.workload import TRAINED, Fitted, Member, split_state
 from fedsim import client_states, wire
 from fedsim.build import (
     build_workload,
@@ -46,7 +52,7 @@ from fedsim.build import (
     seeded_generator,
 )
 from fedsim.data import Federation, Labelled
-from fedsim.features import ClientMod, Fit, Trained, client_mods
+from fedsim.features import ClientMod, Fit, Trained, changes_training, client_mods
 from fedsim.scenario import Scenario, parse
 
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
@@ -56,6 +62,7 @@ EXCHANGE_STREAM = 23  # an exchange report's generator, apart from training's
 EVAL_STREAM = 29  # an evaluation's generator (e.g. a sampled neighbourhood)
 
 client_app = ClientApp()
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +82,7 @@ class ClientRuntime:
     local_keys: tuple[str, ...]
     sizes: list[int]
     mods: list[ClientMod]
+    alone: bool  # a mod changes each client's training: no cohort trains them together
     exchanges: dict[str, Exchange]
 
 
@@ -97,6 +105,7 @@ def runtime(scenario_text: str) -> ClientRuntime:
         tuple(local),
         federation.client_sizes(),
         client_mods(scenario),
+        changes_training(scenario),
         {exchange.name: exchange for exchange in workload.exchanges},
     )
 
@@ -175,6 +184,23 @@ def _start(client: int, content: RecordDict, context: Context, *stream: int) -> 
 
 
 def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
+    call, fit = _train_call(client, content, context)
+    return _trained(call, fit, context, call.rt.workload.fit)
+
+
+def _trained(call: Call, fit: Fit, context: Context, train: Train) -> RecordDict:
+    """Train (``train``: the workload's ``fit``, or a cohort's result) inside the scenario's
+    client mods; keep the client's state; reply with the model (or what a mod made of it)."""
+    rt = call.rt
+    trained = reduce(_wrap, reversed(rt.mods), _fitted(rt, train))(fit)
+    _save(rt, context, call.state)
+    metrics = dict(trained.metrics)
+    weight = metrics.pop(TRAINED, rt.sizes[fit.client])  # the workload may say what it trained on
+    record = MetricRecord({**metrics, "num-examples": int(weight)})
+    return RecordDict({trained.key: trained.arrays, "metrics": record})
+
+
+def _train_call(client: int, content: RecordDict, context: Context) -> tuple[Call, Fit]:
     call = _start(client, content, context)
     rt = call.rt
     fit = Fit(
@@ -190,19 +216,18 @@ def _train(client: int, content: RecordDict, context: Context) -> RecordDict:
         content.config_records["config"],
         call.positions,
     )
-    trained = reduce(_wrap, reversed(rt.mods), _fitted(rt))(fit)
-    _save(rt, context, call.state)
-    metrics = dict(trained.metrics)
-    weight = metrics.pop(TRAINED, rt.sizes[client])  # the workload may say what it trained on
-    record = MetricRecord({**metrics, "num-examples": int(weight)})
-    return RecordDict({trained.key: trained.arrays, "metrics": record})
+    return call, fit
 
 
-def _fitted(rt: ClientRuntime) -> Callable[[Fit], Trained]:
+# A workload's ``fit``: trains the model in place, returns its metrics.
+Train = Callable[[nn.Module, Any, State, TrainConfig], dict[str, float]]
+
+
+def _fitted(rt: ClientRuntime, train: Train) -> Callable[[Fit], Trained]:
     """The innermost call: the workload trains; the reply is the shared entries."""
 
     def fit(call: Fit) -> Trained:
-        metrics = rt.workload.fit(call.model, call.data, call.state, call.config)
+        metrics = train(call.model, call.data, call.state, call.config)
         return Trained(metrics, wire.ARRAYS, _shared(rt))
 
     return fit
@@ -236,6 +261,85 @@ def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
     report = ArrayRecord({k: v.detach().contiguous() for k, v in arrays.items()})
     metrics_record = MetricRecord({**metrics, "num-examples": rt.sizes[client]})
     return RecordDict({wire.REPORT: report, "metrics": metrics_record})
+
+
+# ---- a round's clients trained together (resources.vectorize) ------------------------------
+
+
+def train_cohort(work: Sequence[tuple[Message, Context]]) -> list[Message]:
+    """The ClientApp's replies to ``work``, its train Messages trained together where the
+    workload can (``fit_cohort``) and no client mod changes the training.
+
+    A client of the cohort goes through the same ``_trained`` as alone, its workload call
+    replaced by its share of the cohort's result; every other Message, and every client the
+    cohort leaves out, is served by the ClientApp one at a time.
+    """
+    together = _fit_together(work)
+    replies = []
+    for i, (msg, context) in enumerate(work):
+        if i in together:
+            replies.append(_reply(msg, context, _finish(*together[i])))
+        else:
+            replies.append(client_app(msg, context))
+    return replies
+
+
+def _fit_together(work: Sequence[tuple[Message, Context]]) -> dict[int, tuple[Call, Fit, Fitted]]:
+    """The train Messages that one ``fit_cohort`` trains, by index in ``work``: each one's
+    call as ``_train`` starts it, and its result."""
+    calls: list[tuple[Call, Fit]] = []
+    members: list[Member] = []
+    where: list[int] = []
+    rt: ClientRuntime | None = None
+    for i, (msg, context) in enumerate(work):
+        if msg.metadata.message_type != MessageType.TRAIN:
+            continue
+        try:
+            call, fit = _train_call(int(context.node_config["partition-id"]), msg.content, context)
+        except Exception:  # its own call replies with the error
+            continue
+        if call.rt.alone or (rt is not None and call.rt is not rt):
+            continue  # a mod changes each client's training (sparsity, DP-SGD, poisoning, ...)
+        rt = call.rt
+        start = {k: v.detach().clone() for k, v in rt.model.state_dict().items()}
+        members.append(Member(start, fit.data, call.state, call.config))
+        calls.append((call, fit))
+        where.append(i)
+    fit_cohort = getattr(rt.workload, "fit_cohort", None) if rt is not None else None
+    if rt is None or fit_cohort is None or len(members) < 2:
+        return {}
+    try:
+        results = fit_cohort(rt.model, members)
+    except Exception as err:  # e.g. a model torch.func cannot batch: the loop still can
+        log.warning(
+            "resources.vectorize: the cohort could not train together (%s: %s); "
+            "its clients train one by one",
+            type(err).__name__,
+            err,
+        )
+        return {}
+    return {
+        i: (*started, fitted)
+        for i, started, fitted in zip(where, calls, results, strict=True)
+        if fitted is not None
+    }
+
+
+def _finish(
+    call: Call, fit: Fit, fitted: Fitted
+) -> Callable[[int, RecordDict, Context], RecordDict]:
+    """The rest of ``_train``, for a client that the cohort has trained."""
+    return lambda client, content, context: _trained(call, fit, context, _replay(fitted))
+
+
+def _replay(fitted: Fitted) -> Train:
+    """A workload call whose training the cohort has done: the model takes its result."""
+
+    def train(model: nn.Module, data: Any, state: State, config: TrainConfig) -> dict[str, float]:
+        model.load_state_dict(fitted.entries)
+        return dict(fitted.metrics)
+
+    return train
 
 
 # ---- the model's two halves and the client's state -----------------------------------------

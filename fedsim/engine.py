@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # imports Opacus: only a scenario with central DP loads it (f
     from strategies.flower.central_dp import CentralDP
 
 CLIENT_APP = "fedsim.client_app:client_app"
+COHORT = "fedsim.client_app:train_cohort"  # resources.vectorize: a round's clients at once
 
 
 def preflight(scenario: Scenario) -> None:
@@ -128,6 +129,7 @@ def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> 
         workers=workers,
         costs=sizes,  # local training time grows with a client's sample count
         fork=fork,
+        cohort=COHORT if scenario.resources.vectorize else None,
     )
     if workers > 1:  # the workers train; this process aggregates and evaluates, on all threads
         torch.set_num_threads(threads)

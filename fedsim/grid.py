@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import importlib
 import multiprocessing as mp
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, SpawnContext
 from uuid import uuid4
@@ -38,6 +38,8 @@ class InProcessGrid(Grid):
 
     ``client_app`` is the app itself or its import path (``"fedsim.client_app:client_app"``); worker
     processes need the path. ``costs[i]`` (e.g. client i's sample count) orders the work.
+    ``cohort`` (an import path), when given, serves each batch of Messages (a worker's share of
+    it) in one call instead of the app one Message at a time: it may train them together.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class InProcessGrid(Grid):
         costs: Sequence[float] | None = None,
         run_id: int = 1,
         fork: bool = False,
+        cohort: str | None = None,
     ) -> None:
         self.num_nodes = num_nodes
         self.costs = costs
@@ -59,8 +62,9 @@ class InProcessGrid(Grid):
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._contexts: dict[int, Context] = {}
         self._replies: dict[str, Message] = {}
-        self._pool = _Pool(client_app, workers, fork) if workers > 1 else None
+        self._pool = _Pool(client_app, workers, cohort, fork) if workers > 1 else None
         self._app = load_app(client_app) if self._pool is None else None
+        self._cohort = load_cohort(cohort) if self._pool is None else None
 
     # -- Grid --------------------------------------------------------------------------------
 
@@ -90,7 +94,8 @@ class InProcessGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid4())
         if self._pool is None:
             assert self._app is not None
-            replies = [self._app(msg, self._context(msg.metadata.dst_node_id)) for msg in batch]
+            work = [(msg, self._context(msg.metadata.dst_node_id)) for msg in batch]
+            replies = serve(self._app, self._cohort, work)
         else:
             replies = self._on_pool(batch)
         for msg, reply in zip(batch, replies, strict=True):
@@ -185,12 +190,34 @@ def _partition(ctx: Context) -> int:
 
 Work = tuple[Message, Context]
 Done = tuple[Message, RecordDict]
+Cohort = Callable[[list[Work]], list[Message]]  # replies to several Messages, in order
+
+
+def load_cohort(path: str | None) -> Cohort | None:
+    if path is None:
+        return None
+    module, _, attr = path.partition(":")
+    loaded: Cohort = getattr(importlib.import_module(module), attr)
+    return loaded
+
+
+def serve(app: ClientApp, cohort: Cohort | None, work: list[Work]) -> list[Message]:
+    """The replies to ``work``: by ``cohort`` all at once, or by the app one at a time."""
+    if cohort is not None:
+        return cohort(work)
+    return [app(msg, ctx) for msg, ctx in work]
 
 
 class _Pool:
     """Worker processes, each running the ClientApp on the (message, context) pairs it is sent."""
 
-    def __init__(self, client_app: ClientApp | str, size: int, fork: bool = False) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp | str,
+        size: int,
+        cohort: str | None = None,
+        fork: bool = False,
+    ) -> None:
         if not isinstance(client_app, str):
             raise TypeError("worker processes need the ClientApp's import path, e.g. 'pkg.mod:app'")
         # Forking a process that has initialised CUDA, or whose threads hold locks, can leave
@@ -203,7 +230,8 @@ class _Pool:
         self._procs = []
         for _ in range(size):
             parent, child = context.Pipe()
-            proc = context.Process(target=_work, args=(client_app, child), daemon=True)
+            args = (client_app, child, cohort)
+            proc = context.Process(target=_work, args=args, daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
@@ -229,13 +257,10 @@ class _Pool:
             proc.join(timeout=10)
 
 
-def _work(client_app: str, conn: Connection) -> None:
+def _work(client_app: str, conn: Connection, cohort: str | None) -> None:
     TaskIdentity.run_id = TaskIdentity.task_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
-    app = load_app(client_app)
+    app, serves = load_app(client_app), load_cohort(cohort)
     while (share := conn.recv()) is not None:
-        done = []
-        for msg, ctx in share:
-            reply = app(msg, ctx)
-            done.append((reply, ctx.state))
-        conn.send(done)
+        replies = serve(app, serves, share)
+        conn.send([(reply, ctx.state) for reply, (_, ctx) in zip(replies, share, strict=True)])

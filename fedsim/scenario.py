@@ -98,6 +98,11 @@ class ResourcesSpec(Section):
     ray_address: str | None = Field(
         None, description="flower engine: an existing Ray cluster ('auto' or 'host:port')"
     )
+    vectorize: bool = Field(
+        False,
+        description="local engine: a round's clients trained as one batched model, where the "
+        "workload can (torch.func); the results equal the loop's to float rounding",
+    )
 
 
 class NoPrivacy(Section):
@@ -200,7 +205,7 @@ class Scenario(Section):
     rounds: int = Field(ge=1)
     engine: Literal["local", "flower"] = "local"
     resources: ResourcesSpec = ResourcesSpec(
-        workers=1, client_cpus=1.0, client_gpus=None, ray_address=None
+        workers=1, client_cpus=1.0, client_gpus=None, ray_address=None, vectorize=False
     )
     checkpoint_every: int = Field(1, ge=0, description="rounds between checkpoints (0: never)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -414,6 +419,30 @@ def _reads(workload: str) -> str:
     return str(WORKLOADS.build(workload).reads)
 
 
+def _vectorize_problems(scenario: Scenario) -> list[str]:
+    """Where ``resources.vectorize`` could batch no client at all."""
+    if not scenario.resources.vectorize:
+        return []
+    off = "or set resources.vectorize: false"
+    if scenario.engine != "local":
+        return [
+            f"resources.vectorize: the {scenario.engine} engine trains each client in an actor "
+            f"of its own; only the local engine trains clients together: set engine: local, {off}"
+        ]
+    workload = WORKLOADS.build(scenario.workload.component)
+    if getattr(workload, "fit_cohort", None) is None:
+        return [
+            f"resources.vectorize: workload {scenario.workload.name!r} has no vectorised "
+            f"training (fit_cohort in the workload contract); {off.removeprefix('or ')}"
+        ]
+    if scenario.privacy.mode == "local":
+        return [
+            "resources.vectorize: local DP-SGD (privacy.mode: local) clips and noises each "
+            f"client's per-sample gradients in a loop of its own; remove privacy, {off}"
+        ]
+    return []
+
+
 def _privacy_problems(scenario: Scenario) -> list[str]:
     """Why the scenario cannot carry its ``privacy`` guarantee (empty when it can).
 
@@ -479,6 +508,7 @@ VALIDATORS: list[Callable[[Scenario], list[str]]] = [
     _workload_problems,
     _privacy_problems,
     _analysis_problems,
+    _vectorize_problems,
 ]
 
 

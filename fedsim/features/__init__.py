@@ -9,6 +9,14 @@ call, never inside them, as Flower's own DP wrappers and mods do. ``client_mods`
 from __future__ import annotations
 
 from fedsim.features.base import ClientMod, Fit, ServerFeature, Trained
-from fedsim.features.registry import client_mods, server_features
+from fedsim.features.registry import changes_training, client_mods, server_features
 
-__all__ = ["ClientMod", "Fit", "ServerFeature", "Trained", "client_mods", "server_features"]
+__all__ = [
+    "ClientMod",
+    "Fit",
+    "ServerFeature",
+    "Trained",
+    "changes_training",
+    "client_mods",
+    "server_features",
+]

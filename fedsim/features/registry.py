@@ -26,8 +26,19 @@ _CLIENT_MODS = (
 )
 
 
+# Mods that decide whether a client trains, or change its reply, but not the training itself:
+# a cohort may train the clients they wrap together (``resources.vectorize``).
+_AROUND_TRAINING = (dropout_mod, latest_update_mod)
+
+
 def client_mods(scenario: Scenario) -> list[ClientMod]:
     return [mod for make in _CLIENT_MODS if (mod := make(scenario)) is not None]
+
+
+def changes_training(scenario: Scenario) -> bool:
+    """Whether a client mod the scenario turns on changes a client's training call (its data,
+    its minibatches and steps, its model), so that each client must train alone."""
+    return any(make(scenario) is not None for make in _CLIENT_MODS if make not in _AROUND_TRAINING)
 
 
 def server_features(

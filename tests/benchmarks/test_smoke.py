@@ -45,6 +45,9 @@ SMOKES = {
     ),
     "foundation.py": Smoke(printed=("final accuracy", "scenarios/quickstart.yaml")),
     "scale.py": Smoke(printed=("median round s",)),
+    "vectorise.py": Smoke(
+        printed=("| quickstart | digits MLP, 10 clients a round | 2 |", "speed-up (train)")
+    ),
     "resume.py": Smoke(printed=("same final metrics as uninterrupted: True",)),
     "avgk/run.py": Smoke(
         ("--out", "{out}"),
