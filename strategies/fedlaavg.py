@@ -42,6 +42,7 @@ LATEST_ROUND = "latest-round"
 KEEP_ROUNDS = "keep-rounds"
 MEMORY_DIR = "client-memory"
 DIFFERENCE = "latest-difference"  # the record of a protocol reply: Δ_i
+SUM_BLOCK = 1 << 16  # columns of Σ Δ_i summed at a time
 
 
 def latest_average(num_clients: int) -> Stage:
@@ -51,7 +52,11 @@ def latest_average(num_clients: int) -> Stage:
         return torch.zeros(d, dtype=torch.float64)
 
     def update(diffs: Tensor, mean: Tensor, info: RoundInfo) -> tuple[Tensor, Tensor]:
-        mean = mean + diffs.to(torch.float64).sum(dim=0) / num_clients
+        mean = mean.clone()
+        # In column blocks: a float64 copy of all of (n, d) at once would hold twice the rows.
+        for start in range(0, diffs.shape[1], SUM_BLOCK):
+            block = slice(start, start + SUM_BLOCK)
+            mean[block] += diffs[:, block].to(torch.float64).sum(dim=0) / num_clients
         return mean.to(diffs.dtype), mean
 
     return Stage(init, update)

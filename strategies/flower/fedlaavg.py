@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from torch import Tensor
@@ -33,6 +32,7 @@ from strategies.flower.pipeline_strategy import (
     PipelineStrategy,
     flatten,
     reply_update,
+    stacked,
 )
 from strategies.pipeline import Stage, chain
 
@@ -149,18 +149,19 @@ class FedLaAvgStrategy(PipelineStrategy):
 
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
         """Each reply's Δ_i: as sent, or the client's update minus the one the server holds."""
-        rows, self._pending = [], {}
-        for msg in replies:
+        self._pending = {}
+
+        def row(msg: Message) -> Tensor:
             records = msg.content.array_records
             if DIFFERENCE in records:
-                rows.append(flatten(records[DIFFERENCE]))
-                continue
+                return flatten(records[DIFFERENCE])
             client = self._client(msg.metadata.src_node_id)
             update = reply_update(msg, global_flat)
             held = self.held.get(client)
-            rows.append(update if held is None else update - held)
             self._pending[client] = update
-        return torch.stack(rows)
+            return update if held is None else update - held
+
+        return stacked((row(msg) for msg in replies), len(replies))
 
     def _folded_in(self, server_round: int, clients: Sequence[int]) -> None:
         for client in clients:

@@ -235,7 +235,7 @@ class PipelineStrategy(Strategy):
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
         """The pipeline's input ``U`` (n, d): each reply's update (its model minus the global
         model, or the update it sent)."""
-        return torch.stack([reply_update(msg, global_flat) for msg in replies])
+        return stacked((reply_update(msg, global_flat) for msg in replies), len(replies))
 
     def _problem(self, msg: Message, template: ArrayRecord | None) -> str | None:
         """Why a reply cannot be aggregated, or None when it can."""
@@ -409,6 +409,19 @@ def with_phase(values: Mapping[str, Any], phase: str) -> dict[str, float]:
         name = "examples" if name == NUM_EXAMPLES else name
         keep = name.startswith(f"{phase}_") or name == EPSILON
         out[name if keep else f"{phase}_{name}"] = float(value)
+    return out
+
+
+def stacked(rows: Iterable[Tensor], n: int) -> Tensor:
+    """``n`` rows as one (n, d) matrix, filled as they come: ``torch.stack`` of a list would
+    hold every row twice at its peak (a round's updates can be gigabytes)."""
+    out: Tensor | None = None
+    for i, row in enumerate(rows):
+        if out is None:
+            out = torch.empty((n, row.numel()), dtype=row.dtype)
+        out[i] = row
+    if out is None:
+        raise ValueError("no rows to stack")
     return out
 
 
