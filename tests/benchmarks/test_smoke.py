@@ -64,6 +64,11 @@ SMOKES = {
         printed=("| dirichlet | 1 | sign_flip |",),
         files=("robustness.csv", "heatmap_dirichlet.png", "claim.md"),
     ),
+    "byzantine/paper.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| flag r=8 |", "| mean, no attack |", "| digits, random, f=1: flag vs mean |"),
+        files=("paper.csv", "paper.md", "heatmap.png"),
+    ),
     "daml/run.py": Smoke(
         ("--out", "{out}"),
         printed=("| daml (1 client / domain) |", "- DAML − erm, H (fair τ):"),
