@@ -107,7 +107,8 @@ def _serve(
     show_progress: bool,
 ) -> None:
     device = pick_device(scenario.device)
-    client_ids = identify_clients(grid, scenario.clients.num)
+    config = ConfigRecord({"scenario": scenario.to_yaml()})
+    client_ids = identify_clients(grid, scenario.clients.num, config)
     # Every Message from here on goes through it: it keeps track of the clients' own states.
     grid = states = ClientStateGrid(grid, client_ids, writer)
     workload: Workload = build_workload(scenario)
@@ -144,7 +145,6 @@ def _serve(
         exchanges.load_state_dict(checkpoint.exchanges)
         states.restore_client_states(checkpoint.clients)
         writer.event("run_resumed", after_round=checkpoint.round)
-    config = ConfigRecord({"scenario": scenario.to_yaml()})
 
     headline = workload.headline
     with RoundProgress(scenario.rounds, first - 1, show_progress, headline) as progress:
@@ -234,11 +234,16 @@ def _send(
     return wire.receive_updates(replies, arrays), traffic
 
 
-def identify_clients(grid: Grid, num: int) -> dict[int, int]:
+def _with_config(config: ConfigRecord | None) -> RecordDict:
+    return RecordDict() if config is None else RecordDict({"config": config})
+
+
+def identify_clients(grid: Grid, num: int, config: ConfigRecord | None = None) -> dict[int, int]:
     """Wait for all ``num`` nodes, then learn which partition (client id) each node holds.
 
     Waiting first avoids Flower's round-1 under-sampling race; node ids are random per run,
-    client ids are what the scenario, the sampling and the results speak of.
+    client ids are what the scenario, the sampling and the results speak of. ``config`` (the
+    scenario) lets each client process get ready for the run now rather than in round 1.
     """
     deadline = time.monotonic() + NODE_WAIT_S
     while len(nodes := list(grid.get_node_ids())) < num:
@@ -249,7 +254,9 @@ def identify_clients(grid: Grid, num: int) -> dict[int, int]:
                 f"--federation-config 'num-supernodes={num}'"
             )
         time.sleep(0.05)
-    queries = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    queries = [
+        Message(_with_config(config), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes
+    ]
     ids: dict[int, int] = {}
     for reply in grid.send_and_receive(queries):
         if reply.has_error():

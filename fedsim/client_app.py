@@ -19,6 +19,7 @@ The server checkpoints and restores a client's ``context.state`` with ``query.st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,18 +111,23 @@ def runtime(scenario_text: str) -> ClientRuntime:
     )
 
 
-def prepare(scenario: Scenario) -> None:
-    """Build this process's runtime for ``scenario`` now, before its first Message: at start-up
-    rather than in round 1, and once for the workers forked from this process. Leaves torch on
-    one thread, as the runtime runs it (no thread pool is then alive when workers are forked)."""
-    runtime(scenario.to_yaml())
+def prepare(scenario_text: str) -> None:
+    """Build this process's runtime for a scenario now, before its first training Message: at
+    start-up rather than in round 1, and once for the workers forked from this process. Leaves
+    torch on one thread, as the runtime runs it (no thread pool is alive when workers fork)."""
+    runtime(scenario_text)
     # torch imports its compiler stack (seconds) when the first optimiser is built: now.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
 
 
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds."""
+    """Tell the server which partition this node holds; with the scenario, get ready for it
+    (on every engine this is start-up, before round 1)."""
+    if "config" in msg.content.config_records:
+        # A runtime that cannot be built fails round 1's Messages again, which report it.
+        with contextlib.suppress(Exception):
+            prepare(_scenario_text(msg.content))
     info = MetricRecord(
         {
             "partition-id": int(context.node_config["partition-id"]),

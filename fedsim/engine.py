@@ -122,7 +122,7 @@ def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> 
     fork = workers > 1 and sys.platform == "linux" and pick_device(scenario.device).type == "cpu"
     threads = torch.get_num_threads()
     if workers == 1 or fork:
-        prepare(scenario)  # start-up work, where the first round would otherwise pay it
+        prepare(scenario.to_yaml())  # start-up work, where round 1 would otherwise pay it
     grid = InProcessGrid(
         CLIENT_APP if workers > 1 else client_app,
         scenario.clients.num,
