@@ -71,7 +71,8 @@ ENSEMBLE_SMOKE = [
 
 
 def final_scores(sweep: Path, method: str | None = None) -> pd.DataFrame:
-    """One row per run: split, method, seed and its last p100 / p50 and the offline best."""
+    """One row per run: split, method, seed, its last p100 / p50, the offline best and the
+    share of client pairs whose gradients conflicted at the last step (none for one proxy)."""
     rows = []
     for values, _, last in final_server_metrics(sweep):
         rows.append(
@@ -82,6 +83,7 @@ def final_scores(sweep: Path, method: str | None = None) -> pd.DataFrame:
                 "p100": last["p100"],
                 "p50": last["p50"],
                 "best offline": last["best_offline"],
+                "conflict": last.get("gradient_conflict", float("nan")),
             }
         )
     return pd.DataFrame(rows)
@@ -100,11 +102,12 @@ def table(runs: pd.DataFrame) -> str:
     lines = [
         f"best design of the offline data: {best:.3f} (normalised)",
         "",
-        "| split | method | p100 (best design) | p50 (median design) |",
-        "|---|---|---|---|",
+        "| split | method | p100 (best design) | p50 (median design) | conflict (last step) |",
+        "|---|---|---|---|---|",
     ]
     for (split, method), group in runs.groupby(["split", "method"], sort=False):
         cells = [mean_std(group[c]) for c in ("p100", "p50")]
+        cells.append("–" if group.conflict.isna().all() else mean_std(group.conflict, 2))
         lines.append(f"| {split} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -159,15 +162,19 @@ def run_ensemble(task: str, out: Path, sets: list[str], smoke: bool) -> str:
         scenario, out / "single", [*trained, *sets, *SINGLE, f"sweep={{seed: {seeds}}}"]
     )
     report([out / "single", out / "ensembles"], out / "report")
+    return ensemble_summary(out, "2 (smoke)" if smoke else str(ENSEMBLE_SIZE), wall)
+
+
+def ensemble_summary(out: Path, members: str, wall: float) -> str:
+    """The ensemble runs under ``out``: their table and claims (also in claims.md)."""
     runs = pd.concat(
         [final_scores(out / "single", "single proxy"), final_scores(out / "ensembles")]
     )
     checked = claims(runs)
     (out / "claims.md").write_text(checked + "\n")
-    members_note = "2 (smoke)" if smoke else str(ENSEMBLE_SIZE)
     return (
         f"{table(runs)}\n\n{checked}\n\n"
-        f"{members_note} members, {len(runs)} runs, sweeps' wall time {wall / 60:.1f} min"
+        f"{members} members, {len(runs)} runs, sweeps' wall time {wall / 60:.1f} min"
     )
 
 
