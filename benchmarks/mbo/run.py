@@ -3,7 +3,7 @@
     python benchmarks/mbo/run.py                 # both tasks (~15 min on 2 cores)
     python benchmarks/mbo/run.py tfbind8         # one task
     python benchmarks/mbo/run.py --rounds 10     # a quick look
-    python benchmarks/mbo/run.py --ensemble      # the paper's ensemble, 5 seeds (~20 min)
+    python benchmarks/mbo/run.py --ensemble      # the paper's ensemble, 5 seeds (~1 h, below)
     python benchmarks/mbo/run.py --smoke         # seconds: continuous, 2 steps, both settings
 
 For each task: the sweep in <task>.yaml (IID and score-band splits x 4 combiners x 3 seeds),
@@ -51,8 +51,9 @@ SMOKE = [
 
 # --ensemble. Round 1 trains every member on all the data, ENSEMBLE_SIZE times an IID round's
 # work: 4 members, and epochs for about 1,800 Adam steps per proxy on either task (8 epochs of
-# ~29,500 TFBind8-like rows, 32 of 7,200 continuous ones, batches of 128), keep the 90 runs
-# within ~20 minutes on 2 cores. The single proxy is trained the same way.
+# ~29,500 TFBind8-like rows, 32 of 7,200 continuous ones, batches of 128), sized for ~20 minutes
+# on 2 free cores; the README's 90 runs took 55 with the cores shared. The single proxy is
+# trained the same way.
 ENSEMBLE_SIZE = 4
 ENSEMBLE_EPOCHS = {"tfbind8": 8, "continuous": 32}
 ENSEMBLE_SEEDS = [0, 1, 2, 3, 4]
