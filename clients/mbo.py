@@ -93,7 +93,7 @@ class MboWorkload:
 
     def evaluate(self, model: nn.Module, data: Any, state: State, config: TrainConfig) -> Metrics:
         """The fitted proxy's MSE and Spearman correlation on the client's held-out rows."""
-        if FITTED not in state:
+        if FITTED not in state or len(data.y_val) < 2:  # val_fraction 0 holds out nothing
             return {}
         x, y = self.rows(data.task, data.x_val, data.y_val)
         return self.evaluate_proxy(model, x, y)

@@ -412,7 +412,8 @@ def split_among_clients(
     """Each client's training and held-out indices into ``labels`` (see ``federate``).
 
     A partitioner that declares ``splits = "client_ids"`` (``natural``) is handed
-    ``client_ids``, the data's own client of each row, instead of the labels.
+    ``client_ids``, the data's own client of each row, instead of the labels. Clients of a
+    partitioner that declares ``shares_rows`` (``ensemble``) all hold out the same rows.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction needs to be in [0, 1), got {val_fraction}")
@@ -438,6 +439,8 @@ def split_among_clients(
             f"{len(empty)} of {num_clients} clients with none (first: client {empty[0]}); "
             "use fewer clients or a partitioner option that guarantees a minimum size"
         )
+    if PARTITIONERS.entry(partitioner.name).declared("shares_rows"):
+        return _hold_out_shared_rows(parts, len(values), val_fraction, rng)
     train, val = [], []
     for part in parts:
         n_val = min(math.floor(val_fraction * len(part)), len(part) - 1)
@@ -445,6 +448,25 @@ def split_among_clients(
         val.append(torch.from_numpy(np.sort(shuffled[:n_val]).astype(np.int64)))
         train.append(torch.from_numpy(np.sort(shuffled[n_val:]).astype(np.int64)))
     return train, val
+
+
+def _hold_out_shared_rows(
+    parts: list[IntArray], n: int, val_fraction: float, rng: np.random.Generator
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Held-out rows for clients that share rows (``ensemble``): one draw of the rows, held out
+    by every client (each copy of them, in a bootstrap). Drawn per client, as for a partition,
+    the clients would train on different rows, and one client's held-out rows would be
+    another's (or, in a bootstrap, its own duplicated) training rows."""
+    held = np.zeros(n, dtype=bool)
+    held[rng.permutation(n)[: min(math.floor(val_fraction * n), n - 1)]] = True
+    val = torch.from_numpy(np.flatnonzero(held).astype(np.int64))
+    train = [torch.from_numpy(part[~held[part]].astype(np.int64)) for part in parts]
+    if any(len(t) == 0 for t in train):
+        raise UserError(
+            f"val_fraction={val_fraction} holds out every row a client's bootstrap drew; "
+            "lower data.val_fraction"
+        )
+    return train, [val.clone() for _ in parts]
 
 
 def federation_for(

@@ -102,8 +102,18 @@ SMOKES = {
     ),
     "mbo/run.py": Smoke(
         ("--out", "{out}"),
-        printed=("| all data | single proxy |", "| iid | mean |"),
-        files=("continuous/scores.md", "continuous/report/report.html"),
+        printed=(
+            "| all data | single proxy |",
+            "| iid | mean |",
+            "| bootstrap | mgda |",
+            "| bootstrap: mgda > single proxy |",
+        ),
+        files=(
+            "continuous/scores.md",
+            "continuous/report/report.html",
+            "ensemble_continuous/claims.md",
+            "ensemble_continuous/report/report.html",
+        ),
     ),
     "reid/run.py": Smoke(
         ("--out", "{out}"),

@@ -240,6 +240,28 @@ def test_federate_covers_the_training_set_once() -> None:
     assert every.tolist() == list(range(43))
 
 
+def test_ensemble_clients_hold_out_the_same_rows_and_train_on_the_rest() -> None:
+    # Prepare
+    dataset = tiny_dataset(n=40)
+    same, bootstrap = Component(name="ensemble"), Component(name="ensemble", bootstrap=True)
+
+    # Execute
+    fed = federate(dataset, same, num_clients=3, seed=0, val_fraction=0.25)
+    boot = federate(dataset, bootstrap, num_clients=3, seed=0, val_fraction=0.25)
+
+    # Assert: floor(0.25 * 40) = 10 held-out rows, the same for every client; without the
+    # bootstrap every client trains on exactly the other 30, with it no copy of a held-out
+    # row is trained on and the clients' resamples differ
+    held = fed.val[0].tolist()
+    assert len(held) == 10 and all(v.tolist() == held for v in fed.val)
+    rest = sorted(set(range(40)) - set(held))
+    assert all(t.tolist() == rest for t in fed.train)
+    held = set(boot.val[0].tolist())
+    assert len(held) == 10 and all(set(v.tolist()) == held for v in boot.val)
+    assert all(not set(t.tolist()) & held for t in boot.train)
+    assert boot.train[0].tolist() != boot.train[1].tolist()
+
+
 def test_federate_val_fraction_rounds_down_and_leaves_training_data() -> None:
     # Prepare: 20 clients of 2 samples each
     dataset = tiny_dataset(n=40)

@@ -86,6 +86,24 @@ def test_every_combiner_runs_the_ascent(rule: str, tmp_path) -> None:
     assert server(metrics, "p100").notna().all() and len(server(metrics, "p100")) == 3
 
 
+def test_ensemble_clients_on_the_same_rows_still_train_different_proxies(tmp_path) -> None:
+    # Prepare: every client all the rows and nothing held out, so only the seeds differ
+    raw = mbo_scenario(rounds=2, eval={"every": 1})
+    raw["data"] = {**raw["data"], "partition": {"name": "ensemble"}, "val_fraction": 0.0}
+
+    # Execute
+    metrics = run(raw, tmp_path / "run")
+
+    # Assert: each client draws its own initial proxy and batch order, so the fitted proxies
+    # differ: their training losses, and their predictions at the designs (identical proxies
+    # would make the worst prediction equal the mean); with no held-out rows, no client fails
+    trained = metrics[(metrics.scope == "client") & (metrics.metric == "ascent_proxy_train_mse")]
+    assert trained.client.tolist() == [0, 1, 2] and trained.value.nunique() == 3
+    assert server(metrics, "proxy_min")[2] < server(metrics, "proxy_mean")[2] - 1e-3
+    events = (tmp_path / "run" / "events.jsonl").read_text()
+    assert "client_failed" not in events
+
+
 def test_a_resumed_ascent_ends_where_an_uninterrupted_one_does(tmp_path) -> None:
     # Prepare: a reference run, and a run that stopped after 3 of its 6 rounds
     raw = mbo_scenario()
