@@ -264,7 +264,7 @@ def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
     data = rt.federation.train_data(client)
     arrays, metrics = exchange.report(rt.model, data, call.state, call.config)
     _save(rt, context, call.state)
-    report = ArrayRecord({k: v.detach().contiguous() for k, v in arrays.items()})
+    report = wire.record(arrays)
     metrics_record = MetricRecord({**metrics, "num-examples": rt.sizes[client]})
     return RecordDict({wire.REPORT: report, "metrics": metrics_record})
 
@@ -371,14 +371,14 @@ def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -
 def _save(rt: ClientRuntime, context: Context, state: State) -> None:
     if rt.local_keys:
         model_state = rt.model.state_dict()
-        context.state[LOCAL] = ArrayRecord({k: model_state[k].detach() for k in rt.local_keys})
+        context.state[LOCAL] = wire.record({k: model_state[k] for k in rt.local_keys})
     if state:
-        context.state[STATE] = ArrayRecord({k: v.detach().contiguous() for k, v in state.items()})
+        context.state[STATE] = wire.record(state)
 
 
 def _shared(rt: ClientRuntime) -> ArrayRecord:
     model_state = rt.model.state_dict()
-    return ArrayRecord({k: model_state[k] for k in rt.template})
+    return wire.record({k: model_state[k] for k in rt.template})
 
 
 def _received(rt: ClientRuntime, content: RecordDict) -> dict[str, dict[str, torch.Tensor]]:

@@ -200,3 +200,19 @@ def test_a_record_is_decoded_once_until_an_array_of_it_changes() -> None:
     assert wire.tensors(record) is first  # the clients of a round share one decoding
     record["w"] = Array(np.zeros(3, np.float32))  # replaced: decoded again
     assert torch.equal(wire.tensors(record)["w"], torch.zeros(3))
+
+
+def test_a_record_holds_the_bytes_flower_would_store() -> None:
+    tensors = {
+        "w": torch.randn(3, 4),
+        "step": torch.zeros((), dtype=torch.int64),
+        "empty": torch.ones(0),
+        "mask": torch.tensor([True, False]),
+        "half": torch.randn(2, 3, dtype=torch.float16),
+    }
+
+    ours, flowers = wire.record(tensors), ArrayRecord(tensors)
+
+    for name in tensors:
+        assert ours[name].data == flowers[name].data
+        assert (ours[name].dtype, ours[name].shape) == (flowers[name].dtype, flowers[name].shape)
