@@ -181,7 +181,7 @@ def _start(client: int, content: RecordDict, context: Context, *stream: int) -> 
     """Load the model (shared entries sent, local ones kept) and build the call's config, its
     generator seeded from (seed, client, round, *stream)."""
     rt = runtime(_scenario_text(content))
-    rnd = int(cast(int, content.config_records["config"]["server-round"]))
+    rnd = int(cast(int, _config(content)["server-round"]))
     sent, positions = wire.received_model(content, rt.template)
     state = _load(rt, client, sent, context)
     generator = seeded_generator(rt.scenario.seed, client, rnd, *stream)
@@ -219,7 +219,7 @@ def _train_call(client: int, content: RecordDict, context: Context) -> tuple[Cal
         call.config,
         context.state,
         call.sent,
-        content.config_records["config"],
+        _config(content),
         call.positions,
     )
     return call, fit
@@ -260,7 +260,7 @@ def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
     """One exchange's report: what this client sends up after the round's aggregation."""
     call = _start(client, content, context, EXCHANGE_STREAM)
     rt = call.rt
-    exchange = rt.exchanges[str(content.config_records["config"][wire.EXCHANGE])]
+    exchange = rt.exchanges[str(_config(content)[wire.EXCHANGE])]
     data = rt.federation.train_data(client)
     arrays, metrics = exchange.report(rt.model, data, call.state, call.config)
     _save(rt, context, call.state)
@@ -355,14 +355,14 @@ def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -
     """Load the shared entries sent and this client's local entries; its workload state."""
     rt.model.load_state_dict(wire.tensors(sent), strict=False)
     if rt.local_keys:
-        kept = context.state.array_records.get(LOCAL)
+        kept = cast(ArrayRecord | None, context.state.get(LOCAL))
         local: dict[str, torch.Tensor]
         if kept is not None:
             local = dict(kept.to_torch_state_dict())
         else:  # the client's first call: its own draw from (seed, client)
             local = local_entries(rt.workload, rt.scenario, rt.federation.dataset, client)
         rt.model.load_state_dict(local, strict=False)
-    kept_state = context.state.array_records.get(STATE)
+    kept_state = cast(ArrayRecord | None, context.state.get(STATE))
     if kept_state is None:
         return {}
     return {k: v.to(rt.device) for k, v in kept_state.to_torch_state_dict().items()}
@@ -384,8 +384,8 @@ def _shared(rt: ClientRuntime) -> ArrayRecord:
 def _received(rt: ClientRuntime, content: RecordDict) -> dict[str, dict[str, torch.Tensor]]:
     """The exchanges' latest broadcasts a Message carries, on the device."""
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, record in content.array_records.items():
-        if key.startswith(wire.RECEIVED):
+    for key, record in content.items():
+        if key.startswith(wire.RECEIVED) and isinstance(record, ArrayRecord):
             tensors = wire.tensors(record)  # shared by the round's clients: each its own copy
             out[key.removeprefix(wire.RECEIVED)] = {
                 k: v.to(rt.device, copy=True) for k, v in tensors.items()
@@ -394,7 +394,12 @@ def _received(rt: ClientRuntime, content: RecordDict) -> dict[str, dict[str, tor
 
 
 def _scenario_text(content: RecordDict) -> str:
-    return str(content.config_records["config"]["scenario"])
+    return str(_config(content)["scenario"])
+
+
+def _config(content: RecordDict) -> ConfigRecord:
+    # Item access: ``content.config_records`` builds a new mapping of them at every call.
+    return cast(ConfigRecord, content["config"])
 
 
 def _reply(

@@ -156,10 +156,10 @@ def receive_updates(replies: Iterable[Message], sent: ArrayRecord) -> list[Messa
 
 def received_model(content: RecordDict, template: ArrayRecord) -> tuple[ArrayRecord, Tensor | None]:
     """The global model a server Message carries and, when it came masked, the flat mask."""
-    if MODEL not in content.array_records:
-        return content.array_records[ARRAYS], None
+    if MODEL not in content:  # item access: ``content.array_records`` is rebuilt at each call
+        return cast(ArrayRecord, content[ARRAYS]), None
     vector, support = decode(
-        content.array_records[MODEL], sum(a.numpy().size for a in template.values())
+        cast(ArrayRecord, content[MODEL]), sum(a.numpy().size for a in template.values())
     )
     return unflatten(vector, template), support
 
