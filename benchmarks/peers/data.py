@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-SIGNAL = 0.6  # pattern amplitude against unit noise
+SIGNAL = 0.4  # pattern amplitude against unit noise: accuracy ~0.1 → ~0.8 in 10–20 rounds
 MAX_SHIFT = 3  # pixels
 CLASSES = 10
 SHAPE = (3, 32, 32)

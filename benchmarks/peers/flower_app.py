@@ -93,8 +93,8 @@ def client_train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     train_loss = train(net, loader, epochs=int(config["epochs"]), lr=float(config["lr"]))
     metrics = {"train_loss": train_loss, "num-examples": len(loader.dataset)}
-    content = RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": MetricRecord(metrics)})
-    return Message(content=content, reply_to=msg)
+    reply = {"arrays": ArrayRecord(net.state_dict()), "metrics": MetricRecord(metrics)}
+    return Message(content=RecordDict(reply), reply_to=msg)
 
 
 server_app = ServerApp()

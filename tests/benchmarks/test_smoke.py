@@ -97,6 +97,11 @@ SMOKES = {
         printed=("| all data | single proxy |", "| iid | mean |"),
         files=("continuous/scores.md", "continuous/report/report.html"),
     ),
+    "peers/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| plain loop |", "| fedsim, 1 worker |", "final accuracy:"),
+        files=("table.md", "results.json"),
+    ),
     "reid/run.py": Smoke(
         ("--out", "{out}"),
         printed=("| RDSBN + MDIF |", "| single source [0] |", "| centralised (RDSBN"),
