@@ -41,7 +41,7 @@ import tempfile
 import time
 import venv
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -111,11 +111,19 @@ class Files:
 
 
 @dataclass(frozen=True)
+class Result:
+    """What a run reports of itself: central accuracy by round, seconds spent in the rounds."""
+
+    accuracy: dict[int, float]
+    rounds_s: float  # training rounds and evaluations, start-up (imports, data, workers) not
+
+
+@dataclass(frozen=True)
 class Launch:
-    """A process to measure, and how to read its central accuracy by round afterwards."""
+    """A process to measure, and how to read its result afterwards."""
 
     command: list[str]
-    accuracy: Callable[[], dict[int, float]]
+    result: Callable[[], Result]
     cwd: Path = ROOT
     env: dict[str, str] = field(default_factory=dict)
 
@@ -125,11 +133,15 @@ class Outcome:
     wall_s: float
     cpu_s: float
     peak_gb: float | None  # None: measured in this process (--smoke), no figure
-    accuracy: dict[int, float]
+    result: Result
 
     @property
     def final(self) -> float:
-        return self.accuracy[max(self.accuracy)]
+        return self.result.accuracy[max(self.result.accuracy)]
+
+    @property
+    def startup_s(self) -> float:
+        return self.wall_s - self.result.rounds_s
 
 
 @dataclass(frozen=True)
@@ -137,7 +149,7 @@ class Implementation:
     label: str
     launch: Callable[[Work, Files], Launch]
     # The same work in this process, for --smoke: a fresh interpreter costs seconds of imports.
-    in_process: Callable[[Work, Files], dict[int, float]] | None = None
+    in_process: Callable[[Work, Files], Result] | None = None
     needs_pfl: bool = False
 
 
@@ -146,45 +158,55 @@ class Implementation:
 # ---------------------------------------------------------------------------------------------
 
 
-def _json_accuracy(path: Path) -> Callable[[], dict[int, float]]:
-    return lambda: {int(r): float(a) for r, a in json.loads(path.read_text())["accuracy"].items()}
+def _json_result(path: Path) -> Callable[[], Result]:
+    """The result a run wrote as JSON: ``accuracy`` by round, and ``rounds_s`` or the
+    ``round_times`` (the plain loop's)."""
+
+    def read() -> Result:
+        got = json.loads(path.read_text())
+        accuracy = {int(r): float(a) for r, a in got["accuracy"].items()}
+        return Result(accuracy, got.get("rounds_s") or sum(got["round_times"]))
+
+    return read
 
 
-def _fedsim_accuracy(out: Path) -> dict[int, float]:
+def _fedsim_result(out: Path) -> Result:
     metrics = pd.read_csv(out / "metrics.csv")
-    central = metrics[(metrics.scope == "server") & (metrics.metric == "accuracy")]
-    return {int(r): float(v) for r, v in zip(central["round"], central.value, strict=True)}
+    server = metrics[metrics.scope == "server"]
+    central = server[server.metric == "accuracy"]
+    accuracy = {int(r): float(v) for r, v in zip(central["round"], central.value, strict=True)}
+    return Result(accuracy, float(server[server.metric == "round_time_s"].value.sum()))
 
 
 def plain(work: Work, files: Files) -> Launch:
     result = files.runs / "plain.json"
     command = [sys.executable, str(OVERHEAD), "--plain-loop", str(result)]
     command += ["--scenario", str(SCENARIO), *(f"--set={o}" for o in files.overrides(work))]
-    return Launch(command, _json_accuracy(result))
+    return Launch(command, _json_result(result))
 
 
-def plain_in_process(work: Work, files: Files) -> dict[int, float]:
+def plain_in_process(work: Work, files: Files) -> Result:
     result = files.runs / "plain.json"
     plain_loop(SCENARIO, files.overrides(work), result, exact=False)
-    return _json_accuracy(result)()
+    return _json_result(result)()
 
 
-def fedsim(name: str, *sets: str) -> Implementation:
-    """`fedsim run scenario.yaml` with ``sets`` (``--set`` overrides) beside the sizes'."""
+def fedsim(folder: str, what: str, *sets: str) -> Implementation:
+    """`fedsim run scenario.yaml` into runs/``folder`` with ``sets`` (``--set`` overrides)."""
 
     def launch(work: Work, files: Files) -> Launch:
-        out = files.runs / name
+        out = files.runs / folder
         command = [*FEDSIM, "run", str(SCENARIO), "--out", str(out), "--no-progress"]
         for override in [*files.overrides(work), *sets]:
             command += ["--set", override]
-        return Launch(command, lambda: _fedsim_accuracy(out))
+        return Launch(command, lambda: _fedsim_result(out))
 
-    def in_process(work: Work, files: Files) -> dict[int, float]:
-        out = files.runs / name
+    def in_process(work: Work, files: Files) -> Result:
+        out = files.runs / folder
         checkout_fedsim().run(SCENARIO, [*files.overrides(work), *sets], out)
-        return _fedsim_accuracy(out)
+        return _fedsim_result(out)
 
-    return Implementation(f"fedsim, {name}", launch, in_process)
+    return Implementation(f"fedsim, {what}", launch, in_process)
 
 
 def pfl(workers: int) -> Implementation:
@@ -201,7 +223,7 @@ def pfl(workers: int) -> Implementation:
         args = ["--data", files.data, "--init", files.init, "--users", files.users]
         args += ["--rounds", work.rounds, "--cohort", work.per_round]
         args += ["--eval-every", work.eval_every, "--result", result]
-        return Launch([*python, *map(str, args)], _json_accuracy(result), cwd=HERE)
+        return Launch([*python, *map(str, args)], _json_result(result), cwd=HERE)
 
     label = f"pfl 0.6.0, {workers} worker{'s' if workers > 1 else ''}"
     return Implementation(label + (" (torchrun)" if workers > 1 else ""), launch, needs_pfl=True)
@@ -223,18 +245,18 @@ def flower(work: Work, files: Files) -> Launch:
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"  # silences a FutureWarning
     command = [sys.executable, "-c", "import flower_app; flower_app.simulate()"]
-    return Launch(command, _json_accuracy(result), cwd=HERE, env=env)
+    return Launch(command, _json_result(result), cwd=HERE, env=env)
 
 
 IMPLEMENTATIONS = {
     "plain": Implementation("plain loop", plain, plain_in_process),
-    "fedsim1": fedsim("1 worker", "resources.workers=1"),
-    "fedsim2": fedsim("2 workers", "resources.workers=2"),
+    "fedsim1": fedsim("fedsim1", "1 worker", "resources.workers=1"),
+    "fedsim2": fedsim("fedsim2", "2 workers", "resources.workers=2"),
     "pfl1": pfl(1),
     "pfl2": pfl(2),
     "flower": Implementation("Flower 1.42 simulation (Ray, 2 actors)", flower),
 }
-VECTORISED = {"vectorised": fedsim("vectorised", "resources.vectorize=true")}
+VECTORISED = {"vectorised": fedsim("vectorised", "vectorised", "resources.vectorize=true")}
 SMOKE_ROWS = ("plain", "fedsim1")
 
 
@@ -283,7 +305,7 @@ def run_measured(impl: Implementation, work: Work, files: Files) -> Outcome:
     launch = impl.launch(work, files)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **launch.env}
     measured = measure(launch.command, env=env, cwd=launch.cwd).check(impl.label)
-    return Outcome(measured.wall_s, measured.cpu_s, measured.peak_gb, launch.accuracy())
+    return Outcome(measured.wall_s, measured.cpu_s, measured.peak_gb, launch.result())
 
 
 def run_here(impl: Implementation, work: Work, files: Files) -> Outcome:
@@ -291,26 +313,26 @@ def run_here(impl: Implementation, work: Work, files: Files) -> Outcome:
     assert impl.in_process is not None
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    accuracy = impl.in_process(work, files)
+    result = impl.in_process(work, files)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
-    return Outcome(wall, cpu_s, None, accuracy)
+    return Outcome(wall, cpu_s, None, result)
 
 
 def table(outcomes: dict[str, Outcome]) -> str:
     plain = outcomes.get("plain")
     lines = [
-        "| implementation | wall s | × plain loop | CPU s | peak memory GB | final accuracy |",
-        "|---|---|---|---|---|---|",
+        "| implementation | wall s | × plain loop | rounds s | start-up s | CPU s "
+        "| peak memory GB | final accuracy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, got in outcomes.items():
         ratio = f"{got.wall_s / plain.wall_s:.2f}" if plain else "-"
         memory = "-" if got.peak_gb is None else f"{got.peak_gb:.2f}"
-        label = ALL[key].label
         lines.append(
-            f"| {label} | {got.wall_s:.1f} | {ratio} | {got.cpu_s:.1f} | {memory} | "
-            f"{got.final:.4f} |"
+            f"| {ALL[key].label} | {got.wall_s:.1f} | {ratio} | {got.result.rounds_s:.1f} | "
+            f"{got.startup_s:.1f} | {got.cpu_s:.1f} | {memory} | {got.final:.4f} |"
         )
     return "\n".join(lines)
 
@@ -380,7 +402,11 @@ def main() -> None:
         help="pfl-research's virtual environment (created there once if absent; default "
         "%(default)s)",
     )
-    parser.add_argument("--out", type=Path, help="also write table.md and results.json here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="also write table.md and results.json here, and keep each run's outputs in runs/",
+    )
     args = parser.parse_args()
 
     work = SMOKE if args.smoke else Work()
@@ -406,7 +432,9 @@ def main() -> None:
     needs_pfl = any(ALL[k].needs_pfl for k in keys)
     pfl_python = pfl_environment(args.pfl_env) if needs_pfl else None
     with tempfile.TemporaryDirectory() as tmp:
-        files = prepare(work, Path(tmp), pfl_python)
+        runs = Path(tmp) if args.out is None else args.out / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        files = prepare(work, runs, pfl_python)
         print(
             f"{work.users} users × {work.per_user} images, {work.per_round} a round, "
             f"{work.rounds} rounds, central evaluation on {work.test} images every "
@@ -425,7 +453,7 @@ def main() -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "table.md").write_text(table(outcomes) + "\n")
-        results = {k: {**vars(o), "label": ALL[k].label} for k, o in outcomes.items()}
+        results = {k: {"label": ALL[k].label, **asdict(o)} for k, o in outcomes.items()}
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
 
