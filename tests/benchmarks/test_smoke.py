@@ -115,6 +115,11 @@ SMOKES = {
             "ensemble_continuous/report/report.html",
         ),
     ),
+    "peers/run.py": Smoke(
+        ("--out", "{out}"),
+        printed=("| plain loop |", "| fedsim, 1 worker |", "final accuracy:"),
+        files=("table.md", "results.json"),
+    ),
     "reid/run.py": Smoke(
         ("--out", "{out}"),
         printed=("| RDSBN + MDIF |", "| single source [0] |", "| centralised (RDSBN"),
