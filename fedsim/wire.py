@@ -22,7 +22,6 @@ content-addressed objects: the message, its records, arrays and array chunks, ea
 from __future__ import annotations
 
 import io
-import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import cast
@@ -39,7 +38,7 @@ from flwr.supercore.inflatable.inflatable_object import (
 from numpy.lib import format as npy
 from torch import Tensor
 
-from strategies.flower import UPDATE, flatten, unflatten, with_record
+from strategies.flower import UPDATE, arrays, flatten, unflatten, with_record
 
 MODEL = "model"  # a sparse global model in a server Message (replaces ``arrays``)
 DELTA = "delta"  # a sparse update in a client's reply (replaces ``arrays``)
@@ -198,19 +197,8 @@ def _array(a: np.ndarray) -> Array:
 
 
 def _numpy(array: Array) -> np.ndarray:
-    """``array.numpy()`` without parsing the ``.npy`` header's text (``np.load`` evaluates it as
-    a Python literal, which costs more than decoding a small array): Flower keeps the dtype and
-    shape beside the bytes. Anything but a plain C-ordered ``.npy`` goes the long way."""
-    data = array.data
-    if array.stype == SType.NUMPY and data[:6] == b"\x93NUMPY" and data[6] in (1, 2, 3):
-        size = 2 if data[6] == 1 else 4  # the header length's bytes, by format version
-        start = 8 + size + int.from_bytes(data[8 : 8 + size], "little")
-        dtype, shape = np.dtype(array.dtype), tuple(array.shape)
-        count = math.prod(shape)
-        header = bytes(data[8 + size : start])
-        if b"'fortran_order': False" in header and len(data) - start == count * dtype.itemsize:
-            return np.frombuffer(data, dtype, count, start).reshape(shape).copy()
-    return array.numpy()
+    """``array.numpy()``, writable, without parsing its ``.npy`` header's text."""
+    return np.array(arrays.view(array))  # a copy: the caller owns its tensors
 
 
 _DECODED_KEPT = 16  # a round's model and broadcasts, with room for a previous round's

@@ -4,6 +4,7 @@ Everything here imports Flower; the registrations (``strategies.fedavg``, ``stra
 import it only when a run builds a strategy, so validating a scenario never loads Flower.
 """
 
+from strategies.flower import arrays
 from strategies.flower.pipeline_strategy import (
     ARRAYS,
     EPSILON,
@@ -28,6 +29,7 @@ __all__ = [
     "FlowerLog",
     "PipelineStrategy",
     "Recorder",
+    "arrays",
     "as_update",
     "flatten",
     "reply_update",

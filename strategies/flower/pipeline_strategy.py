@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
+from strategies.flower.arrays import view
 from strategies.pipeline import RoundInfo, Stage
 
 NUM_EXAMPLES = "num-examples"
@@ -235,7 +236,10 @@ class PipelineStrategy(Strategy):
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
         """The pipeline's input ``U`` (n, d): each reply's update (its model minus the global
         model, or the update it sent)."""
-        return stacked((reply_update(msg, global_flat) for msg in replies), len(replies))
+        rows = torch.empty((len(replies), global_flat.numel()), dtype=torch.float32)
+        for row, msg in zip(rows, replies, strict=True):
+            reply_update(msg, global_flat, out=row)
+        return rows
 
     def _problem(self, msg: Message, template: ArrayRecord | None) -> str | None:
         """Why a reply cannot be aggregated, or None when it can."""
@@ -392,7 +396,7 @@ def _problem(msg: Message, template: ArrayRecord | None, records: Sequence[str])
             return (
                 f"array {key!r} has shape {tuple(arrays[key].shape)}, expected {tuple(sent.shape)}"
             )
-    if not bool(torch.isfinite(flatten(arrays)).all()):
+    if not all(np.isfinite(view(a)).all() for a in arrays.values()):
         return "update contains NaN or Inf"
     return None
 
@@ -425,12 +429,13 @@ def stacked(rows: Iterable[Tensor], n: int) -> Tensor:
     return out
 
 
-def reply_update(msg: Message, global_flat: Tensor) -> Tensor:
-    """A train reply's update, flat: its ``update`` as sent, else its model minus the global."""
+def reply_update(msg: Message, global_flat: Tensor, out: Tensor | None = None) -> Tensor:
+    """A train reply's update, flat: its ``update`` as sent, else its model minus the global
+    (written into ``out`` when given)."""
     records = msg.content.array_records
     if UPDATE in records:
-        return flatten(records[UPDATE])
-    return flatten(records[ARRAYS]) - global_flat
+        return flatten(records[UPDATE], out)
+    return flatten(records[ARRAYS], out).sub_(global_flat)
 
 
 def as_update(msg: Message, sent: ArrayRecord) -> Message:
@@ -478,10 +483,15 @@ def _weighted_means(replies: Sequence[Message]) -> MetricRecord:
     return record
 
 
-def flatten(arrays: ArrayRecord) -> Tensor:
-    """All arrays of a record as one float32 vector, in the record's order."""
-    parts = [torch.from_numpy(a.numpy()).reshape(-1).to(torch.float32) for a in arrays.values()]
-    return torch.cat(parts) if parts else torch.zeros(0)
+def flatten(arrays: ArrayRecord, out: Tensor | None = None) -> Tensor:
+    """All arrays of a record as one float32 vector, in the record's order (written into
+    ``out``, a contiguous float32 vector, when given): one copy of each array's bytes."""
+    parts = [view(a).reshape(-1) for a in arrays.values()]
+    if out is None:
+        out = torch.empty(sum(p.size for p in parts), dtype=torch.float32)
+    if parts:
+        np.concatenate(parts, out=out.numpy(), casting="unsafe")
+    return out
 
 
 def unflatten(flat: Tensor, template: ArrayRecord) -> ArrayRecord:
