@@ -20,7 +20,9 @@ processes at once (flower: one actor per core), so their R can fall below 1. The
 the plain loop's rounds split evenly over two processes. Targets (printed met or MISSED):
 local R(rounds) <= 1.05; local2 rounds <= 1.1 x the 2-core limit, start-up <= the plain loop's
 + 3 s, peak PSS <= 1.5 x the plain loop's; flower rounds <= 1.5 x the 2-core limit (Ray's
-start-up is reported, outside the rounds).
+start-up is reported, outside the rounds). Two processes rarely do twice one's work on two
+cores, so with local2 or flower the plain loop also runs twice at once, and what two processes
+can reach on this machine is printed beside the ideal limit.
 Start-up = wall - rounds. Peak memory of the whole process tree (driver, worker processes, Ray
 daemons and actors), sampled every 0.2 s: PSS (a page shared by the tree's processes, such as
 a forked worker's copy of the data, counts once) and RSS (it counts once per process).
@@ -45,7 +47,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -260,6 +264,23 @@ def run_plain(scenario: Path, overrides: list[str], work: Path, exact: bool) -> 
     )
 
 
+def two_at_once(scenario: Path, overrides: list[str], work: Path) -> float:
+    """This machine's two-process throughput: how many plain loops' work two plain loops
+    running at once get done in the time one takes alone, measured now. Two processes on two
+    cores rarely do twice the work (shared caches and memory bandwidth, or virtual cores)."""
+    work.mkdir(parents=True, exist_ok=True)
+    results = [work / f"pair{i}.json" for i in range(3)]
+    base = [sys.executable, __file__, "--scenario", str(scenario)]
+    base += [f"--set={o}" for o in overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    alone = subprocess.run([*base, "--plain-loop", str(results[0])], env=env, check=True)
+    pair = [subprocess.Popen([*base, "--plain-loop", str(r)], env=env) for r in results[1:]]
+    if alone.returncode or any(p.wait() for p in pair):
+        raise SystemExit("the plain loops run two at a time failed")
+    rounds = [sum(json.loads(r.read_text())["round_times"]) for r in results]
+    return 2 * rounds[0] / max(rounds[1:])
+
+
 def run_fedsim(engine: str, scenario: Path, overrides: list[str], work: Path) -> Run:
     out = work / engine  # fedsim creates it
     command = [*FEDSIM, "run", str(scenario), "--out", str(out), "--no-progress"]
@@ -309,9 +330,10 @@ def table(plain: Run, runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def targets(plain: Run, runs: list[Run]) -> list[str]:
+def targets(plain: Run, runs: list[Run], throughput: float | None) -> list[str]:
     """Each engine's targets against the plain loop, measured and met or not. The 2-core limit
-    is the plain loop's rounds split evenly over two processes."""
+    is the plain loop's rounds split evenly over two processes; ``throughput`` (two plain loops
+    at once, in plain loops' work) gives what two processes can reach on this machine."""
     limit = plain.rounds_s / 2
     start = plain.wall_s - plain.rounds_s
     checks: list[tuple[str, float, float]] = []  # (what, measured, target): met when <=
@@ -334,6 +356,15 @@ def targets(plain: Run, runs: list[Run]) -> list[str]:
     for run in runs:
         if run.name == "flower":
             lines.append(f"flower: start-up {run.wall_s - run.rounds_s:.1f} s (Ray's included)")
+    if throughput is not None:
+        reachable = plain.rounds_s / throughput
+        lines.append(
+            f"two plain loops at once do {throughput:.2f}x the work of one: two processes can "
+            f"reach {reachable:.1f} s of rounds here, {reachable / limit:.2f}x the 2-core limit"
+        )
+        for run in runs:
+            if run.name in ("local2", "flower"):
+                lines.append(f"{run.name}: rounds / reachable: {run.rounds_s / reachable:.2f}")
     return lines
 
 
@@ -470,6 +501,12 @@ def main() -> None:
                 print(f"{i + 1}/{args.repeat}: fedsim {engine} …", flush=True)
                 runs[engine].append(run_fedsim(engine, scenario, overrides, here))
 
+    throughput = None
+    if {"local2", "flower"} & set(engines) and not args.smoke:
+        print("two plain loops at once …", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            throughput = two_at_once(scenario, overrides, Path(tmp))
+
     def fastest(candidates: list[Run]) -> Run:
         return min(candidates, key=lambda run: run.rounds_s)
 
@@ -483,7 +520,7 @@ def main() -> None:
         ]
         print(f"rounds s over {args.repeat} runs: {', '.join(spread)}")
     print()
-    print("\n".join(targets(plain, best)))
+    print("\n".join(targets(plain, best, throughput)))
     print()
     print("\n".join(agreement(plain, best, args.exact)))
 

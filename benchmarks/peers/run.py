@@ -132,7 +132,8 @@ class Launch:
 class Outcome:
     wall_s: float
     cpu_s: float
-    peak_gb: float | None  # None: measured in this process (--smoke), no figure
+    peak_gb: float | None  # RSS summed over the tree; None: measured in this process (--smoke)
+    peak_pss_gb: float | None  # PSS summed: pages the tree's processes share count once
     result: Result
 
     @property
@@ -305,7 +306,9 @@ def run_measured(impl: Implementation, work: Work, files: Files) -> Outcome:
     launch = impl.launch(work, files)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **launch.env}
     measured = measure(launch.command, env=env, cwd=launch.cwd).check(impl.label)
-    return Outcome(measured.wall_s, measured.cpu_s, measured.peak_gb, launch.result())
+    return Outcome(
+        measured.wall_s, measured.cpu_s, measured.peak_gb, measured.peak_pss_gb, launch.result()
+    )
 
 
 def run_here(impl: Implementation, work: Work, files: Files) -> Outcome:
@@ -317,22 +320,23 @@ def run_here(impl: Implementation, work: Work, files: Files) -> Outcome:
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
-    return Outcome(wall, cpu_s, None, result)
+    return Outcome(wall, cpu_s, None, None, result)
 
 
 def table(outcomes: dict[str, Outcome]) -> str:
     plain = outcomes.get("plain")
     lines = [
         "| implementation | wall s | × plain loop | rounds s | start-up s | CPU s "
-        "| peak memory GB | final accuracy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak PSS GB | peak RSS GB | final accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, got in outcomes.items():
         ratio = f"{got.wall_s / plain.wall_s:.2f}" if plain else "-"
-        memory = "-" if got.peak_gb is None else f"{got.peak_gb:.2f}"
+        rss = "-" if got.peak_gb is None else f"{got.peak_gb:.2f}"
+        pss = "-" if got.peak_pss_gb is None else f"{got.peak_pss_gb:.2f}"
         lines.append(
             f"| {ALL[key].label} | {got.wall_s:.1f} | {ratio} | {got.result.rounds_s:.1f} | "
-            f"{got.startup_s:.1f} | {got.cpu_s:.1f} | {memory} | {got.final:.4f} |"
+            f"{got.startup_s:.1f} | {got.cpu_s:.1f} | {pss} | {rss} | {got.final:.4f} |"
         )
     return "\n".join(lines)
 

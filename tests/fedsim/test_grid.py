@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -57,9 +58,14 @@ def test_client_state_persists_in_process() -> None:
     assert set(grid.client_states()) == {0, 1, 2}
 
 
-def test_client_state_persists_across_worker_processes() -> None:
+@pytest.mark.parametrize("fork", [False, True], ids=["spawned", "forked"])
+def test_client_state_persists_across_worker_processes(fork: bool) -> None:
     grid = InProcessGrid(
-        "tests.fedsim.test_grid:counting_app", num_nodes=4, workers=2, costs=[4, 3, 2, 1]
+        "tests.fedsim.test_grid:counting_app",
+        num_nodes=4,
+        workers=2,
+        costs=[4, 3, 2, 1],
+        fork=fork,
     )
     try:
         rounds = [train_all(grid, list(grid.get_node_ids())) for _ in range(3)]
