@@ -8,6 +8,8 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedsim import results
+from fedsim.app import identify_clients
+from fedsim.client_app import client_app, runtime
 from fedsim.engine import run_local
 from fedsim.grid import FIRST_NODE_ID, InProcessGrid, schedule
 from fedsim.scenario import parse
@@ -84,3 +86,28 @@ def test_worker_pool_gives_the_in_process_results(tiny, tmp_path) -> None:
         return metrics[~metrics.metric.str.endswith("_time_s")].reset_index(drop=True)
 
     pd.testing.assert_frame_equal(run(2), run(1))
+
+
+def test_the_first_query_gets_each_client_process_ready_for_the_run(tiny) -> None:
+    scenario = parse(tiny)
+    num = scenario.clients.num
+    runtime.cache_clear()
+
+    ids = identify_clients(
+        InProcessGrid(client_app, num), num, ConfigRecord({"scenario": scenario.to_yaml()})
+    )
+
+    assert sorted(ids.values()) == list(range(num))
+    assert runtime.cache_info().currsize == 1  # built at start-up, not in round 1
+
+
+def test_a_client_that_cannot_get_ready_still_answers_the_query(tiny) -> None:
+    num = parse(tiny).clients.num
+    runtime.cache_clear()
+    unusable = ConfigRecord({"scenario": "data: {name: no_such_dataset}"})
+
+    ids = identify_clients(InProcessGrid(client_app, num), num, unusable)
+
+    # round 1's Messages meet the problem again and report it as client failures
+    assert sorted(ids.values()) == list(range(num))
+    assert runtime.cache_info().currsize == 0
