@@ -305,7 +305,7 @@ def _fit_together(work: Sequence[tuple[Message, Context]]) -> dict[int, tuple[Ca
         except Exception:  # its own call replies with the error
             continue
         if call.rt.alone or (rt is not None and call.rt is not rt):
-            continue  # a mod changes each client's training (sparsity, DP-SGD, poisoning, ...)
+            continue  # a client mod changes this client's training: it trains alone
         rt = call.rt
         start = {k: v.detach().clone() for k, v in rt.model.state_dict().items()}
         members.append(Member(start, fit.data, call.state, call.config))

@@ -171,7 +171,7 @@ def _problem(reply: Message) -> tuple[str | None, Arrays]:
     record = reply.content.array_records.get(wire.REPORT)
     if record is None:
         return f"reply has no ArrayRecord {wire.REPORT!r}", {}
-    report = wire.tensors(record)
+    report = wire.decode_record(record)
     for key, tensor in report.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return f"report {key!r} contains NaN or Inf", {}

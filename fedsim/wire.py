@@ -171,11 +171,17 @@ def tensors(record: ArrayRecord) -> dict[str, Tensor]:
     hit = _decoded.get(key)
     if hit is not None and hit[0]() is record:
         return hit[1]
-    decoded = {name: torch.from_numpy(_numpy(array)) for name, array in record.items()}
+    decoded = decode_record(record)
     _decoded[key] = (weakref.ref(record), decoded)
     while len(_decoded) > _DECODED_KEPT:  # the oldest first: last round's records
         del _decoded[next(iter(_decoded))]
     return decoded
+
+
+def decode_record(record: ArrayRecord) -> dict[str, Tensor]:
+    """``record``'s arrays as tensors of their own, not kept: for a record read once (a
+    client's report), which ``tensors``' cache would only evict the shared ones for."""
+    return {name: torch.from_numpy(_numpy(array)) for name, array in record.items()}
 
 
 def record(tensors: Mapping[str, Tensor]) -> ArrayRecord:

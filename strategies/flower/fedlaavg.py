@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from torch import Tensor
@@ -32,7 +33,7 @@ from strategies.flower.pipeline_strategy import (
     PipelineStrategy,
     flatten,
     reply_update,
-    stacked,
+    update_rows,
 )
 from strategies.pipeline import Stage, chain
 
@@ -150,18 +151,21 @@ class FedLaAvgStrategy(PipelineStrategy):
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
         """Each reply's Δ_i: as sent, or the client's update minus the one the server holds."""
         self._pending = {}
-
-        def row(msg: Message) -> Tensor:
+        rows = update_rows(len(replies), global_flat)
+        for row, msg in zip(rows, replies, strict=True):
             records = msg.content.array_records
             if DIFFERENCE in records:
-                return flatten(records[DIFFERENCE])
+                flatten(records[DIFFERENCE], out=row)
+                continue
             client = self._client(msg.metadata.src_node_id)
             update = reply_update(msg, global_flat)
-            held = self.held.get(client)
             self._pending[client] = update
-            return update if held is None else update - held
-
-        return stacked((row(msg) for msg in replies), len(replies))
+            held = self.held.get(client)
+            if held is None:
+                row.copy_(update)
+            else:
+                torch.sub(update, held, out=row)
+        return rows
 
     def _folded_in(self, server_round: int, clients: Sequence[int]) -> None:
         for client in clients:

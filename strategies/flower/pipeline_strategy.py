@@ -236,7 +236,7 @@ class PipelineStrategy(Strategy):
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
         """The pipeline's input ``U`` (n, d): each reply's update (its model minus the global
         model, or the update it sent)."""
-        rows = torch.empty((len(replies), global_flat.numel()), dtype=torch.float32)
+        rows = update_rows(len(replies), global_flat)
         for row, msg in zip(rows, replies, strict=True):
             reply_update(msg, global_flat, out=row)
         return rows
@@ -416,17 +416,10 @@ def with_phase(values: Mapping[str, Any], phase: str) -> dict[str, float]:
     return out
 
 
-def stacked(rows: Iterable[Tensor], n: int) -> Tensor:
-    """``n`` rows as one (n, d) matrix, filled as they come: ``torch.stack`` of a list would
-    hold every row twice at its peak (a round's updates can be gigabytes)."""
-    out: Tensor | None = None
-    for i, row in enumerate(rows):
-        if out is None:
-            out = torch.empty((n, row.numel()), dtype=row.dtype)
-        out[i] = row
-    if out is None:
-        raise ValueError("no rows to stack")
-    return out
+def update_rows(n: int, global_flat: Tensor) -> Tensor:
+    """The (n, d) matrix a round's updates are written into, one row each as they are read:
+    a list of rows and then ``torch.stack`` would hold every update twice at its peak."""
+    return torch.empty((n, global_flat.numel()), dtype=torch.float32)
 
 
 def reply_update(msg: Message, global_flat: Tensor, out: Tensor | None = None) -> Tensor:
