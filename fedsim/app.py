@@ -39,6 +39,7 @@ from fedsim.exchanges import Exchanges
 from fedsim.features import ServerFeature, server_features
 from fedsim.progress import RoundProgress
 from fedsim.scenario import Scenario, load
+from fedsim.traffic import bytes_each_way
 from strategies.flower import with_phase
 
 CENTRAL_STREAM = 37  # the central evaluation's generator, apart from the clients'
@@ -229,7 +230,7 @@ def _send(
     for feature in features:
         sent = feature.send(sent, arrays)
     replies = list(grid.send_and_receive(sent))
-    down, up = wire.traffic(sent, replies)
+    down, up = bytes_each_way(sent, replies)
     traffic = {f"{phase}bytes_down": float(down), f"{phase}bytes_up": float(up)}
     return wire.receive_updates(replies, arrays), traffic
 

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from clients import Aggregate, Arrays, Exchange
 from fedsim import results, wire
+from fedsim.traffic import bytes_each_way
 from strategies.flower import with_phase
 
 EXCHANGE_TYPE = f"{MessageType.QUERY}.{wire.EXCHANGE}"
@@ -93,7 +94,7 @@ class Exchanges:
                 Message(content, node_of[c], EXCHANGE_TYPE, group_id=str(rnd)) for c in clients
             )
             replies = list(grid.send_and_receive(messages))
-            down, up = wire.traffic(messages, replies)
+            down, up = bytes_each_way(messages, replies)
             reports = self._reports(rnd, exchange.name, replies)
             name = exchange.name
             metrics[f"{name}_bytes_down"], metrics[f"{name}_bytes_up"] = float(down), float(up)

@@ -14,27 +14,21 @@ them), and clients that compress or train sparse reply with their update as a sp
 (``update``, shaped like the model), so any aggregation pipeline works unchanged and the update
 reaches it exactly as the client sent it (never as a model from which it is subtracted again).
 
-Sizes are measured on Flower's own serialisation (Flower 1.41 ships a Message as a tree of
-content-addressed objects: the message, its records, arrays and array chunks, each deflated);
-``message_bytes`` is the sum over the distinct objects of a message's records, config left out.
+A Message's size as Flower serialises it is counted in ``fedsim.traffic``.
 """
 
 from __future__ import annotations
 
 import io
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import cast
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
 from flwr.app.message.message import make_message
 from flwr.common.constant import SType
-from flwr.supercore.inflatable.inflatable_object import (
-    get_all_nested_objects,
-    no_object_id_recompute,
-)
 from numpy.lib import format as npy
 from torch import Tensor
 
@@ -211,46 +205,7 @@ _DECODED_KEPT = 16  # a round's model and broadcasts, with room for a previous r
 _decoded: dict[tuple[int, tuple[int, ...]], tuple[weakref.ref[ArrayRecord], dict[str, Tensor]]] = {}
 
 
-# -- sizes -------------------------------------------------------------------------------------
-
-
-def message_bytes(msg: Message, known: dict[int, dict[str, int]] | None = None) -> int:
-    """Bytes of the records ``msg`` carries as Flower serialises them: each distinct object of
-    its content tree (record dict, array and metric records, arrays, array chunks), deflated.
-
-    Left out: the message header and config records, which carry fedsim's own plumbing (the
-    scenario text, the run directory) and would make the count depend on where a run is
-    written. ``known`` caches each record's objects by the record's identity: the Messages of
-    a round share one model and one record per broadcast, deflated once rather than per client.
-    """
-    if not msg.has_content():
-        return 0
-    known = {} if known is None else known
-    objects: dict[str, int] = {}
-    for record in msg.content.values():
-        if isinstance(record, ConfigRecord):
-            continue
-        if id(record) not in known:
-            nested = get_all_nested_objects(record)
-            known[id(record)] = {key: len(o.deflate()) for key, o in nested.items()}
-            _drop_chunks(record)
-        objects.update(known[id(record)])  # keyed by content: equal objects count once
-    return sum(objects.values()) + len(msg.content.deflate())
-
-
-def _drop_chunks(record: object) -> None:
-    """Flower caches an Array's chunks as memoryviews, which cannot be pickled (a worker pool
-    pickles Messages after they were counted): drop them."""
-    if isinstance(record, ArrayRecord):
-        for array in record.values():
-            array.__dict__.pop("_chunks", None)
-
-
-def traffic(sent: Sequence[Message], replies: Sequence[Message]) -> tuple[int, int]:
-    """(bytes sent to clients, bytes they replied) for one exchange."""
-    known: dict[int, dict[str, int]] = {}
-    with no_object_id_recompute():  # as Flower pushes Messages: each object's id hashed once
-        return sum(message_bytes(m, known) for m in sent), sum(message_bytes(m) for m in replies)
+# -- sizes ---------------------------------------------------------------------------------------
 
 
 def array_bytes(record: ArrayRecord) -> int:

@@ -1,8 +1,6 @@
-"""Sparse encodings of what travels in Messages, and the bytes they take."""
+"""Sparse encodings of what travels in Messages."""
 
 from __future__ import annotations
-
-import pickle
 
 import numpy as np
 import pytest
@@ -65,45 +63,6 @@ def test_sparse_payload_bytes_by_hand() -> None:
     # ...unless the receiver needs the positions (a mask)
     kept = wire.encode(vector_with(support), support, keep_support=True)
     assert set(kept.keys()) == {wire.VALUES, wire.BITMAP}
-
-
-def test_message_bytes_grow_by_exactly_the_added_payload() -> None:
-    def reply(n: int) -> Message:
-        arrays = ArrayRecord({"w": Array(np.ones(n, dtype=np.float32))})
-        metrics = MetricRecord({"num-examples": 5})
-        return Message(
-            RecordDict({"arrays": arrays, "metrics": metrics}), dst_node_id=1, message_type="train"
-        )
-
-    # 300 → 400 float32 entries: chunk lengths 1328 → 1728 and shapes [300] → [400] keep their
-    # digit counts, so every piece of Flower's framing keeps its size: 400 more bytes exactly.
-    assert wire.message_bytes(reply(400)) - wire.message_bytes(reply(300)) == 400
-    # The framing of one array record with one array and a metrics record is small and fixed.
-    assert 0 < wire.message_bytes(reply(300)) - (128 + 1200) < 1200
-
-
-def test_a_counted_message_still_pickles_when_two_arrays_are_equal() -> None:
-    # Equal arrays share one entry of Flower's object tree; each caches its own chunks, and a
-    # worker pool must pickle the Message after it was counted.
-    arrays = ArrayRecord({"a": Array(np.zeros(3, np.float32)), "b": Array(np.zeros(3, np.float32))})
-    msg = Message(RecordDict({"arrays": arrays}), dst_node_id=1, message_type="train")
-
-    assert wire.message_bytes(msg) > 0
-    again = pickle.loads(pickle.dumps(msg))
-    assert set(again.content.array_records["arrays"]) == {"a", "b"}
-
-
-def test_config_records_are_not_counted() -> None:
-    arrays = ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))})
-    plain = Message(RecordDict({"arrays": arrays}), dst_node_id=1, message_type="train")
-    config = ConfigRecord({"scenario": "x" * 5000})
-    with_config = Message(
-        RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type="train"
-    )
-    # The record dict names one more child: ",<64-hex id>" in its header, whose body length
-    # gains a digit (78 -> 156), and ', "config": "<id>"' in its JSON body; not the 5000 bytes.
-    extra = wire.message_bytes(with_config) - wire.message_bytes(plain)
-    assert extra == 65 + 1 + len(', "config": ""') + 64
 
 
 def test_server_sends_the_masked_model_and_the_client_recovers_model_and_mask() -> None:
