@@ -182,18 +182,25 @@ def record(tensors: Mapping[str, Tensor]) -> ArrayRecord:
     """``tensors`` as an ArrayRecord, each array the bytes ``np.save`` writes (what Flower's
     own conversion stores), without ``np.save``'s per-array cost, which dominates for the
     small arrays of reports and metrics."""
-    return ArrayRecord(
-        {name: _array(tensor.detach().cpu().numpy()) for name, tensor in tensors.items()}
-    )
+    out = ArrayRecord()  # item by item: ArrayRecord(dict) would copy every Array again
+    for name, tensor in tensors.items():
+        out[name] = _array(tensor.detach().cpu().numpy())
+    return out
 
 
 def _array(a: np.ndarray) -> Array:
     if not a.flags.c_contiguous or a.dtype.hasobject:
         return Array(np.ascontiguousarray(a))
-    header = io.BytesIO()
-    npy.write_array_header_1_0(header, npy.header_data_from_array_1_0(a))
-    data = header.getvalue() + a.tobytes()
-    return Array(dtype=str(a.dtype), shape=tuple(a.shape), stype=SType.NUMPY, data=data)
+    key = (a.dtype, a.shape)
+    header = _headers.get(key)
+    if header is None:  # a model's arrays keep their shapes round after round
+        buffer = io.BytesIO()
+        npy.write_array_header_1_0(buffer, npy.header_data_from_array_1_0(a))
+        header = (str(a.dtype), buffer.getvalue())
+        if len(_headers) >= _HEADERS_KEPT:
+            _headers.clear()
+        _headers[key] = header
+    return Array(header[0], tuple(a.shape), SType.NUMPY, header[1] + a.tobytes())
 
 
 def _numpy(array: Array) -> np.ndarray:
@@ -201,6 +208,8 @@ def _numpy(array: Array) -> np.ndarray:
     return np.array(arrays.view(array))  # a copy: the caller owns its tensors
 
 
+_HEADERS_KEPT = 1024  # by (dtype, shape): the dtype's name and the .npy header
+_headers: dict[tuple[np.dtype, tuple[int, ...]], tuple[str, bytes]] = {}
 _DECODED_KEPT = 16  # a round's model and broadcasts, with room for a previous round's
 _decoded: dict[tuple[int, tuple[int, ...]], tuple[weakref.ref[ArrayRecord], dict[str, Tensor]]] = {}
 

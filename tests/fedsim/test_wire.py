@@ -170,8 +170,14 @@ def test_a_record_holds_the_bytes_flower_would_store() -> None:
         "half": torch.randn(2, 3, dtype=torch.float16),
     }
 
-    ours, flowers = wire.record(tensors), ArrayRecord(tensors)
+    # Twice (the second time from the cached headers), and with the shapes' other dtypes.
+    other = {f"{k}_f64": v.double() for k, v in tensors.items()}
+    for _ in range(2):
+        ours, flowers = wire.record(tensors | other), ArrayRecord(tensors | other)
 
-    for name in tensors:
-        assert ours[name].data == flowers[name].data
-        assert (ours[name].dtype, ours[name].shape) == (flowers[name].dtype, flowers[name].shape)
+        for name in tensors | other:
+            assert ours[name].data == flowers[name].data
+            assert (ours[name].dtype, ours[name].shape) == (
+                flowers[name].dtype,
+                flowers[name].shape,
+            )
