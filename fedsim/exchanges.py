@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from torch import Tensor
 
@@ -129,11 +129,12 @@ class Exchanges:
                     "client_failed", round=rnd, phase=name, client=client, reason=reason
                 )
                 continue
-            metrics = reply.content.metric_records.get("metrics")
-            if metrics is not None:
+            metrics = reply.content.get("metrics")  # item access: metric_records is rebuilt
+            if isinstance(metrics, MetricRecord):
                 values = with_phase(metrics, name)
-                values.pop("examples", None)
-                self.writer.metrics(rnd, results.CLIENT, client, values)
+                values.pop(f"{name}_examples", None)  # the client's size, not a measurement
+                if values:
+                    self.writer.metrics(rnd, results.CLIENT, client, values)
             reports[client] = report
         return reports
 
@@ -169,8 +170,8 @@ class Exchanges:
 def _problem(reply: Message) -> tuple[str | None, Arrays]:
     if reply.has_error():
         return reply.error.reason or f"error code {reply.error.code}", {}
-    record = reply.content.array_records.get(wire.REPORT)
-    if record is None:
+    record = reply.content.get(wire.REPORT)
+    if not isinstance(record, ArrayRecord):
         return f"reply has no ArrayRecord {wire.REPORT!r}", {}
     report = wire.decode_record(record)
     for key, tensor in report.items():

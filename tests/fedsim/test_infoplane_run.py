@@ -63,6 +63,9 @@ def test_the_plane_is_measured_on_the_scheduled_rounds(local_run: Path) -> None:
         traffic[traffic.metric == m]["value"].iloc[-1] for m in sorted(set(traffic.metric))
     )
     assert sketch < exact  # the sketch sends 64 points a layer, not every distinct level
+    # A client's report carries its size for Flower's sake; it is not a measurement.
+    clients = metrics[metrics.scope == "client"]
+    assert not clients.metric.str.startswith("infoplane").any()
 
 
 def test_two_workers_give_the_in_process_metrics(local_run: Path, tmp_path: Path) -> None:
