@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable, Sequence
+from functools import lru_cache
 from typing import cast
 
 import numpy as np
@@ -37,6 +38,22 @@ def framed(kind: str, children: int, body: int) -> int:
     ids = children * len(ID) + max(children - 1, 0)  # joined by ","
     header = len(kind) + 2 * len(HEAD_VALUE_DIVIDER) + ids + len(str(body))
     return header + len(HEAD_BODY_DIVIDER) + body
+
+
+# An Array's body is the JSON of its dtype, shape, stype and chunk indices; this is its length
+# with two empty strings and two empty lists (2 characters each), which the values replace.
+_EMPTY_ARRAY_BODY = len(json.dumps({"dtype": "", "shape": [], "stype": "", "arraychunk_ids": []}))
+_EMPTY_ARRAY_BODY -= 4 * 2
+
+
+@lru_cache(maxsize=64)
+def _json_str_len(text: str) -> int:
+    return len(json.dumps(text))  # quotes and escapes included (json.dumps writes ASCII)
+
+
+def _json_ints_len(values: Sequence[int]) -> int:
+    """``len(json.dumps(list(values)))``, without building the text."""
+    return 2 + sum(len(str(v)) for v in values) + 2 * max(len(values) - 1, 0)
 
 
 def _refs_body(names: Sequence[str]) -> int:
@@ -95,14 +112,15 @@ class Counter:
             objects[key] = framed("ArrayChunk", 0, len(chunk))
             chunks.append(key)
         unique = list(dict.fromkeys(chunks))  # Flower indexes its chunks in first-seen order
-        body = {
-            "dtype": array.dtype,
-            "shape": array.shape,
-            "stype": array.stype,
-            "arraychunk_ids": [unique.index(c) for c in chunks],
-        }
+        body = (
+            _EMPTY_ARRAY_BODY
+            + _json_str_len(array.dtype)
+            + _json_ints_len(array.shape)
+            + _json_str_len(array.stype)
+            + _json_ints_len([unique.index(c) for c in chunks])
+        )
         key = ("Array", array.dtype, tuple(array.shape), array.stype, tuple(chunks))
-        objects[key] = framed("Array", len(unique), len(json.dumps(body).encode()))
+        objects[key] = framed("Array", len(unique), body)
         return key
 
     def _chunk_key(self, chunk: memoryview) -> Hashable:

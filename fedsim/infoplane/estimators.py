@@ -20,7 +20,9 @@ Floats = npt.NDArray[np.floating]
 Ints = npt.NDArray[np.integer]
 
 TANH_LOW = -1.000001  # the reference's lowest edge for activations bounded below by −1
-FEW_EDGES = 64  # up to this many, codes compare with each edge in turn rather than bisect
+# Codes compare each value with every edge in turn, rather than bisect, for more values and
+# fewer edges than these (measured crossing points).
+FEW_EDGES, FEW_VALUES = 64, 4096
 
 
 def entropy_bits(counts: npt.NDArray[np.integer]) -> float:
@@ -101,10 +103,11 @@ def codes(activity: Floats, edges: Floats) -> npt.NDArray[np.int16]:
     rows (N, units)."""
     a = np.asarray(activity, dtype=np.float32).reshape(len(activity), -1)
     e = np.asarray(edges, dtype=np.float32)
-    if len(e) > FEW_EDGES:
+    if len(e) > FEW_EDGES or a.size <= FEW_VALUES:
         return np.digitize(a, e).astype(np.int16)
-    # Few edges: count those at or below each value (digitize's index for increasing edges)
-    # by one vectorised comparison per edge, about 3x faster than digitize's binary search.
+    # Many values, few edges: count the edges at or below each value (digitize's index for
+    # increasing edges) by one vectorised comparison per edge, about 3x faster than
+    # digitize's binary search at 26k values and 32 edges.
     out = np.zeros(a.shape, dtype=np.int16)
     at_or_above = np.empty(a.shape, dtype=bool)
     for edge in e:

@@ -23,14 +23,17 @@ from fedsim.scenario import parse
 # ---- estimators -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bins", [2, 30, est.FEW_EDGES + 5])  # both ways codes are computed
-def test_codes_are_numpys_digitize(bins: int) -> None:
+@pytest.mark.parametrize(  # both ways codes are computed
+    ("bins", "units"), [(2, 100), (30, 100), (est.FEW_EDGES + 5, 100), (30, 7)]
+)
+def test_codes_are_numpys_digitize(bins: int, units: int) -> None:
     rng = np.random.default_rng(bins)
-    t = rng.normal(size=(50, 7)).astype(np.float32)
+    t = rng.normal(size=(50, units)).astype(np.float32)
     edges = np.sort(rng.choice(t.ravel(), size=bins))  # values exactly at edges, duplicates
     edges = np.append(edges, edges[len(edges) // 2])  # a repeated edge
     edges.sort()
     t[0, :3] = [np.nan, -np.inf, np.inf]
+    assert (t.size > est.FEW_VALUES) == (units == 100)
     assert np.array_equal(est.codes(t, edges), np.digitize(t, edges))
     assert est.codes(t, edges).dtype == np.int16
 
