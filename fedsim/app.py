@@ -10,13 +10,16 @@ server halves' hooks (``fedsim/features``). Its counterpart, the ClientApp, is
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -187,7 +190,10 @@ def _serve(
                     device,
                     received=exchanges.received(device),
                 )
-                central = workload.evaluate_central(model, test, central_config, exchanges.memory)
+                with every_core():
+                    central = workload.evaluate_central(
+                        model, test, central_config, exchanges.memory
+                    )
                 writer.metrics(rnd, results.SERVER, None, central)
                 accuracy = central.get(headline)
             finished = time.perf_counter()
@@ -215,6 +221,24 @@ def _serve(
 
     model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
     writer.save_model(model.state_dict(), exchanges.broadcasts)
+
+
+# The server's central evaluation runs while every client waits: on every core this process may
+# use, whatever the engine and its workers, so that its metrics are the same on every engine (a
+# reduction over threads rounds differently from a serial one).
+CENTRAL_THREADS = (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+)
+
+
+@contextmanager
+def every_core() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(CENTRAL_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _send(

@@ -131,7 +131,7 @@ def run_local(scenario: Scenario, run_dir: Path, show_progress: bool = True) -> 
         fork=fork,
         cohort=COHORT if scenario.resources.vectorize else None,
     )
-    if workers > 1:  # the workers train; this process aggregates and evaluates, on all threads
+    if workers > 1:  # the workers train; this process aggregates, on all threads
         torch.set_num_threads(threads)
     try:
         serve(grid, scenario, run_dir, show_progress)
