@@ -52,3 +52,14 @@ def forget_plugins() -> Iterator[None]:
     rollback(before)
     plugins._loaded.clear()
     plugins._loaded.update(loaded)
+
+
+@pytest.fixture
+def as_flower_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps every new Message with the task running it: pretend to be one, for tests
+    that build Messages outside a run (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)

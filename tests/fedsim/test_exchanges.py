@@ -6,18 +6,11 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim import wire
 from fedsim.exchanges import _problem
 
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower stamps new Messages with the task running them; pretend to be one."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("as_flower_task")
 
 
 def reply(**tensors: torch.Tensor) -> Message:

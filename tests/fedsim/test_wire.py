@@ -7,7 +7,6 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore.task_identity import TaskIdentity
 from torch import Tensor
 
 from fedsim import wire
@@ -15,13 +14,7 @@ from fedsim.grid import InProcessGrid
 from strategies.flower import PipelineStrategy, flatten
 from strategies.pipeline import RoundInfo, stateless
 
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower stamps new Messages with the task running them; pretend to be one."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("as_flower_task")
 
 
 def vector_with(support: torch.Tensor) -> torch.Tensor:

@@ -20,12 +20,11 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-from flwr.supercore.task_identity import TaskIdentity
 from torch import Tensor
 
 from fedsim.grid import InProcessGrid
 from fedsim.registry import STRATEGIES
-from strategies.flower import PipelineStrategy, flatten, unflatten, with_phase
+from strategies.flower import PipelineStrategy, flatten, reply_update, unflatten, with_phase
 from strategies.pipeline import RoundInfo, stateless
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -61,12 +60,7 @@ class Recording:
         return [fields for k, fields in self.events if k == kind]
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower stamps new Messages with the identity of the task running in this process."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("as_flower_task")
 
 
 def record(arrays: Arrays) -> ArrayRecord:
@@ -552,3 +546,21 @@ def test_flatten_then_unflatten_keeps_names_shapes_dtypes_and_values() -> None:
         assert value.shape == arrays[key].shape
         assert value.dtype == arrays[key].dtype
         np.testing.assert_array_equal(value, arrays[key])
+
+
+def test_a_replys_update_is_its_model_minus_the_global_one_in_float32() -> None:
+    rng = np.random.default_rng(0)
+    model = {
+        "w": rng.normal(size=(3, 4)).astype(np.float32),
+        "v": rng.normal(size=5),  # float64: cast to float32, then subtracted
+        "n": np.arange(3, dtype=np.int64),
+    }
+    sent = ArrayRecord({k: Array(v) for k, v in model.items()})
+    global_flat = torch.from_numpy(rng.normal(size=20).astype(np.float32))
+    reply = Message(RecordDict({"arrays": sent}), dst_node_id=1, message_type="train")
+
+    expected = flatten(sent) - global_flat  # the copy, then the subtraction
+    into = torch.full((20,), np.nan)
+    assert torch.equal(reply_update(reply, global_flat), expected)
+    assert reply_update(reply, global_flat, out=into) is into
+    assert torch.equal(into, expected)
