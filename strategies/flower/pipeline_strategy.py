@@ -425,10 +425,28 @@ def update_rows(n: int, global_flat: Tensor) -> Tensor:
 def reply_update(msg: Message, global_flat: Tensor, out: Tensor | None = None) -> Tensor:
     """A train reply's update, flat: its ``update`` as sent, else its model minus the global
     (written into ``out`` when given)."""
-    records = msg.content.array_records
+    records = msg.content
     if UPDATE in records:
-        return flatten(records[UPDATE], out)
-    return flatten(records[ARRAYS], out).sub_(global_flat)
+        return flatten(cast(ArrayRecord, records[UPDATE]), out)
+    return _minus(cast(ArrayRecord, records[ARRAYS]), global_flat, out)
+
+
+def _minus(arrays: ArrayRecord, global_flat: Tensor, out: Tensor | None) -> Tensor:
+    """``flatten(arrays) - global_flat``, float32 arrays subtracted as they are read: one pass
+    over a reply's bytes rather than a copy and then a subtraction (same float32 results)."""
+    if out is None:
+        out = torch.empty_like(global_flat)
+    flat, minus, offset = out.numpy(), global_flat.numpy(), 0
+    for array in arrays.values():
+        part = view(array).reshape(-1)
+        end = offset + part.size
+        if part.dtype == np.float32:
+            np.subtract(part, minus[offset:end], out=flat[offset:end])
+        else:  # as flatten: cast to float32 first, then subtract
+            flat[offset:end] = part
+            flat[offset:end] -= minus[offset:end]
+        offset = end
+    return out
 
 
 def as_update(msg: Message, sent: ArrayRecord) -> Message:
