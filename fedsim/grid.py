@@ -15,12 +15,14 @@ they are spawned, and each imports and loads on its own.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import importlib
 import multiprocessing as mp
-from collections.abc import Callable, Iterable, Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkContext, SpawnContext
+from typing import cast
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -203,9 +205,16 @@ def load_cohort(path: str | None) -> Cohort | None:
 
 def serve(app: ClientApp, cohort: Cohort | None, work: list[Work]) -> list[Message]:
     """The replies to ``work``: by ``cohort`` all at once, or by the app one at a time."""
+    return list(served(app, cohort, work))
+
+
+def served(app: ClientApp, cohort: Cohort | None, work: list[Work]) -> Iterator[Message]:
+    """``serve``'s replies, each as soon as it is made (a cohort's once it has trained)."""
     if cohort is not None:
-        return cohort(work)
-    return [app(msg, ctx) for msg, ctx in work]
+        yield from cohort(work)
+    else:
+        for msg, ctx in work:
+            yield app(msg, ctx)
 
 
 class _Pool:
@@ -238,21 +247,34 @@ class _Pool:
             self._procs.append(proc)
 
     def map(self, work: list[list[Work]]) -> list[list[Done]]:
-        """Each worker's share in; its (reply, updated client state) pairs out, in order."""
+        """Each worker's share in; its (reply, updated client state) pairs out, in order.
+
+        A worker sends each pair as soon as it has it: this process unpickles one while the
+        workers train the next (a reply may hold a whole model), not all of them at the end.
+        """
         for conn, share in zip(self._conns, work, strict=True):
             conn.send(share)
-        results = []
-        for conn, proc in zip(self._conns, self._procs, strict=True):
-            try:
-                results.append(conn.recv())
-            except EOFError:
-                message = f"worker process {proc.pid} died (exit code {proc.exitcode})"
-                raise RuntimeError(message) from None
+        results: list[list[Done]] = [[] for _ in work]
+        waiting = {conn: w for w, conn in enumerate(self._conns) if work[w]}
+        while waiting:
+            for ready in wait(list(waiting)):
+                conn = cast(Connection, ready)
+                w = waiting[conn]
+                try:
+                    results[w].append(conn.recv())
+                except EOFError:
+                    proc = self._procs[w]
+                    proc.join(timeout=5)  # reaped, so that its exit code is known
+                    message = f"worker process {proc.pid} died (exit code {proc.exitcode})"
+                    raise RuntimeError(message) from None
+                if len(results[w]) == len(work[w]):
+                    del waiting[conn]
         return results
 
     def close(self) -> None:
         for conn in self._conns:
-            conn.send(None)
+            with contextlib.suppress(OSError):  # a worker that died has closed its end
+                conn.send(None)
         for proc in self._procs:
             proc.join(timeout=10)
 
@@ -262,5 +284,5 @@ def _work(client_app: str, conn: Connection, cohort: str | None) -> None:
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     app, serves = load_app(client_app), load_cohort(cohort)
     while (share := conn.recv()) is not None:
-        replies = serve(app, serves, share)
-        conn.send([(reply, ctx.state) for reply, (_, ctx) in zip(replies, share, strict=True)])
+        for reply, (_, ctx) in zip(served(app, serves, share), share, strict=True):
+            conn.send((reply, ctx.state))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -28,6 +30,17 @@ def count(msg: Message, context: Context) -> Message:
         RecordDict({"metrics": MetricRecord({"calls": calls, "partition": partition})}),
         reply_to=msg,
     )
+
+
+dying_app = ClientApp()
+
+
+@dying_app.train()
+def die_on_partition_2(msg: Message, context: Context) -> Message:
+    """Answers as counting_app does, but the process serving partition 2 exits at once."""
+    if int(context.node_config["partition-id"]) == 2:
+        os._exit(3)
+    return count(msg, context)
 
 
 def train_all(grid: InProcessGrid, nodes: list[int]) -> dict[int, int]:
@@ -74,6 +87,17 @@ def test_client_state_persists_across_worker_processes(fork: bool) -> None:
     finally:
         grid.close()
     assert rounds[-1] == {0: 3, 1: 3, 2: 3, 3: 3}
+
+
+def test_a_worker_that_dies_is_named_with_its_exit_code() -> None:
+    grid = InProcessGrid(
+        "tests.fedsim.test_grid:dying_app", num_nodes=4, workers=2, costs=[4, 3, 2, 1], fork=True
+    )
+    try:
+        with pytest.raises(RuntimeError, match=r"worker process \d+ died \(exit code 3\)"):
+            train_all(grid, list(grid.get_node_ids()))
+    finally:
+        grid.close()
 
 
 def test_worker_pool_gives_the_in_process_results(tiny, tmp_path) -> None:
