@@ -33,7 +33,6 @@ from strategies.flower.pipeline_strategy import (
     PipelineStrategy,
     flatten,
     reply_update,
-    update_rows,
 )
 from strategies.pipeline import Stage, chain
 
@@ -151,7 +150,7 @@ class FedLaAvgStrategy(PipelineStrategy):
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
         """Each reply's Δ_i: as sent, or the client's update minus the one the server holds."""
         self._pending = {}
-        rows = update_rows(len(replies), global_flat)
+        rows = self._update_rows(len(replies), global_flat)
         for row, msg in zip(rows, replies, strict=True):
             records = msg.content.array_records
             if DIFFERENCE in records:

@@ -128,6 +128,7 @@ class PipelineStrategy(Strategy):
         self.workdir = workdir  # a folder the strategy may keep files in (the run directory)
         self.state: Any = None
         self._sent: ArrayRecord | None = None
+        self._rows: Tensor | None = None  # last round's update matrix, written over if it fits
 
     replies: str = "model"
 
@@ -175,6 +176,8 @@ class PipelineStrategy(Strategy):
         except ValueError as err:  # e.g. too few replies for the rule's f: keep the model
             self.recorder.event("round_skipped", round=server_round, reason=str(err))
             return None, MetricRecord({"clients": 0, "failures": failures})
+        if _holds_a_view(updates, step, state):  # the rule kept some rows: never write them over
+            self._rows = None
         self.state = state
         self._folded_in(server_round, clients)
         metrics = _weighted_means(ok)
@@ -236,10 +239,24 @@ class PipelineStrategy(Strategy):
     def _updates(self, replies: Sequence[Message], global_flat: Tensor) -> Tensor:
         """The pipeline's input ``U`` (n, d): each reply's update (its model minus the global
         model, or the update it sent)."""
-        rows = update_rows(len(replies), global_flat)
+        rows = self._update_rows(len(replies), global_flat)
         for row, msg in zip(rows, replies, strict=True):
             reply_update(msg, global_flat, out=row)
         return rows
+
+    def _update_rows(self, n: int, global_flat: Tensor) -> Tensor:
+        """The (n, d) matrix this round's updates are written into, one row each as they are
+        read (a list of rows and then ``torch.stack`` would hold every update twice at its
+        peak). Last round's when it fits: a fresh one's first writes are page faults, which
+        for 50 updates of 6.5 MB cost four times the writing itself."""
+        shape = (n, global_flat.numel())
+        if self._rows is None or tuple(self._rows.shape) != shape:
+            self._rows = None  # freed before the new one is taken
+            self._rows = torch.empty(shape, dtype=torch.float32)
+        # A new tensor over the same memory each round: rows are written through numpy, which
+        # leaves torch's version counter as it was, and caches keyed on the tensor and its
+        # version (strategies.gram) must not take this round's rows for last round's.
+        return self._rows.view(shape)
 
     def _problem(self, msg: Message, template: ArrayRecord | None) -> str | None:
         """Why a reply cannot be aggregated, or None when it can."""
@@ -416,10 +433,20 @@ def with_phase(values: Mapping[str, Any], phase: str) -> dict[str, float]:
     return out
 
 
-def update_rows(n: int, global_flat: Tensor) -> Tensor:
-    """The (n, d) matrix a round's updates are written into, one row each as they are read:
-    a list of rows and then ``torch.stack`` would hold every update twice at its peak."""
-    return torch.empty((n, global_flat.numel()), dtype=torch.float32)
+def _holds_a_view(rows: Tensor, *values: Any) -> bool:
+    """Whether a tensor in ``values`` (tensors in plain containers) shares ``rows``' memory."""
+    storage = rows.untyped_storage().data_ptr()
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Tensor):
+            if value.device == rows.device and value.untyped_storage().data_ptr() == storage:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return False
 
 
 def reply_update(msg: Message, global_flat: Tensor, out: Tensor | None = None) -> Tensor:

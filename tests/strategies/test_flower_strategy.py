@@ -25,7 +25,7 @@ from torch import Tensor
 from fedsim.grid import InProcessGrid
 from fedsim.registry import STRATEGIES
 from strategies.flower import PipelineStrategy, flatten, reply_update, unflatten, with_phase
-from strategies.pipeline import RoundInfo, stateless
+from strategies.pipeline import RoundInfo, Stage, stateless
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -202,6 +202,32 @@ def test_pipeline_state_is_kept_across_rounds() -> None:
     # Assert: v1 = 2, v2 = 0.5 * 2 + 2 = 3
     np.testing.assert_allclose(steps[0], [2.0, 2.0])
     np.testing.assert_allclose(steps[1], [3.0, 3.0])
+
+
+def test_the_update_matrix_is_reused_unless_a_rule_keeps_rows_of_it() -> None:
+    # Prepare: a rule that steps by last round's first row, kept as a view in its state
+    def step_by_last_first_row(updates: Tensor, kept: Any, info: RoundInfo) -> tuple[Tensor, Any]:
+        return (kept if kept is not None else torch.zeros_like(updates[0])), updates[0]
+
+    keeping = PipelineStrategy(Stage(lambda d: None, step_by_last_first_row), client_ids=NODES)
+    averaging = PipelineStrategy(stateless(lambda u, info: u.mean(0)), client_ids=NODES)
+    targets = [model([[11, 11], [11, 11]], [1, 1]), model([[15, 15], [15, 15]], [5, 5])]
+
+    # Execute: two rounds from the same global model, other updates in the second
+    steps, matrices = [], []
+    for rnd, target in enumerate(targets, start=1):
+        for s in (keeping, averaging):
+            sent = send(s, rnd)
+            arrays, _ = s.aggregate_train(rnd, [reply(sent[101], target, 5)])
+            assert arrays is not None
+            if s is keeping:
+                steps.append(as_numpy(arrays)["b"] - GLOBAL["b"])
+            else:
+                matrices.append(s._rows)
+
+    # Assert: round 2 steps by round 1's row (+1), not by the row written over it (+5)
+    np.testing.assert_allclose(steps[1], [1.0, 1.0])
+    assert matrices[0] is matrices[1]  # the rows nobody kept were written over
 
 
 def bad_error(to: Message) -> Message:
