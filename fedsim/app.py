@@ -22,6 +22,7 @@ from typing import cast
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from torch import nn
 
 from clients import TrainConfig, Workload
 from clients.workload import SERVER, split_state
@@ -119,6 +120,7 @@ def _serve(
     federation = scenario_federation(scenario)
     model, model_changes = initial_model_and_changes(workload, scenario, federation.dataset)
     model = model.to(device)
+    eval_threads = central_threads(model)
     shared, _ = split_state(model.state_dict(), workload.local)
     test = to_device(federation.test_data(), device)
     strategy = build_strategy(
@@ -190,7 +192,7 @@ def _serve(
                     device,
                     received=exchanges.received(device),
                 )
-                with every_core():
+                with threads(eval_threads):
                     central = workload.evaluate_central(
                         model, test, central_config, exchanges.memory
                     )
@@ -223,18 +225,26 @@ def _serve(
     writer.save_model(model.state_dict(), exchanges.broadcasts)
 
 
-# The server's central evaluation runs while every client waits: on every core this process may
-# use, whatever the engine and its workers, so that its metrics are the same on every engine (a
-# reduction over threads rounds differently from a serial one).
-CENTRAL_THREADS = (
-    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-)
+# The server's central evaluation runs while every client waits. A large model's runs on every
+# core this process may use, whatever the engine and its workers: one thread count on every
+# engine keeps its metrics the same (a reduction over threads rounds differently from a serial
+# one). A small model's stays on one thread: a second one costs more than it saves, and spins
+# for a while afterwards, taking a core from the clients' training.
+LARGE_MODEL = 50_000  # parameters
+
+
+def central_threads(model: nn.Module) -> int:
+    if sum(p.numel() for p in model.parameters()) < LARGE_MODEL:
+        return 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @contextmanager
-def every_core() -> Iterator[None]:
+def threads(count: int) -> Iterator[None]:
     before = torch.get_num_threads()
-    torch.set_num_threads(CENTRAL_THREADS)
+    torch.set_num_threads(count)
     try:
         yield
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from clients.classification import ClassificationParams, ClassificationWorkload
 from clients.workload import TrainConfig
 from fedsim import results
-from fedsim.app import serve
+from fedsim.app import central_threads, serve, threads
 from fedsim.client_app import client_app
 from fedsim.errors import UserError
 from fedsim.grid import InProcessGrid
@@ -183,3 +185,14 @@ def test_dropout_fails_sampled_clients_mid_round_reproducibly(tiny, tmp_path) ->
 
     first, again = dropped("a"), dropped("b")
     assert first == again and 0 < len(first) < 12  # 12 client-rounds, each dropped w.p. 0.5
+
+
+def test_a_large_models_central_evaluation_runs_on_every_core() -> None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert central_threads(nn.Linear(10, 10)) == 1  # 110 parameters: one thread pays best
+    assert central_threads(nn.Linear(300, 300)) == cores  # 90,300
+
+    before = torch.get_num_threads()
+    with threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
