@@ -1,6 +1,6 @@
 """The bytes a Message takes as Flower serialises it, counted from its records' lengths.
 
-Flower (1.41) ships a Message as a tree of content-addressed objects: its record dict, its
+Flower (1.41, 1.42) ships a Message as a tree of content-addressed objects: its record dict, its
 records, their arrays and the arrays' chunks (at most 5 MB each), each deflated to
 ``<kind> <ids of its children> <body length>\\0<body>`` and sent once per distinct content. Every
 object id is a SHA-256 hex digest, so the framing's size depends only on lengths, on small JSON
