@@ -81,6 +81,11 @@ class FlowerLog:
             log(WARNING, "%s: %s", kind.replace("_", " "), details)
 
 
+# Up to this size the update matrix is kept from one round to the next (reusing it saves its
+# page faults); a larger one is freed after aggregating, not held while the clients train.
+KEEP_ROWS_BYTES = 2**30
+
+
 class PipelineStrategy(Strategy):
     """Sample clients, collect their updates, aggregate them with a pipeline stage.
 
@@ -176,8 +181,8 @@ class PipelineStrategy(Strategy):
         except ValueError as err:  # e.g. too few replies for the rule's f: keep the model
             self.recorder.event("round_skipped", round=server_round, reason=str(err))
             return None, MetricRecord({"clients": 0, "failures": failures})
-        if _holds_a_view(updates, step, state):  # the rule kept some rows: never write them over
-            self._rows = None
+        if _holds_a_view(updates, step, state) or updates.nbytes > KEEP_ROWS_BYTES:
+            self._rows = None  # a rule kept some rows (never write them over), or it is large
         self.state = state
         self._folded_in(server_round, clients)
         metrics = _weighted_means(ok)

@@ -24,7 +24,14 @@ from torch import Tensor
 
 from fedsim.grid import InProcessGrid
 from fedsim.registry import STRATEGIES
-from strategies.flower import PipelineStrategy, flatten, reply_update, unflatten, with_phase
+from strategies.flower import (
+    PipelineStrategy,
+    flatten,
+    pipeline_strategy,
+    reply_update,
+    unflatten,
+    with_phase,
+)
 from strategies.pipeline import RoundInfo, Stage, stateless
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -228,6 +235,15 @@ def test_the_update_matrix_is_reused_unless_a_rule_keeps_rows_of_it() -> None:
     # Assert: round 2 steps by round 1's row (+1), not by the row written over it (+5)
     np.testing.assert_allclose(steps[1], [1.0, 1.0])
     assert matrices[0] is matrices[1]  # the rows nobody kept were written over
+
+
+def test_a_large_update_matrix_is_not_kept_between_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_strategy, "KEEP_ROWS_BYTES", 4 * 6 - 1)  # one 6-entry row: large
+    s = PipelineStrategy(stateless(lambda u, info: u.mean(0)), client_ids=NODES)
+    sent = send(s)
+    arrays, _ = s.aggregate_train(1, [reply(sent[101], M1, 5)])
+    assert arrays is not None
+    assert s._rows is None
 
 
 def bad_error(to: Message) -> Message:
