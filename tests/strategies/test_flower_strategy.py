@@ -34,6 +34,8 @@ from strategies.flower import (
 )
 from strategies.pipeline import RoundInfo, Stage, stateless
 
+pytestmark = pytest.mark.usefixtures("as_flower_task")
+
 Arrays = dict[str, npt.NDArray[Any]]
 
 
@@ -65,9 +67,6 @@ class Recording:
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [fields for k, fields in self.events if k == kind]
-
-
-pytestmark = pytest.mark.usefixtures("as_flower_task")
 
 
 def record(arrays: Arrays) -> ArrayRecord:
