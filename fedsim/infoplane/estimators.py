@@ -39,8 +39,21 @@ def entropy_bits(counts: npt.NDArray[np.integer]) -> float:
 def levels(values: Floats, low: float) -> Floats:
     """The sorted distinct values of a layer's activity (all units pooled), ``low`` excluded:
     what the exact federated protocol sends, and what adaptive edges are made of."""
-    u = np.unique(np.asarray(values, dtype=np.float32).ravel())
+    u = distinct(np.asarray(values, dtype=np.float32).ravel())
     return u[u != np.float32(low)]
+
+
+def distinct(values: Floats) -> Floats:
+    """``np.unique(values)`` of a flat array, at half its cost (a sort and one comparison;
+    numpy's own adds passes that matter at 100k values)."""
+    s = np.sort(values)
+    keep = np.empty(len(s), dtype=bool)
+    keep[:1] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    u = s[keep]
+    if len(u) and np.isnan(u[-1]):  # NaN differs from NaN: keep one, as np.unique does
+        u = u[: np.searchsorted(u, u[-1]) + 1]
+    return u
 
 
 def adaptive_edges(unique: Floats, low: float, bins: int) -> Floats:
@@ -106,13 +119,15 @@ def codes(activity: Floats, edges: Floats) -> npt.NDArray[np.int16]:
     if len(e) > FEW_EDGES or a.size <= FEW_VALUES:
         return np.digitize(a, e).astype(np.int16)
     # Many values, few edges: count the edges at or below each value (digitize's index for
-    # increasing edges) by one vectorised comparison per edge, about 3x faster than
-    # digitize's binary search at 26k values and 32 edges.
-    out = np.zeros(a.shape, dtype=np.int16)
+    # increasing edges) by one vectorised comparison per edge, about 5x faster than
+    # digitize's binary search at 20k values and 32 edges. The count (at most FEW_EDGES)
+    # fits int8, and adding the comparison's bytes as int8 keeps both operands one type.
+    count = np.zeros(a.shape, dtype=np.int8)
     at_or_above = np.empty(a.shape, dtype=bool)
     for edge in e:
         np.greater_equal(a, edge, out=at_or_above)
-        out += at_or_above
+        np.add(count, at_or_above.view(np.int8), out=count)
+    out = count.astype(np.int16)
     out[np.isnan(a)] = len(e)  # where digitize puts NaN
     return out
 
@@ -121,8 +136,10 @@ def code_counts(code_rows: Ints, labels: Ints) -> tuple[Ints, Ints]:
     """The sparse histogram {(code row, label): count}, as (rows with the label last, counts):
     what a client sends, and what the server sums. Rows come out sorted (so rows of one code
     are adjacent), int16 (bins and labels below 32,768)."""
-    joint = np.concatenate([code_rows, np.asarray(labels).reshape(-1, 1)], axis=1)
-    return _unique_rows(joint.astype(np.int16), np.ones(len(joint), dtype=np.int64))
+    joint = np.empty((len(code_rows), code_rows.shape[1] + 1), dtype=np.int16)
+    joint[:, :-1] = code_rows
+    joint[:, -1] = labels
+    return _unique_rows(joint, np.ones(len(joint), dtype=np.int64))
 
 
 def merge_counts(parts: list[tuple[Ints, Ints]]) -> tuple[Ints, Ints]:
@@ -133,32 +150,38 @@ def merge_counts(parts: list[tuple[Ints, Ints]]) -> tuple[Ints, Ints]:
 
 
 def _unique_rows(rows: Ints, counts: Ints) -> tuple[Ints, Ints]:
-    """Distinct rows, ordered by their bytes, and the summed counts of each (one sort of the
-    rows as opaque byte strings: faster than ``np.unique(axis=0)``)."""
+    """Distinct rows, ordered by their bytes, and the summed counts of each: one sort of the
+    rows as opaque byte strings (faster than ``np.unique(axis=0)``, and than ``np.unique`` of
+    the byte strings, which sorts them once more to number them)."""
     rows = np.ascontiguousarray(rows)
-    flat = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
-    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
-    summed = np.bincount(inverse.ravel(), weights=counts, minlength=len(first))
-    return rows[first], summed.astype(np.int64)
+    if len(rows) == 0:
+        return rows, np.zeros(0, dtype=np.int64)
+    row = np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))
+    order = np.argsort(rows.view(row).ravel())
+    ordered = rows[order]
+    as_bytes = ordered.view(row).ravel()
+    starts = np.flatnonzero(np.concatenate([[True], as_bytes[1:] != as_bytes[:-1]]))
+    summed = np.add.reduceat(np.asarray(counts, dtype=np.int64)[order], starts)
+    return ordered[starts], summed
 
 
 def binned_mi(rows: Ints, counts: Ints) -> tuple[float, float]:
     """(I(X;T), I(T;Y)) in bits from a (code, label) histogram as ``code_counts`` or
     ``merge_counts`` return it: distinct rows, sorted, so that the rows of one code (which
-    differ in the label, the last column, only) are adjacent."""
+    differ in the label, the last column, only) are adjacent.
+    I(X;T) = H(T) and I(T;Y) = H(T) + H(Y) − H(T,Y), each entropy one bincount."""
     rows, counts = np.asarray(rows), np.asarray(counts, dtype=np.int64)
-    changed = np.any(rows[1:, :-1] != rows[:-1, :-1], axis=1)
-    t_of = np.concatenate([[0], np.cumsum(changed)])  # each row's code, numbered
-    h_t = entropy_bits(np.bincount(t_of, weights=counts))
-    labels = rows[:, -1]
-    n = counts.sum()
-    h_t_given_y = 0.0
-    for y in np.unique(labels):
-        mine = labels == y
-        h_t_given_y += (
-            counts[mine].sum() / n * entropy_bits(np.bincount(t_of[mine], weights=counts[mine]))
-        )
-    return h_t, h_t - h_t_given_y
+    code_part = np.ascontiguousarray(rows[:, :-1])  # compared as one byte string per row
+    code_part = code_part.view(np.dtype((np.void, code_part.itemsize * code_part.shape[1])))
+    changed = code_part[1:, 0] != code_part[:-1, 0]
+    code = np.zeros(len(rows), dtype=np.int64)  # each row's code, numbered
+    code[1:] = np.cumsum(changed)
+    label = rows[:, -1].astype(np.int64)
+    label -= label.min(initial=0)
+    h_t = entropy_bits(np.bincount(code, weights=counts))
+    h_y = entropy_bits(np.bincount(label, weights=counts))
+    h_ty = entropy_bits(np.bincount(code * (int(label.max(initial=0)) + 1) + label, weights=counts))
+    return h_t, h_t + h_y - h_ty
 
 
 # ---- kernel density bounds ----------------------------------------------------------------------

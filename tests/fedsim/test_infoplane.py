@@ -38,6 +38,33 @@ def test_codes_are_numpys_digitize(bins: int, units: int) -> None:
     assert est.codes(t, edges).dtype == np.int16
 
 
+def test_distinct_is_numpys_unique() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.integers(-3, 4, 500).astype(np.float32) / 2
+    values[:6] = [np.nan, np.nan, -0.0, np.inf, -np.inf, np.nan]
+    for case in (values, values[:0], values[:2], rng.normal(size=1000).astype(np.float32)):
+        np.testing.assert_array_equal(est.distinct(case), np.unique(case))
+
+
+def test_merged_counts_are_the_counts_of_the_union() -> None:
+    # Prepare: three clients' (code, label) histograms, rows repeated within and across them
+    rng = np.random.default_rng(6)
+    clients = [rng.integers(0, 3, size=(n, 4)) for n in (40, 1, 25)]
+    parts = [est.code_counts(rows[:, :-1], rows[:, -1]) for rows in clients]
+
+    # Execute
+    rows, counts = est.merge_counts([*parts, (np.zeros((0, 4)), np.zeros(0))])
+
+    # Assert: each distinct row once, in byte order, with its count over all clients
+    union = np.concatenate(clients).astype(np.int16)
+    expected = {}
+    for row in map(tuple, union):
+        expected[row] = expected.get(row, 0) + 1
+    assert dict(zip(map(tuple, rows), counts.tolist(), strict=True)) == expected
+    assert [r.tobytes() for r in rows] == sorted(r.tobytes() for r in rows)
+    assert sum(len(c) for c in (p[1] for p in parts)) < len(union)  # repeats were counted
+
+
 @pytest.mark.parametrize("m", [1, 2, 7, 30])
 def test_adaptive_binning_of_m_equiprobable_values_is_log2_m(m: int) -> None:
     # Prepare: m distinct levels, each 3 times, on one unit; labels the level's parity
