@@ -158,6 +158,8 @@ class Exchange(Protocol):
     The core sends it every round, after the model's aggregation, as a Message of its own; the
     broadcast reaches every client's next calls (``config.received[name]``) and the central
     evaluation. Failed reports, and reports holding NaN or Inf, are dropped and recorded.
+    Optional attributes (``due``, ``scope``, ``round_only``) change when it runs, where its
+    metrics go and how far its broadcast travels: see ``fedsim.exchanges``.
     """
 
     @property

@@ -7,8 +7,10 @@ scenario's aggregation pipeline, and its broadcast then rides on every later Mes
 ``received.<name>``) and reaches the central evaluation. A failed report, or one holding NaN or
 Inf, is dropped and recorded as ``client_failed``; a ``ValueError`` from ``reduce`` skips the
 exchange this round (``round_skipped``) and keeps its memory. Optionally, an exchange's
-``due(round)`` skips it on other rounds (an analysis's schedule), and its ``scope`` names the
-metrics.csv scope of its reduce's metrics (the server's by default).
+``due(round)`` skips it on other rounds (an analysis's schedule), its ``scope`` names the
+metrics.csv scope of its reduce's metrics (the server's by default), and ``round_only`` keeps
+its broadcast to the same round's later exchanges (an analysis's bin edges): the round's
+evaluation and later rounds' Messages go without it, as they would without the exchange.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Exchanges:
         self.memory: dict[str, Any] = {}
         self.broadcasts: dict[str, Arrays] = {}
         self._records: dict[str, ArrayRecord] = {}  # the broadcasts as Messages carry them
+        self._round_only = {e.name for e in self.exchanges if getattr(e, "round_only", False)}
 
     def carry(self, messages: Iterable[Message]) -> list[Message]:
         """``messages`` with the latest broadcasts added to their content."""
@@ -63,10 +66,16 @@ class Exchanges:
             {k: v.contiguous() for k, v in self.broadcasts[name].items()}
         )
 
+    def _round_over(self) -> None:
+        """The round's exchanges are done: broadcasts meant for them alone go no further."""
+        for name in self._round_only:
+            self._records.pop(name, None)
+
     def received(self, device: torch.device) -> dict[str, Arrays]:
         return {
             name: {k: v.to(device) for k, v in arrays.items()}
             for name, arrays in self.broadcasts.items()
+            if name not in self._round_only
         }
 
     def run(
@@ -117,6 +126,7 @@ class Exchanges:
                     else:
                         metrics.update(reduced)
             metrics[f"{name}_time_s"] = time.perf_counter() - started
+        self._round_over()
         return metrics
 
     def _reports(self, rnd: int, name: str, replies: list[Message]) -> dict[int, Arrays]:
@@ -166,6 +176,7 @@ class Exchanges:
                 self.memory[name] = saved["memory"]
             if saved.get("broadcast") is not None:
                 self._broadcast(name, saved["broadcast"])
+        self._round_over()  # a checkpoint is taken between rounds
 
 
 def _problem(reply: Message) -> tuple[str | None, Arrays]:

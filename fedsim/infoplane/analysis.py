@@ -6,7 +6,7 @@ On each scheduled round it adds two exchanges after the workload's own (``fedsim
 1. ``<id>_levels`` — every client sends, per layer, what the global bin edges need: its
    distinct activity levels (``federated: exact``; adaptive bins from the union's levels), a
    quantile sketch of them (``sketch``; approximate edges) or its range (fixed bins); the
-   server broadcasts the edges.
+   server broadcasts the edges, to this round's counts only (``round_only``).
 2. ``<id>_counts`` — every client sends its (code, label) histogram under those edges; the
    server sums them and computes I(X;T), I(T;Y) of the union (scope ``federated``). With
    ``client_planes``, each client also reports its own data's plane under the global edges and
@@ -182,7 +182,7 @@ class InformationPlane:
             )
         if counts:
             return est.sketched_edges(levels, counts, layer.low, p.bins)
-        return est.adaptive_edges(np.unique(np.concatenate(levels)), layer.low, p.bins)
+        return est.adaptive_edges(est.distinct(np.concatenate(levels)), layer.low, p.bins)
 
 
 def _f32(a: np.ndarray) -> Tensor:
@@ -194,6 +194,7 @@ class Levels:
 
     everyone = True
     scope = None  # its reduce's metrics: the server's
+    round_only = True  # the edges serve this round's counts, not the run's training
 
     def __init__(self, plane: InformationPlane, name: str) -> None:
         self.plane, self.name = plane, name
@@ -249,6 +250,7 @@ class Counts:
 
     everyone = True
     scope = "federated"
+    round_only = True  # its broadcast, the estimate, is for no client
 
     def __init__(self, plane: InformationPlane, name: str, levels: str) -> None:
         self.plane, self.name, self.levels = plane, name, levels
@@ -269,7 +271,7 @@ class Counts:
         for layer in chosen:
             t, key = acts[layer.number], str(layer.number)
             rows, counts = est.code_counts(est.codes(t, edges[key].cpu().numpy()), labels)
-            out[key + ".rows"] = torch.from_numpy(rows.astype(np.int16))
+            out[key + ".rows"] = torch.from_numpy(rows)
             out[key + ".counts"] = torch.from_numpy(counts)
             if (
                 self.plane.params.client_planes

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
-from flwr.app import Error, Message, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 
 from fedsim import wire
-from fedsim.exchanges import _problem
+from fedsim.exchanges import Exchanges, _problem
 
 pytestmark = pytest.mark.usefixtures("as_flower_task")
 
@@ -38,3 +40,66 @@ def test_an_error_or_a_missing_report_is_a_reason() -> None:
     sent = Message(RecordDict(), dst_node_id=1, message_type="query")
     assert _problem(Message(Error(code=1, reason="boom"), reply_to=sent))[0] == "boom"
     assert _problem(sent)[0] == f"reply has no ArrayRecord {wire.REPORT!r}"
+
+
+# ---- how far a broadcast travels ------------------------------------------------------------
+
+
+class Echo:
+    """An exchange whose clients report one value and whose reduce broadcasts it."""
+
+    everyone = True
+
+    def __init__(self, name: str, round_only: bool) -> None:
+        self.name, self.round_only = name, round_only
+
+    def reduce(self, reports: Any, memory: Any, aggregate: Any, rnd: int) -> Any:
+        return {"v": torch.tensor([float(rnd)])}, None, {}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.received: list[set[str]] = []  # per Message sent: the broadcasts it carried
+
+    def send_and_receive(self, messages: Any) -> list[Message]:
+        replies = []
+        for msg in messages:
+            self.received.append({k for k in msg.content if k.startswith(wire.RECEIVED)})
+            report = RecordDict({wire.REPORT: wire.record({"x": torch.ones(1)})})
+            replies.append(Message(report, reply_to=msg))
+        return replies
+
+    def event(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def metrics(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+def test_a_round_only_broadcast_reaches_the_rounds_later_exchanges_and_nothing_else() -> None:
+    # Prepare: an exchange whose broadcast is for the round (edges), then one for the run
+    recorder = Recorder()
+
+    def server_side() -> Exchanges:
+        both = [Echo("edges", round_only=True), Echo("kept", round_only=False)]
+        return Exchanges(both, recorder, sizes=[1], client_ids={7: 0})  # type: ignore[arg-type]
+
+    exchanges = server_side()
+    model = wire.record({"w": torch.zeros(2)})
+
+    def training_message() -> set[str]:
+        msg = Message(RecordDict(), dst_node_id=7, message_type=MessageType.TRAIN)
+        return {k for k in exchanges.carry([msg])[0].content if k.startswith(wire.RECEIVED)}
+
+    # Execute: two rounds, and a resume from the checkpointed state
+    exchanges.run(1, recorder, model, ConfigRecord(), None, None)  # type: ignore[arg-type]
+    after_round = training_message()
+    exchanges.run(2, recorder, model, ConfigRecord(), None, None)  # type: ignore[arg-type]
+    resumed = server_side()
+    resumed.load_state_dict(exchanges.state_dict())
+    exchanges = resumed
+
+    # Assert: within a round the second exchange saw the first's edges; no training Message
+    # or central evaluation after it does, before or after a resume; the other one travels on
+    kept, edges = wire.RECEIVED + "kept", wire.RECEIVED + "edges"
+    assert recorder.received == [set(), {edges}, {kept}, {kept, edges}]
+    assert after_round == training_message() == {kept}
+    assert set(resumed.received(torch.device("cpu"))) == {"kept"}

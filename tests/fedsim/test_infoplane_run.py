@@ -68,6 +68,21 @@ def test_the_plane_is_measured_on_the_scheduled_rounds(local_run: Path) -> None:
     assert not clients.metric.str.startswith("infoplane").any()
 
 
+def test_the_analysis_leaves_the_run_it_observes_unchanged(local_run: Path, tmp_path: Path) -> None:
+    # Prepare: the same run without the analysis
+    run(tmp_path / "plain", plane_scenario(analysis=[]))
+
+    # Execute: every metric the plain run records, read from both runs
+    plain = learned(tmp_path / "plain")
+    analysed = learned(local_run).merge(plain[["round", "scope", "client", "metric"]])
+
+    # Assert: the same training, evaluation and traffic, round by round. The bin edges that
+    # an analysed round broadcasts serve that round's counts only: they would otherwise ride
+    # on every later training Message and add to its bytes.
+    assert len(analysed) == len(plain)
+    pd.testing.assert_frame_equal(analysed, plain)
+
+
 def test_two_workers_give_the_in_process_metrics(local_run: Path, tmp_path: Path) -> None:
     run(tmp_path / "workers", plane_scenario(resources={"workers": 2}))
     pd.testing.assert_frame_equal(learned(tmp_path / "workers"), learned(local_run))
