@@ -54,6 +54,7 @@ from fedsim.build import (
 )
 from fedsim.data import Federation, Labelled
 from fedsim.features import ClientMod, Fit, Trained, changes_training, client_mods
+from fedsim.loading import load_entries
 from fedsim.scenario import Scenario, parse
 
 CLIENT_ERROR = 1  # Error.code of a client whose work raised
@@ -353,7 +354,7 @@ def _replay(fitted: Fitted) -> Train:
 
 def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -> State:
     """Load the shared entries sent and this client's local entries; its workload state."""
-    rt.model.load_state_dict(wire.tensors(sent), strict=False)
+    load_entries(rt.model, wire.tensors(sent))
     if rt.local_keys:
         kept = cast(ArrayRecord | None, context.state.get(LOCAL))
         local: dict[str, torch.Tensor]
@@ -361,7 +362,7 @@ def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -
             local = dict(kept.to_torch_state_dict())
         else:  # the client's first call: its own draw from (seed, client)
             local = local_entries(rt.workload, rt.scenario, rt.federation.dataset, client)
-        rt.model.load_state_dict(local, strict=False)
+        load_entries(rt.model, local)
     kept_state = cast(ArrayRecord | None, context.state.get(STATE))
     if kept_state is None:
         return {}
