@@ -1,6 +1,6 @@
 """What the information-plane analysis costs on the quickstart, measured every 10 rounds.
 
-    python benchmarks/infoplane/overhead.py            # 20 rounds, 3 runs (~1 min on 2 cores)
+    python benchmarks/infoplane/overhead.py            # 20 rounds, 10 runs (~20 s on 2 cores)
     python benchmarks/infoplane/overhead.py --smoke    # seconds: 2 rounds, one repeat
 
 scenarios/quickstart.yaml (digits, 10 label-skewed clients, an MLP, 20 rounds) is run in this
@@ -67,7 +67,7 @@ def cost(run: pd.DataFrame) -> Cost:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="seconds: 2 rounds, one repeat")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=10)  # the runs vary by a third
     parser.add_argument(
         "--clock",
         choices=("cpu", "wall"),
