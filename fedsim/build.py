@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,8 +39,14 @@ def pick_device(choice: str) -> torch.device:
 
 def seeded_generator(*seed: int) -> torch.Generator:
     """A torch generator seeded from integers (no global seeding)."""
-    entropy = np.random.SeedSequence(list(seed)).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(entropy))
+    return torch.Generator().manual_seed(_entropy(seed))
+
+
+@lru_cache(maxsize=4096)
+def _entropy(seed: tuple[int, ...]) -> int:
+    # Remembered: deriving it costs five times the generator, and a round asks for some twice
+    # (a client's two reports of the information plane share their stream).
+    return int(np.random.SeedSequence(list(seed)).generate_state(1, dtype=np.uint64)[0])
 
 
 def build_workload(scenario: Scenario) -> Workload:
