@@ -23,8 +23,8 @@ from fedsim.scenario import parse
 # ---- estimators -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(  # both ways codes are computed
-    ("bins", "units"), [(2, 100), (30, 100), (est.FEW_EDGES + 5, 100), (30, 7)]
+@pytest.mark.parametrize(  # both ways codes are computed, and both types
+    ("bins", "units"), [(2, 100), (30, 100), (est.FEW_EDGES + 5, 100), (30, 7), (200, 100)]
 )
 def test_codes_are_numpys_digitize(bins: int, units: int) -> None:
     rng = np.random.default_rng(bins)
@@ -35,7 +35,7 @@ def test_codes_are_numpys_digitize(bins: int, units: int) -> None:
     t[0, :3] = [np.nan, -np.inf, np.inf]
     assert (t.size > est.FEW_VALUES) == (units == 100)
     assert np.array_equal(est.codes(t, edges), np.digitize(t, edges))
-    assert est.codes(t, edges).dtype == np.int16
+    assert est.codes(t, edges).dtype == (np.int8 if len(edges) <= 127 else np.int16)
 
 
 def test_distinct_is_numpys_unique() -> None:
@@ -63,6 +63,22 @@ def test_merged_counts_are_the_counts_of_the_union() -> None:
     assert dict(zip(map(tuple, rows), counts.tolist(), strict=True)) == expected
     assert [r.tobytes() for r in rows] == sorted(r.tobytes() for r in rows)
     assert sum(len(c) for c in (p[1] for p in parts)) < len(union)  # repeats were counted
+
+
+def test_rows_are_bytes_while_codes_and_labels_fit_and_merge_to_the_pooled_type() -> None:
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 31, size=(30, 5)).astype(np.int8)
+    small, large = rng.integers(0, 10, 30), rng.integers(0, 300, 30)
+    assert est.code_counts(codes, small)[0].dtype == np.int8
+    assert est.code_counts(codes, large)[0].dtype == np.int16
+    assert est.code_counts(codes.astype(np.int64), small)[0].dtype == np.int8  # by value
+    # clients of both kinds merge to what counting all their rows in one place gives
+    parts = [est.code_counts(codes[:15], small[:15]), est.code_counts(codes[15:], large[15:])]
+    pooled = est.code_counts(codes, np.concatenate([small[:15], large[15:]]))
+    merged = est.merge_counts(parts)
+    assert merged[0].dtype == pooled[0].dtype == np.int16
+    np.testing.assert_array_equal(merged[0], pooled[0])
+    np.testing.assert_array_equal(merged[1], pooled[1])
 
 
 @pytest.mark.parametrize("m", [1, 2, 7, 30])
