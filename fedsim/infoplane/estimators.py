@@ -23,6 +23,7 @@ TANH_LOW = -1.000001  # the reference's lowest edge for activations bounded belo
 # Codes compare each value with every edge in turn, rather than bisect, for more values and
 # fewer edges than these (measured crossing points).
 FEW_EDGES, FEW_VALUES = 64, 4096
+_INT8_MAX = 127  # codes up to it, and labels within int8, make histogram rows of bytes
 
 
 def entropy_bits(counts: npt.NDArray[np.integer]) -> float:
@@ -148,9 +149,6 @@ def merge_counts(parts: list[tuple[Ints, Ints]]) -> tuple[Ints, Ints]:
     rows = np.concatenate([np.asarray(r).astype(kind, copy=False) for r, _ in parts])
     counts = np.concatenate([np.asarray(c, dtype=np.int64) for _, c in parts])
     return _unique_rows(rows, counts)
-
-
-_INT8_MAX = 127
 
 
 def row_type(*parts: Ints) -> np.dtype:
