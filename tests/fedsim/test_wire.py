@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -174,3 +176,19 @@ def test_a_record_holds_the_bytes_flower_would_store() -> None:
                 flowers[name].dtype,
                 flowers[name].shape,
             )
+
+
+@pytest.mark.parametrize("dtype", ["float32", ">f8", "float16", "int8", "uint16", "int64", "bool"])
+def test_an_arrays_bytes_are_what_np_save_writes(dtype: str) -> None:
+    # Shapes of every length and axis widths of every digit count: numpy pads the header to
+    # 64 bytes and leaves room for the first axis to grow, both of which move with them.
+    shapes = [(), (0,), (7,), (123,), (4, 3), (2, 1, 5), (1,) * 9, (10**6, 0), (0, 10**12)]
+    for shape in shapes:
+        a = np.zeros(shape, dtype=dtype)
+        buffer = io.BytesIO()
+        np.save(buffer, a)
+
+        array = wire._array(a)
+
+        assert array.data == buffer.getvalue(), shape
+        assert array.numpy().dtype == a.dtype and array.numpy().shape == shape
