@@ -5,8 +5,9 @@ On each scheduled round it adds two exchanges after the workload's own (``fedsim
 
 1. ``<id>_levels`` — every client sends, per layer, what the global bin edges need: its
    distinct activity levels (``federated: exact``; adaptive bins from the union's levels), a
-   quantile sketch of them (``sketch``; approximate edges) or its range (fixed bins); the
-   server broadcasts the edges, to this round's counts only (``round_only``).
+   quantile sketch of them (``sketch``; approximate edges) or its maximum (fixed bins); the
+   server, which knows the layers from its own model, broadcasts the edges, to this round's
+   counts only (``round_only``).
 2. ``<id>_counts`` — every client sends its (code, label) histogram under those edges; the
    server sums them and computes I(X;T), I(T;Y) of the union (scope ``federated``). With
    ``client_planes``, each client also reports its own data's plane under the global edges and
@@ -38,6 +39,9 @@ BINNED = ("adaptive_binning", "fixed_binning")
 # A round's client activity kept between the two exchanges, for all the clients a process
 # serves; past it, the counts phase runs the probe again.
 KEEP_ACTIVITY_BYTES = 64 * 2**20
+# Report entries besides the layers' own (named by their numbers): every layer's maximum
+# (fixed bins), how many levels each layer's sketch stands for, every layer's histogram counts.
+MAXIMA, SIZES, COUNTS = "maxima", "sizes", "counts"
 
 
 class InformationPlaneParams(Params):
@@ -100,6 +104,10 @@ class InformationPlane:
         self.rounds: frozenset[int] = frozenset()
         self._activity: dict[tuple[int, int], dict[int, np.ndarray]] = {}
         self._found: weakref.WeakKeyDictionary[nn.Module, list[Layer]] = weakref.WeakKeyDictionary()
+        # The layers probed, as ``layers`` last chose them: every model of a run has the same.
+        # The server's reduces read them from its own model (checked when it was built), so
+        # that reports need not describe the layers.
+        self.probed: list[Layer] = []
         suffix = f"_{params.tag}" if params.tag else ""
         self.prefix = ("mi_xt" + suffix, "mi_ty" + suffix)
         self.exchanges: tuple[Any, ...] = ()
@@ -127,7 +135,8 @@ class InformationPlane:
                 "information_plane: the model has no activation module to probe (only its "
                 "output); build it from nn.ReLU / nn.Tanh / ... modules, not functional calls"
             )
-        return select(found, self.params.layers)
+        self.probed = select(found, self.params.layers)
+        return self.probed
 
     def client_activity(
         self, model: nn.Module, x: Tensor, chosen: list[Layer], client: int, round: int
@@ -209,38 +218,39 @@ class Levels:
         chosen = self.plane.layers(model, x)
         acts = self.plane.client_activity(model, x, chosen, config.client, config.round)
         p = self.plane.params
+        # Per layer, one array: each array costs its own framing, encoding and decoding.
+        if p.estimator == "fixed_binning":  # the maxima, which the bins span
+            maxima = [float(acts[layer.number].max()) for layer in chosen]
+            return {MAXIMA: torch.tensor(maxima, dtype=torch.float64)}, {}
         out: dict[str, Tensor] = {}
+        sizes = []
         for layer in chosen:
-            t, key = acts[layer.number], str(layer.number)
-            # The maximum and, as the server has no model, the layer's kind (its low edge,
-            # bounded or not): one array, as each costs its own framing and decoding.
-            out[key + ".meta"] = torch.tensor(
-                [float(t.max()), layer.low, float(layer.bounded)], dtype=torch.float64
-            )
-            if p.estimator == "adaptive_binning":
-                u = est.levels(t, layer.low)
-                if p.federated == "sketch":
-                    out[key] = _f32(est.sketch(u, p.sketch_size))
-                    out[key + ".n"] = torch.tensor([len(u)], dtype=torch.int64)
-                else:
-                    out[key] = _f32(u)
+            u = est.levels(acts[layer.number], layer.low)
+            if p.federated == "sketch":
+                out[str(layer.number)] = _f32(est.sketch(u, p.sketch_size))
+                sizes.append(len(u))
+            else:
+                out[str(layer.number)] = _f32(u)
+        if sizes:  # how many levels each sketch stands for
+            out[SIZES] = torch.tensor(sizes, dtype=torch.int64)
         return out, {}
 
     def reduce(
         self, reports: Mapping[int, dict[str, Tensor]], memory: Any, aggregate: Any, round: int
     ) -> tuple[dict[str, Tensor], Any, dict[str, float]]:
         memory = dict(memory or {})  # layer -> the running maximum (fixed bins, as the reference)
-        numbers = sorted({k.split(".")[0] for r in reports.values() for k in r}, key=int)
+        fixed = self.plane.params.estimator == "fixed_binning"
         broadcast: dict[str, Tensor] = {}
-        for key in numbers:
-            high = max(float(r[key + ".meta"][0]) for r in reports.values())
-            high = max(high, float(memory.get(key, torch.tensor(-math.inf))))
-            memory[key] = torch.tensor(high)
-            meta = next(r[key + ".meta"] for r in reports.values())
-            layer = Layer(int(key), "", float(meta[1]), bool(meta[2]))
+        for i, layer in enumerate(self.plane.probed):
+            key = str(layer.number)
+            high = -math.inf
+            if fixed:
+                high = max(float(r[MAXIMA][i]) for r in reports.values())
+                high = max(high, float(memory.get(key, torch.tensor(-math.inf))))
+                memory[key] = torch.tensor(high)
             levels = [r[key].numpy() for r in reports.values() if key in r]
-            counts = [int(r[key + ".n"][0]) for r in reports.values() if key + ".n" in r]
-            broadcast[key] = _f32(self.plane.edges(layer, levels, high, counts))
+            sizes = [int(r[SIZES][i]) for r in reports.values() if SIZES in r]
+            broadcast[key] = _f32(self.plane.edges(layer, levels, high, sizes))
         return broadcast, memory, {}
 
 
@@ -267,12 +277,13 @@ class Counts:
         acts = self.plane.client_activity(model, x, chosen, config.client, config.round)
         labels = y.cpu().numpy()
         out: dict[str, Tensor] = {}
+        all_counts: list[np.ndarray] = []  # by layer, as one array (its rows say how to split)
         own: dict[str, float] = {}
         for layer in chosen:
             t, key = acts[layer.number], str(layer.number)
             rows, counts = est.code_counts(est.codes(t, edges[key].cpu().numpy()), labels)
-            out[key + ".rows"] = torch.from_numpy(rows)
-            out[key + ".counts"] = torch.from_numpy(counts)
+            out[key] = torch.from_numpy(rows)
+            all_counts.append(counts)
             if (
                 self.plane.params.client_planes
                 and self.plane.params.estimator == "adaptive_binning"
@@ -290,18 +301,23 @@ class Counts:
                 own[f"{xt_x}_own.{key}"], own[f"{ty_x}_own.{key}"] = est.binned_mi(
                     own_rows, own_counts
                 )
+        out[COUNTS] = torch.from_numpy(np.concatenate(all_counts))
         return out, own
 
     def reduce(
         self, reports: Mapping[int, dict[str, Tensor]], memory: Any, aggregate: Any, round: int
     ) -> tuple[dict[str, Tensor], Any, dict[str, float]]:
-        numbers = sorted({k.split(".")[0] for r in reports.values() for k in r}, key=int)
+        keys = [str(layer.number) for layer in self.plane.probed]
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {key: [] for key in keys}
+        for r in reports.values():
+            rows = [r[key].numpy() for key in keys]
+            ends = np.cumsum([len(layer_rows) for layer_rows in rows])[:-1]
+            counts = np.split(r[COUNTS].numpy(), ends)
+            for key, layer_rows, layer_counts in zip(keys, rows, counts, strict=True):
+                parts[key].append((layer_rows, layer_counts))
         metrics: dict[str, float] = {}
-        for key in numbers:
-            parts = [
-                (r[key + ".rows"].numpy(), r[key + ".counts"].numpy()) for r in reports.values()
-            ]
-            metrics |= self.plane.metrics(int(key), est.binned_mi(*est.merge_counts(parts)))
+        for key in keys:
+            metrics |= self.plane.metrics(int(key), est.binned_mi(*est.merge_counts(parts[key])))
         values = torch.tensor([metrics[k] for k in sorted(metrics)], dtype=torch.float64)
         return {"mi": values}, None, metrics
 

@@ -190,13 +190,14 @@ def plane_scenario(**analysis: Any) -> dict[str, Any]:
     }
 
 
-def test_federated_binned_mi_with_global_edges_equals_the_pooled_estimate() -> None:
+@pytest.mark.parametrize("estimator", ["adaptive_binning", "fixed_binning"])
+def test_federated_binned_mi_with_global_edges_equals_the_pooled_estimate(estimator: str) -> None:
     # Prepare: the paper's ReLU network, its activity on three clients' shards of SZT
     scenario = parse(plane_scenario())
     workload = build_workload(scenario)
     dataset = load_data(scenario.data.dataset)
     model = workload.build_model(dataset, torch.Generator().manual_seed(1))
-    plane = InformationPlane(InformationPlaneParams())
+    plane = InformationPlane(InformationPlaneParams(estimator=estimator))
     x, y = dataset.x_train, dataset.y_train
     shards = {c: (x[c::3], y[c::3]) for c in range(3)}
     levels, counts = plane.exchanges
