@@ -20,9 +20,10 @@ Floats = npt.NDArray[np.floating]
 Ints = npt.NDArray[np.integer]
 
 TANH_LOW = -1.000001  # the reference's lowest edge for activations bounded below by −1
-# Codes compare each value with every edge in turn, rather than bisect, for more values and
-# fewer edges than these (measured crossing points).
-FEW_EDGES, FEW_VALUES = 64, 4096
+# Codes compare the values with every edge, rather than bisect, for more values and fewer
+# edges than these (measured crossing points).
+FEW_EDGES, FEW_VALUES = 64, 2048
+CODES_BLOCK = 2**16  # values compared with every edge at once: 64 kB of bytes per edge
 _INT8_MAX = 127  # codes up to it, and labels within int8, make histogram rows of bytes
 
 
@@ -120,16 +121,22 @@ def codes(activity: Floats, edges: Floats) -> Ints:
     if len(e) > FEW_EDGES or a.size <= FEW_VALUES:
         return np.digitize(a, e).astype(np.int8 if len(e) <= _INT8_MAX else np.int16)
     # Many values, few edges: count the edges at or below each value (digitize's index for
-    # increasing edges) by one vectorised comparison per edge, about 5x faster than
-    # digitize's binary search at 20k values and 32 edges. The count (at most FEW_EDGES)
-    # fits int8, and adding the comparison's bytes as int8 keeps both operands one type.
-    count = np.zeros(a.shape, dtype=np.int8)
-    at_or_above = np.empty(a.shape, dtype=bool)
-    for edge in e:
-        np.greater_equal(a, edge, out=at_or_above)
-        np.add(count, at_or_above.view(np.int8), out=count)
-    count[np.isnan(a)] = len(e)  # where digitize puts NaN
-    return count
+    # increasing edges), every edge compared with a block of values in one broadcast and the
+    # comparisons summed as bytes: ~10x faster than digitize's binary search at 26k values
+    # and 31 edges, and twice a loop over the edges. The count (at most FEW_EDGES) fits int8.
+    flat = a.reshape(-1)
+    count = np.empty(flat.shape, dtype=np.int8)
+    column = e[:, None]
+    for start in range(0, len(flat), CODES_BLOCK):
+        block = flat[start : start + CODES_BLOCK]
+        np.sum(
+            (block >= column).view(np.int8),
+            axis=0,
+            dtype=np.int8,
+            out=count[start : start + len(block)],
+        )
+    count[np.isnan(flat)] = len(e)  # where digitize puts NaN
+    return count.reshape(a.shape)
 
 
 def code_counts(code_rows: Ints, labels: Ints) -> tuple[Ints, Ints]:

@@ -23,8 +23,9 @@ from fedsim.scenario import parse
 # ---- estimators -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(  # both ways codes are computed, and both types
-    ("bins", "units"), [(2, 100), (30, 100), (est.FEW_EDGES + 5, 100), (30, 7), (200, 100)]
+@pytest.mark.parametrize(  # both ways codes are computed (one block and several), both types
+    ("bins", "units"),
+    [(2, 100), (30, 100), (est.FEW_EDGES + 5, 100), (30, 7), (200, 100), (30, 1400)],
 )
 def test_codes_are_numpys_digitize(bins: int, units: int) -> None:
     rng = np.random.default_rng(bins)
@@ -33,7 +34,8 @@ def test_codes_are_numpys_digitize(bins: int, units: int) -> None:
     edges = np.append(edges, edges[len(edges) // 2])  # a repeated edge
     edges.sort()
     t[0, :3] = [np.nan, -np.inf, np.inf]
-    assert (t.size > est.FEW_VALUES) == (units == 100)
+    assert (t.size > est.FEW_VALUES) == (units >= 100)
+    assert (t.size > est.CODES_BLOCK) == (units == 1400)
     assert np.array_equal(est.codes(t, edges), np.digitize(t, edges))
     assert est.codes(t, edges).dtype == (np.int8 if len(edges) <= 127 else np.int16)
 
