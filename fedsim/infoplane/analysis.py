@@ -171,7 +171,8 @@ class InformationPlane:
         for layer in chosen:
             t = acts[layer.number]
             if p.estimator in BINNED:
-                edges = self.edges(layer, [est.levels(t, layer.low)], float(t.max()), [])
+                unique = est.levels(t, layer.low) if p.estimator == "adaptive_binning" else None
+                edges = self.edges(layer, float(t.max()), unique)
                 rows, counts = est.code_counts(est.codes(t, edges), labels)
                 out |= self.metrics(layer.number, est.binned_mi(rows, counts))
             else:
@@ -181,17 +182,24 @@ class InformationPlane:
         return out
 
     def edges(
-        self, layer: Layer, levels: list[np.ndarray], high: float, counts: list[int]
+        self,
+        layer: Layer,
+        high: float,
+        unique: np.ndarray | None = None,
+        sketches: tuple[list[np.ndarray], list[int]] | None = None,
     ) -> np.ndarray:
-        """A layer's edges from the levels (or sketches with their ``counts``) seen."""
+        """A layer's edges: fixed bins up to ``high`` (the largest activity seen), or adaptive
+        bins from the distinct levels seen (``unique``, sorted) or from sketches of them
+        (with how many levels each sketch stands for)."""
         p = self.params
         if p.estimator == "fixed_binning":
             return est.fixed_edges(
                 -1.0 if layer.low < 0 else 0.0, 1.0 if layer.bounded else high, p.bins
             )
-        if counts:
-            return est.sketched_edges(levels, counts, layer.low, p.bins)
-        return est.adaptive_edges(est.distinct(np.concatenate(levels)), layer.low, p.bins)
+        if sketches is not None:
+            return est.sketched_edges(*sketches, layer.low, p.bins)
+        assert unique is not None, "adaptive bins need the distinct levels or sketches of them"
+        return est.adaptive_edges(unique, layer.low, p.bins)
 
 
 def _f32(a: np.ndarray) -> Tensor:
@@ -250,7 +258,13 @@ class Levels:
                 memory[key] = torch.tensor(high)
             levels = [r[key].numpy() for r in reports.values() if key in r]
             sizes = [int(r[SIZES][i]) for r in reports.values() if SIZES in r]
-            broadcast[key] = _f32(self.plane.edges(layer, levels, high, sizes))
+            if fixed:
+                edges = self.plane.edges(layer, high)
+            elif sizes:
+                edges = self.plane.edges(layer, high, sketches=(levels, sizes))
+            else:  # exact: the union's distinct levels
+                edges = self.plane.edges(layer, high, est.distinct(np.concatenate(levels)))
+            broadcast[key] = _f32(edges)
         return broadcast, memory, {}
 
 
