@@ -323,12 +323,14 @@ class Counts:
     ) -> tuple[dict[str, Tensor], Any, dict[str, float]]:
         keys = [str(layer.number) for layer in self.plane.probed]
         parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {key: [] for key in keys}
-        for r in reports.values():
-            rows = [r[key].numpy() for key in keys]
-            ends = np.cumsum([len(layer_rows) for layer_rows in rows])[:-1]
-            counts = np.split(r[COUNTS].numpy(), ends)
-            for key, layer_rows, layer_counts in zip(keys, rows, counts, strict=True):
-                parts[key].append((layer_rows, layer_counts))
+        for client, r in reports.items():
+            counts, start = r[COUNTS].numpy(), 0
+            for key in keys:  # each layer's counts follow the last's
+                rows = r[key].numpy()
+                parts[key].append((rows, counts[start : start + len(rows)]))
+                start += len(rows)
+            if start != len(counts):
+                raise ValueError(f"client {client}'s counts do not match its histogram's rows")
         metrics: dict[str, float] = {}
         for key in keys:
             metrics |= self.plane.metrics(int(key), est.binned_mi(*est.merge_counts(parts[key])))

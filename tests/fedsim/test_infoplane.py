@@ -231,6 +231,27 @@ def test_federated_binned_mi_with_global_edges_equals_the_pooled_estimate(estima
     assert pooled["mi_xt.1"] > 8 and all(0 <= pooled[f"mi_ty.{i}"] <= 1 for i in range(1, 7))
 
 
+def test_a_report_whose_counts_do_not_match_its_rows_skips_the_round() -> None:
+    # Prepare: one client's histogram, its counts one short
+    scenario = parse(plane_scenario())
+    dataset = load_data(scenario.data.dataset)
+    model = build_workload(scenario).build_model(dataset, torch.Generator().manual_seed(1))
+    plane = InformationPlane(InformationPlaneParams())
+    levels, counts = plane.exchanges
+    config = TrainConfig(1, 0, torch.Generator(), torch.device("cpu"))
+    data = (dataset.x_train[:100], dataset.y_train[:100])
+    edges, _, _ = levels.reduce({0: levels.report(model, data, {}, config)[0]}, None, None, 1)
+    config = TrainConfig(
+        1, 0, torch.Generator(), torch.device("cpu"), received={levels.name: edges}
+    )
+    report, _ = counts.report(model, data, {}, config)
+    report["counts"] = report["counts"][:-1]
+
+    # Execute, Assert: a ValueError, which the core records as the exchange's skipped round
+    with pytest.raises(ValueError, match="client 0's counts do not match"):
+        counts.reduce({0: report}, None, None, 1)
+
+
 def test_an_analysis_adds_nothing_when_absent() -> None:
     raw = plane_scenario()
     del raw["analysis"]
