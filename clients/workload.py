@@ -159,7 +159,9 @@ class Exchange(Protocol):
     broadcast reaches every client's next calls (``config.received[name]``) and the central
     evaluation. Failed reports, and reports holding NaN or Inf, are dropped and recorded.
     Optional attributes (``due``, ``scope``, ``round_only``) change when it runs, where its
-    metrics go and how far its broadcast travels: see ``fedsim.exchanges``.
+    metrics go and how far its broadcast travels: see ``fedsim.exchanges``. ``keeps_model``
+    (true) promises that ``report`` leaves the model's entries as it found them (it only reads
+    them): a client's next call sent the same model then need not copy it in again.
     """
 
     @property

@@ -6,8 +6,11 @@ client it serves. Every workload answers the same three Messages: ``train``, ``e
 ``query.exchange`` (one of its exchanges). Before each call the model gets the shared entries
 the server sent and the client's local entries from its ``context.state``; after the call the
 local entries and the workload's own state go back there, and the reply carries the shared
-entries only (evaluation changes neither, and keeps only a first call's draw). Features the
-scenario turns on wrap the training call as client mods (``fedsim.features``).
+entries only (evaluation changes neither, and keeps only a first call's draw). The shared
+entries are not copied in again when the model holds them as the same record sent them, after
+a report of an exchange that ``keeps_model`` (an analysis's two round trips send each client
+one model twice, and a process serves many clients). Features the scenario turns on wrap the
+training call as client mods (``fedsim.features``).
 
 With ``resources.vectorize`` the local engine hands a round's Messages to ``train_cohort``,
 which trains the train Messages' clients as one batched model where the workload can; each
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, reduce
@@ -86,6 +90,10 @@ class ClientRuntime:
     mods: list[ClientMod]
     alone: bool  # a mod changes each client's training: no cohort trains them together
     exchanges: dict[str, Exchange]
+    # The shared entries the model still holds as they were sent, after a call that only read
+    # them (the report of an exchange that ``keeps_model``): the record (weakly) and its
+    # arrays' ids. The next call sent the same record does not copy them in again.
+    as_sent: tuple[weakref.ref[ArrayRecord], tuple[int, ...]] | None = None
 
 
 @lru_cache(maxsize=2)
@@ -264,6 +272,8 @@ def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
     exchange = rt.exchanges[str(_config(content)[wire.EXCHANGE])]
     data = rt.federation.train_data(client)
     arrays, metrics = exchange.report(rt.model, data, call.state, call.config)
+    if getattr(exchange, "keeps_model", False):  # it only read the model: the next call may
+        rt.as_sent = weakref.ref(call.sent), _array_ids(call.sent)  # find the entries as sent
     _save(rt, context, call.state)
     report = wire.record(arrays)
     metrics_record = MetricRecord({**metrics, "num-examples": rt.sizes[client]})
@@ -353,8 +363,11 @@ def _replay(fitted: Fitted) -> Train:
 
 
 def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -> State:
-    """Load the shared entries sent and this client's local entries; its workload state."""
-    load_entries(rt.model, wire.tensors(sent))
+    """Load the shared entries sent (unless the model holds them as sent) and this client's
+    local entries; its workload state."""
+    held, rt.as_sent = rt.as_sent, None  # this call may change the model
+    if held is None or held[0]() is not sent or held[1] != _array_ids(sent):
+        load_entries(rt.model, wire.tensors(sent))
     if rt.local_keys:
         kept = cast(ArrayRecord | None, context.state.get(LOCAL))
         local: dict[str, torch.Tensor]
@@ -367,6 +380,12 @@ def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -
     if kept_state is None:
         return {}
     return {k: v.to(rt.device) for k, v in kept_state.to_torch_state_dict().items()}
+
+
+def _array_ids(record: ArrayRecord) -> tuple[int, ...]:
+    """With the record itself, what tells it apart from any other while it lives (on the local
+    engine a round's Messages share one model record; a worker unpickles one per batch)."""
+    return tuple(id(array) for array in record.values())
 
 
 def _save(rt: ClientRuntime, context: Context, state: State) -> None:

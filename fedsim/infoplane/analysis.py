@@ -212,6 +212,7 @@ class Levels:
     everyone = True
     scope = None  # its reduce's metrics: the server's
     round_only = True  # the edges serve this round's counts, not the run's training
+    keeps_model = True  # it only reads the model
 
     def __init__(self, plane: InformationPlane, name: str) -> None:
         self.plane, self.name = plane, name
@@ -275,6 +276,7 @@ class Counts:
     everyone = True
     scope = "federated"
     round_only = True  # its broadcast, the estimate, is for no client
+    keeps_model = True
 
     def __init__(self, plane: InformationPlane, name: str, levels: str) -> None:
         self.plane, self.name, self.levels = plane, name, levels
