@@ -17,6 +17,7 @@ from fedsim.cli import app
 from fedsim.data import federate
 from fedsim.errors import ScenarioError, UserError
 from fedsim.files.arrays import ArraysParams, arrays
+from fedsim.files.checks import checked_dataset
 from fedsim.registry import Component
 from fedsim.scenario import parse
 from tests.fedsim.files.conftest import tiny_arrays
@@ -31,6 +32,21 @@ def scenario(path: str, **changes: Any) -> dict[str, Any]:
         "workload": {"name": "classification"},
     }
     return {**raw, **changes}
+
+
+def test_float32_inputs_are_taken_as_they_are_not_copied() -> None:
+    # Prepare: arrays as np.load gives them, float32 inputs and float64 ones
+    loaded = tiny_arrays()
+    loaded["x_train"] = loaded["x_train"].astype(np.float32)
+    loaded["x_test"] = loaded["x_test"].astype(np.float64)
+
+    # Execute
+    d = checked_dataset("arrays", Path("here"), loaded, None, standardize=False)
+
+    # Assert: the float32 rows are the arrays given; the float64 ones converted
+    assert np.shares_memory(d.x_train.numpy(), loaded["x_train"])
+    assert d.x_test.dtype == torch.float32
+    np.testing.assert_array_equal(d.x_test.numpy(), loaded["x_test"].astype(np.float32))
 
 
 def test_arrays_known_answer(npz) -> None:  # type: ignore[no-untyped-def]
