@@ -11,8 +11,8 @@ daemons and actors), and the peak of each sum is reported:
   mapped by processes outside the tree (a library other programs load too) count a share only,
   so compare PSS figures measured side by side, in one run.
 
-RSS and CPU times are read every ``interval`` (0.2 s), PSS every ``pss_interval`` (2 s) and
-whenever the tree has grown by a tenth since the last reading: to tell a process's PSS the
+RSS and CPU times are read every ``interval`` (0.2 s), PSS every ``pss_interval`` (2 s), at
+every tenth the tree grows by, and where its growth stops: to tell a process's PSS the
 kernel walks its page tables, ~20 ms of CPU for a process of 1 GB. Read every 0.2 s over a
 driver and two workers, that took a fifth of a core from the run it measured, on a machine whose
 two cores the workers keep busy (a one-process run left it the idle core).
@@ -117,6 +117,7 @@ def measure(
         except psutil.Error:  # already gone
             return
         pss_due, pss_rss = time.perf_counter(), 0  # the next PSS reading; the RSS at the last
+        last_rss = 0
         while not done.is_set():
             processes, rss = tree(root), 0
             for p in processes:
@@ -126,9 +127,12 @@ def measure(
                     times = p.cpu_times()
                     cpu[(p.pid, p.create_time())] = times.user + times.system
             peak = max(peak, rss)
-            # PSS when due, and whenever the tree has grown by a tenth since the last reading
-            # (start-up's growth), so that a peak between two readings is not missed by much.
-            if time.perf_counter() >= pss_due or rss > 1.1 * pss_rss:
+            # PSS when due, while the tree grows (at every tenth), and once it has stopped
+            # growing (a plateau above the last reading): a peak is read where it settles.
+            grown = rss > 1.1 * pss_rss
+            settled = rss > 1.02 * pss_rss and rss <= 1.01 * last_rss
+            last_rss = rss
+            if time.perf_counter() >= pss_due or grown or settled:
                 pss = 0
                 for p in processes:
                     with contextlib.suppress(psutil.Error):

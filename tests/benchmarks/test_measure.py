@@ -29,8 +29,8 @@ def test_a_grown_tree_gets_its_pss_read_soon_and_then_seldom(
     # Execute: a process that grows by 300 MB at once, then holds it for 1.5 s
     measured = measure.measure([sys.executable, "-c", HOLD])
 
-    # Assert: the growth was read (before the 2 s period was up), and the 1.5 s that followed
-    # were not read every 0.2 s (about 8 readings) but once or twice
+    # Assert: the grown tree was read where it settled (before the 2 s period was up), and the
+    # 1.5 s were not read every 0.2 s (9 readings) but a few times
     assert measured.returncode == 0
     assert measured.peak_rss > 300 * 2**20 and measured.peak_pss > 300 * 2**20
-    assert 2 <= len(reads) <= 4
+    assert 2 <= len(reads) <= 5
