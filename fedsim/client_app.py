@@ -92,8 +92,8 @@ class ClientRuntime:
     exchanges: dict[str, Exchange]
     # The shared entries the model still holds as they were sent, after a call that only read
     # them (the report of an exchange that ``keeps_model``): the record (weakly) and its
-    # arrays' ids. The next call sent the same record does not copy them in again.
-    as_sent: tuple[weakref.ref[ArrayRecord], tuple[int, ...]] | None = None
+    # identity. The next call sent the same record does not copy them in again.
+    as_sent: tuple[weakref.ref[ArrayRecord], tuple[int, tuple[int, ...]]] | None = None
 
 
 @lru_cache(maxsize=2)
@@ -273,7 +273,7 @@ def _report(client: int, content: RecordDict, context: Context) -> RecordDict:
     data = rt.federation.train_data(client)
     arrays, metrics = exchange.report(rt.model, data, call.state, call.config)
     if getattr(exchange, "keeps_model", False):  # it only read the model: the next call may
-        rt.as_sent = weakref.ref(call.sent), _array_ids(call.sent)  # find the entries as sent
+        rt.as_sent = weakref.ref(call.sent), wire.identity(call.sent)  # find them as sent
     _save(rt, context, call.state)
     report = wire.record(arrays)
     metrics_record = MetricRecord({**metrics, "num-examples": rt.sizes[client]})
@@ -366,7 +366,7 @@ def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -
     """Load the shared entries sent (unless the model holds them as sent) and this client's
     local entries; its workload state."""
     held, rt.as_sent = rt.as_sent, None  # this call may change the model
-    if held is None or held[0]() is not sent or held[1] != _array_ids(sent):
+    if held is None or held[0]() is not sent or held[1] != wire.identity(sent):
         load_entries(rt.model, wire.tensors(sent))
     if rt.local_keys:
         kept = cast(ArrayRecord | None, context.state.get(LOCAL))
@@ -380,12 +380,6 @@ def _load(rt: ClientRuntime, client: int, sent: ArrayRecord, context: Context) -
     if kept_state is None:
         return {}
     return {k: v.to(rt.device) for k, v in kept_state.to_torch_state_dict().items()}
-
-
-def _array_ids(record: ArrayRecord) -> tuple[int, ...]:
-    """With the record itself, what tells it apart from any other while it lives (on the local
-    engine a round's Messages share one model record; a worker unpickles one per batch)."""
-    return tuple(id(array) for array in record.values())
 
 
 def _save(rt: ClientRuntime, context: Context, state: State) -> None:

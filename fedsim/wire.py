@@ -161,7 +161,7 @@ def tensors(record: ArrayRecord) -> dict[str, Tensor]:
     """``record``'s arrays as tensors, decoded once per record: on the local engine every
     client of a round receives the same model and broadcast records. Read-only by contract:
     loading them copies (``load_state_dict``); whoever changes one must clone it first."""
-    key = (id(record), tuple(id(array) for array in record.values()))
+    key = identity(record)
     hit = _decoded.get(key)
     if hit is not None and hit[0]() is record:
         return hit[1]
@@ -170,6 +170,12 @@ def tensors(record: ArrayRecord) -> dict[str, Tensor]:
     while len(_decoded) > _DECODED_KEPT:  # the oldest first: last round's records
         del _decoded[next(iter(_decoded))]
     return decoded
+
+
+def identity(record: ArrayRecord) -> tuple[int, tuple[int, ...]]:
+    """What tells ``record`` apart from any other while it lives: itself and its arrays (one
+    replaced makes another record). Pair it with a weak reference: ids are reused."""
+    return id(record), tuple(id(array) for array in record.values())
 
 
 def decode_record(record: ArrayRecord) -> dict[str, Tensor]:
