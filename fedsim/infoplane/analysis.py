@@ -172,7 +172,7 @@ class InformationPlane:
             t = acts[layer.number]
             if p.estimator in BINNED:
                 unique = est.levels(t, layer.low) if p.estimator == "adaptive_binning" else None
-                edges = self.edges(layer, float(t.max()), unique)
+                edges = self.edges(layer, high=float(t.max()), unique=unique)
                 rows, counts = est.code_counts(est.codes(t, edges), labels)
                 out |= self.metrics(layer.number, est.binned_mi(rows, counts))
             else:
@@ -184,7 +184,8 @@ class InformationPlane:
     def edges(
         self,
         layer: Layer,
-        high: float,
+        *,
+        high: float = -math.inf,
         unique: np.ndarray | None = None,
         sketches: tuple[list[np.ndarray], list[int]] | None = None,
     ) -> np.ndarray:
@@ -252,19 +253,18 @@ class Levels:
         broadcast: dict[str, Tensor] = {}
         for i, layer in enumerate(self.plane.probed):
             key = str(layer.number)
-            high = -math.inf
             if fixed:
                 high = max(float(r[MAXIMA][i]) for r in reports.values())
                 high = max(high, float(memory.get(key, torch.tensor(-math.inf))))
                 memory[key] = torch.tensor(high)
-            levels = [r[key].numpy() for r in reports.values() if key in r]
-            sizes = [int(r[SIZES][i]) for r in reports.values() if SIZES in r]
-            if fixed:
-                edges = self.plane.edges(layer, high)
-            elif sizes:
-                edges = self.plane.edges(layer, high, sketches=(levels, sizes))
-            else:  # exact: the union's distinct levels
-                edges = self.plane.edges(layer, high, est.distinct(np.concatenate(levels)))
+                edges = self.plane.edges(layer, high=high)
+            else:
+                levels = [r[key].numpy() for r in reports.values() if key in r]
+                sizes = [int(r[SIZES][i]) for r in reports.values() if SIZES in r]
+                if sizes:
+                    edges = self.plane.edges(layer, sketches=(levels, sizes))
+                else:  # exact: the union's distinct levels
+                    edges = self.plane.edges(layer, unique=est.distinct(np.concatenate(levels)))
             broadcast[key] = _f32(edges)
         return broadcast, memory, {}
 
