@@ -7,6 +7,8 @@ to the least-loaded worker. Each node keeps its own ``Context`` (so ``context.st
 across rounds), created when the node is first addressed, with Flower's ``partition-id`` and
 ``num-partitions``.
 
+A worker's replies come back through ``fedsim.channel``: their large arrays in shared memory.
+
 Workers are forked where the caller says it is safe (``fork=True``: Linux, no CUDA in this
 process): they start at once with everything this process has loaded (modules, the data, the
 ClientApp's runtime), and share those pages with it instead of each holding a copy. Otherwise
@@ -31,6 +33,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.channel import Channel
 
 FIRST_NODE_ID = 1000  # node ids differ from partition ids, as on Flower's engines
 
@@ -235,7 +239,7 @@ class _Pool:
             mp.get_context("fork") if fork else mp.get_context("spawn")
         )
         self.size = size
-        self._conns: list[Connection] = []
+        self._channels: list[Channel] = []
         self._procs = []
         for _ in range(size):
             parent, child = context.Pipe()
@@ -243,25 +247,25 @@ class _Pool:
             proc = context.Process(target=_work, args=args, daemon=True)
             proc.start()
             child.close()
-            self._conns.append(parent)
+            self._channels.append(Channel(parent, slots=False))  # replies come in shared memory
             self._procs.append(proc)
 
     def map(self, work: list[list[Work]]) -> list[list[Done]]:
         """Each worker's share in; its (reply, updated client state) pairs out, in order.
 
-        A worker sends each pair as soon as it has it: this process unpickles one while the
+        A worker sends each pair as soon as it has it: this process takes one in while the
         workers train the next (a reply may hold a whole model), not all of them at the end.
         """
-        for conn, share in zip(self._conns, work, strict=True):
-            conn.send(share)
+        for channel, share in zip(self._channels, work, strict=True):
+            channel.send(share)
         results: list[list[Done]] = [[] for _ in work]
-        waiting = {conn: w for w, conn in enumerate(self._conns) if work[w]}
+        waiting = {ch.conn: w for w, ch in enumerate(self._channels) if work[w]}
         while waiting:
             for ready in wait(list(waiting)):
                 conn = cast(Connection, ready)
                 w = waiting[conn]
                 try:
-                    results[w].append(conn.recv())
+                    results[w].append(self._channels[w].recv())
                 except EOFError:
                     proc = self._procs[w]
                     proc.join(timeout=5)  # reaped, so that its exit code is known
@@ -272,17 +276,20 @@ class _Pool:
         return results
 
     def close(self) -> None:
-        for conn in self._conns:
+        for channel in self._channels:
             with contextlib.suppress(OSError):  # a worker that died has closed its end
-                conn.send(None)
+                channel.send(None)
         for proc in self._procs:
             proc.join(timeout=10)
+        for channel in self._channels:
+            channel.close()
 
 
 def _work(client_app: str, conn: Connection, cohort: str | None) -> None:
+    channel = Channel(conn)
     TaskIdentity.run_id = TaskIdentity.task_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     app, serves = load_app(client_app), load_cohort(cohort)
-    while (share := conn.recv()) is not None:
+    while (share := channel.recv()) is not None:
         for reply, (_, ctx) in zip(served(app, serves, share), share, strict=True):
-            conn.send((reply, ctx.state))
+            channel.send((reply, ctx.state))
