@@ -73,7 +73,7 @@ ENGINES = {
     "local2": ["engine=local", "resources.workers=2"],
     "flower": ["engine=flower"],
 }
-EVAL_BATCH_SIZE = 1024
+EVAL_BATCH_CONV_CPU, EVAL_BATCH = 64, 1024  # as fedsim's classification workload
 ACCURACY_TOLERANCE = 1e-4
 # All the plain loop implements; the scenario's strategy must resolve to the same (every other
 # key at its default, which is the plain one: no pre-aggregators, no clipping, ...).
@@ -103,10 +103,12 @@ def sampled_clients(seed: int, rnd: int, num_clients: int, per_round: int) -> li
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     model.eval()
     correct = 0
+    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    batch = EVAL_BATCH_CONV_CPU if convolutional and x.device.type == "cpu" else EVAL_BATCH
     with torch.inference_mode():
-        for start in range(0, len(x), EVAL_BATCH_SIZE):
-            logits = model(x[start : start + EVAL_BATCH_SIZE])
-            correct += int((logits.argmax(dim=1) == y[start : start + EVAL_BATCH_SIZE]).sum())
+        for start in range(0, len(x), batch):
+            logits = model(x[start : start + batch])
+            correct += int((logits.argmax(dim=1) == y[start : start + batch]).sum())
     return correct / len(x)
 
 

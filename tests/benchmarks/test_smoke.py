@@ -45,6 +45,7 @@ SMOKES = {
     ),
     "foundation.py": Smoke(printed=("final accuracy", "scenarios/quickstart.yaml")),
     "scale.py": Smoke(printed=("median round s",)),
+    "eval_batch.py": Smoke(printed=("evaluation batch on the CPU", "1024 / fedsim's")),
     "vectorise.py": Smoke(
         printed=("| quickstart | digits MLP, 10 clients a round | 2 |", "speed-up (train)")
     ),

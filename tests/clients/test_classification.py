@@ -12,7 +12,11 @@ from torch import Tensor, nn
 
 import clients
 from clients import TrainConfig, Workload, init_parameters
-from clients.classification import ClassificationParams, ClassificationWorkload
+from clients.classification import (
+    ClassificationParams,
+    ClassificationWorkload,
+    eval_batch_size,
+)
 from clients.workload import Labelled
 from fedsim.registry import WORKLOADS, Component
 from tests.workloads import EVAL, shape_of
@@ -343,6 +347,22 @@ def test_evaluate_over_several_batches_equals_one_pass() -> None:
         logits = model(x)
     assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
     assert metrics["accuracy"] == (logits.argmax(1) == y).sum().item() / 2500
+
+
+def test_a_convolutional_model_evaluates_in_small_batches_on_a_cpu_and_equals_one_pass() -> None:
+    w = workload(model="cnn")
+    cnn = w.build_model(shape_of((1, 12, 12), 3), gen(0))
+    mlp = workload().build_model(shape_of((1, 12, 12), 3), gen(0))
+    assert eval_batch_size(cnn, CPU) == 64  # activations stay in the caches
+    assert eval_batch_size(mlp, CPU) == 1024  # small activations: large batches are faster
+    assert eval_batch_size(cnn, torch.device("cuda")) == 1024  # throughput
+    g = gen(5)
+    x, y = torch.randn(300, 1, 12, 12, generator=g), torch.randint(0, 3, (300,), generator=g)
+    metrics = w.evaluate(cnn, Labelled(x, y), {}, EVAL)  # five batches, the last short
+    with torch.no_grad():
+        logits = cnn.eval()(x)
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert metrics["accuracy"] == (logits.argmax(1) == y).sum().item() / 300
 
 
 # ---- params ----
