@@ -3,7 +3,8 @@
 Same ServerApp, ClientApp and strategy objects as on Flower's engines, but no Ray start-up and no
 polling floor. With one worker the ClientApp runs in this process and nothing is serialised; with
 ``workers > 1`` a pool of processes trains clients in parallel, the heaviest clients first, each
-to the least-loaded worker. Each node keeps its own ``Context`` (so ``context.state`` persists
+to the next worker that is free (cohorts, trained together, are shared out in advance). Each
+node keeps its own ``Context`` (so ``context.state`` persists
 across rounds), created when the node is first addressed, with Flower's ``partition-id`` and
 ``num-partitions``.
 
@@ -21,10 +22,11 @@ import contextlib
 import heapq
 import importlib
 import multiprocessing as mp
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkContext, SpawnContext
-from typing import cast
+from typing import NoReturn, cast
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -156,14 +158,15 @@ class InProcessGrid(Grid):
     def _on_pool(self, batch: list[Message]) -> list[Message]:
         assert self._pool is not None
         contexts = [self._context(msg.metadata.dst_node_id) for msg in batch]
-        shares = schedule([self._cost(msg) for msg in batch], self._pool.size)
-        results = self._pool.map([[(batch[i], contexts[i]) for i in share] for share in shares])
-        replies: dict[int, Message] = {}
-        for share, done in zip(shares, results, strict=True):
-            for i, (reply, state) in zip(share, done, strict=True):
-                contexts[i].state = state  # the worker's updated client state
-                replies[i] = reply
-        return [replies[i] for i in range(len(batch))]
+        costs = [self._cost(msg) for msg in batch]
+        if self._pool.cohort:  # a worker trains its share together: shares fixed in advance
+            jobs, fixed = schedule(costs, self._pool.size), True
+        else:  # one client at a time, heaviest first, to whichever worker is free
+            jobs, fixed = [[i] for i in sorted(range(len(batch)), key=lambda i: -costs[i])], False
+        done = self._pool.map(batch, contexts, jobs, fixed=fixed)
+        for ctx, (_, state) in zip(contexts, done, strict=True):
+            ctx.state = state  # the worker's updated client state
+        return [reply for reply, _ in done]
 
 
 def schedule(costs: Sequence[float], workers: int) -> list[list[int]]:
@@ -221,6 +224,9 @@ def served(app: ClientApp, cohort: Cohort | None, work: list[Work]) -> Iterator[
             yield app(msg, ctx)
 
 
+BATCH, JOBS = "batch", "jobs"  # what the pool sends a worker: a round's Messages, work on them
+
+
 class _Pool:
     """Worker processes, each running the ClientApp on the (message, context) pairs it is sent."""
 
@@ -239,6 +245,7 @@ class _Pool:
             mp.get_context("fork") if fork else mp.get_context("spawn")
         )
         self.size = size
+        self.cohort = cohort is not None
         self._channels: list[Channel] = []
         self._procs = []
         for _ in range(size):
@@ -250,30 +257,39 @@ class _Pool:
             self._channels.append(Channel(parent, slots=False))  # replies come in shared memory
             self._procs.append(proc)
 
-    def map(self, work: list[list[Work]]) -> list[list[Done]]:
-        """Each worker's share in; its (reply, updated client state) pairs out, in order.
+    def map(
+        self, batch: list[Message], contexts: list[Context], jobs: list[list[int]], *, fixed: bool
+    ) -> list[Done]:
+        """Each of ``batch``'s (reply, updated client state), in order.
 
-        A worker sends each pair as soon as it has it: this process takes one in while the
-        workers train the next (a reply may hold a whole model), not all of them at the end.
+        Every worker is sent the whole batch first (its messages share their model, which is
+        pickled once), then jobs: lists of indices into it, with their clients' contexts.
+        ``fixed``: job ``w`` is worker ``w``'s. Otherwise each worker is handed the next job in
+        ``jobs``' order as it finishes one, so that no worker idles while another has a queue:
+        when a reply comes in, its worker gets its next job before the reply is taken in.
+        A worker sends each pair as soon as it has it.
         """
-        for channel, share in zip(self._channels, work, strict=True):
-            channel.send(share)
-        results: list[list[Done]] = [[] for _ in work]
-        waiting = {ch.conn: w for w, ch in enumerate(self._channels) if work[w]}
-        while waiting:
-            for ready in wait(list(waiting)):
-                conn = cast(Connection, ready)
-                w = waiting[conn]
+        for w in range(self.size):
+            self._send(w, (BATCH, batch))
+        queue = deque(jobs)
+        left: dict[int, deque[int]] = {}  # each busy worker's indices still to reply, in order
+        for w in range(self.size if fixed else min(self.size, len(jobs))):
+            self._give(w, queue.popleft(), contexts, left)
+        done: dict[int, Done] = {}
+        while left:
+            ready = {self._channels[w].conn: w for w in left}
+            for conn in wait(list(ready)):
+                w = ready[cast(Connection, conn)]
+                index = left[w].popleft()
+                if not left[w] and queue:
+                    self._give(w, queue.popleft(), contexts, left)
                 try:
-                    results[w].append(self._channels[w].recv())
+                    done[index] = self._channels[w].recv()
                 except EOFError:
-                    proc = self._procs[w]
-                    proc.join(timeout=5)  # reaped, so that its exit code is known
-                    message = f"worker process {proc.pid} died (exit code {proc.exitcode})"
-                    raise RuntimeError(message) from None
-                if len(results[w]) == len(work[w]):
-                    del waiting[conn]
-        return results
+                    self._died(w)
+                if not left[w]:
+                    del left[w]
+        return [done[i] for i in range(len(batch))]
 
     def close(self) -> None:
         for channel in self._channels:
@@ -284,12 +300,37 @@ class _Pool:
         for channel in self._channels:
             channel.close()
 
+    def _give(
+        self, w: int, job: list[int], contexts: list[Context], left: dict[int, deque[int]]
+    ) -> None:
+        if job:
+            self._send(w, (JOBS, [(i, contexts[i]) for i in job]))
+            left.setdefault(w, deque()).extend(job)
+
+    def _send(self, w: int, obj: object) -> None:
+        try:
+            self._channels[w].send(obj)
+        except OSError:
+            self._died(w)
+
+    def _died(self, w: int) -> NoReturn:
+        proc = self._procs[w]
+        proc.join(timeout=5)  # reaped, so that its exit code is known
+        raise RuntimeError(f"worker process {proc.pid} died (exit code {proc.exitcode})") from None
+
 
 def _work(client_app: str, conn: Connection, cohort: str | None) -> None:
+    """A worker: takes a batch of Messages, then jobs (indices into it, with their contexts)."""
     channel = Channel(conn)
     TaskIdentity.run_id = TaskIdentity.task_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     app, serves = load_app(client_app), load_cohort(cohort)
-    while (share := channel.recv()) is not None:
-        for reply, (_, ctx) in zip(served(app, serves, share), share, strict=True):
+    batch: list[Message] = []
+    while (received := channel.recv()) is not None:
+        kind, body = received
+        if kind == BATCH:
+            batch = body
+            continue
+        work = [(batch[i], ctx) for i, ctx in body]
+        for reply, (_, ctx) in zip(served(app, serves, work), work, strict=True):
             channel.send((reply, ctx.state))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -41,6 +42,16 @@ def die_on_partition_2(msg: Message, context: Context) -> Message:
     if int(context.node_config["partition-id"]) == 2:
         os._exit(3)
     return count(msg, context)
+
+
+slow_first_app = ClientApp()
+
+
+@slow_first_app.train()
+def slow_on_partition_0(msg: Message, context: Context) -> Message:
+    """Takes 1 s for partition 0 and 0.02 s for any other; replies with the serving process."""
+    time.sleep(1.0 if int(context.node_config["partition-id"]) == 0 else 0.02)
+    return Message(RecordDict({"metrics": MetricRecord({"pid": os.getpid()})}), reply_to=msg)
 
 
 def train_all(grid: InProcessGrid, nodes: list[int]) -> dict[int, int]:
@@ -87,6 +98,25 @@ def test_client_state_persists_across_worker_processes(fork: bool) -> None:
     finally:
         grid.close()
     assert rounds[-1] == {0: 3, 1: 3, 2: 3, 3: 3}
+
+
+def test_a_free_worker_takes_the_next_client_while_another_is_busy() -> None:
+    # Equal costs: a schedule fixed in advance would give each worker 5 of the 10 clients,
+    # and the round would wait 1 s + 4 x 0.02 s for the worker with the slow client.
+    grid = InProcessGrid(
+        "tests.fedsim.test_grid:slow_first_app", num_nodes=10, workers=2, costs=[1] * 10, fork=True
+    )
+    messages = [
+        Message(RecordDict(), dst_node_id=n, message_type=MessageType.TRAIN)
+        for n in grid.get_node_ids()
+    ]
+    try:
+        replies = list(grid.send_and_receive(messages))
+    finally:
+        grid.close()
+    served_by = [int(r.content["metrics"]["pid"]) for r in replies]  # type: ignore[call-overload]
+    assert [r.metadata.src_node_id for r in replies] == [m.metadata.dst_node_id for m in messages]
+    assert served_by.count(served_by[0]) == 1  # the slow client's worker served it alone
 
 
 def test_a_worker_that_dies_is_named_with_its_exit_code() -> None:

@@ -56,6 +56,20 @@ def test_vectorised_rounds_equal_the_loop(
     assert b.value.to_numpy() == pytest.approx(a.value.to_numpy(), rel=1e-4)
 
 
+def test_vectorised_cohorts_shared_out_to_two_workers_equal_the_loop(
+    tiny: dict[str, Any], tmp_path: Path
+) -> None:
+    tiny["workload"] = {"name": "classification", "lr": 0.1, "model": "mlp", "momentum": 0.9}
+    tiny["rounds"], tiny["eval"] = 2, {"every": 2, "clients": 0}
+    looped = run_in_process(tmp_path / "loop", tiny)
+    resources = {"vectorize": True, "workers": 2}  # each worker trains its share as one model
+    together = run_in_process(tmp_path / "vec2", {**tiny, "resources": resources})
+    want, got = torch.load(looped / "model.pt"), torch.load(together / "model.pt")
+    for k in want:
+        gap = (got[k] - want[k]).norm() / want[k].norm()
+        assert gap < 1e-5, f"{k}: relative gap {gap:.2e}"
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
