@@ -122,8 +122,10 @@ class Channel:
 
     def _take_freed(self) -> None:
         kind, _ = self.conn.recv()
-        if kind != _FREED:  # each end sends only once the other has taken what it sent
-            raise RuntimeError(f"channel: expected a freed slot, got {kind!r}")
+        # Each end sends work only once the other has taken what it sent: anything else here is
+        # the other end closing while this one still had objects for it.
+        if kind != _FREED:
+            raise EOFError("the receiving end stopped taking objects")
         self._unfreed -= 1
 
     def _slot(self, slot: int, size: int) -> tuple[mmap.mmap, bool]:

@@ -326,11 +326,12 @@ def _work(client_app: str, conn: Connection, cohort: str | None) -> None:
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     app, serves = load_app(client_app), load_cohort(cohort)
     batch: list[Message] = []
-    while (received := channel.recv()) is not None:
-        kind, body = received
-        if kind == BATCH:
-            batch = body
-            continue
-        work = [(batch[i], ctx) for i, ctx in body]
-        for reply, (_, ctx) in zip(served(app, serves, work), work, strict=True):
-            channel.send((reply, ctx.state))
+    with contextlib.suppress(EOFError, BrokenPipeError):  # the server has stopped: so does this
+        while (received := channel.recv()) is not None:
+            kind, body = received
+            if kind == BATCH:
+                batch = body
+                continue
+            work = [(batch[i], ctx) for i, ctx in body]
+            for reply, (_, ctx) in zip(served(app, serves, work), work, strict=True):
+                channel.send((reply, ctx.state))

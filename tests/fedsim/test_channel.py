@@ -115,6 +115,17 @@ def test_a_sender_waits_while_every_slot_is_unread() -> None:
     sender.close()
 
 
+def test_a_sender_waiting_for_a_slot_stops_when_the_receiver_closes() -> None:
+    receiver, sender = _pair()
+    for i in range(channel.SLOTS):
+        sender.send(_content(i))
+    receiver.send(None)  # the end, while the sender still has objects for it
+    with pytest.raises(EOFError, match="stopped taking objects"):
+        sender.send(_content(7))
+    receiver.close()
+    sender.close()
+
+
 def test_small_objects_and_machines_without_memfd_are_pickled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
