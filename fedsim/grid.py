@@ -4,9 +4,8 @@ Same ServerApp, ClientApp and strategy objects as on Flower's engines, but no Ra
 polling floor. With one worker the ClientApp runs in this process and nothing is serialised; with
 ``workers > 1`` a pool of processes trains clients in parallel, the heaviest clients first, each
 to the next worker that is free (cohorts, trained together, are shared out in advance). Each
-node keeps its own ``Context`` (so ``context.state`` persists
-across rounds), created when the node is first addressed, with Flower's ``partition-id`` and
-``num-partitions``.
+node keeps its own ``Context`` (so ``context.state`` persists across rounds), created when the
+node is first addressed, with Flower's ``partition-id`` and ``num-partitions``.
 
 A worker's replies come back through ``fedsim.channel``: their large arrays in shared memory.
 
