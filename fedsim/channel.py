@@ -30,7 +30,8 @@ SLOTS = 2  # a sender writes one while the receiver copies the other out
 SHARED_MEMORY = hasattr(os, "memfd_create")
 
 _FREED = "freed"  # the receiver has copied a slot out
-_PICKLED = "pickled"  # an object with nothing out of band
+_OBJECT = "object"  # an object, pickled by the Connection (``slots=False``)
+_PICKLED = "pickled"  # an object's pickle, with nothing out of band
 _IN_SLOT = "in slot"  # an object whose large arrays lie in a slot
 
 
@@ -56,7 +57,7 @@ class Channel:
 
     def send(self, obj: Any) -> None:
         if not self.slots:
-            self.conn.send((_PICKLED, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)))
+            self.conn.send((_OBJECT, obj))
             return
         arrays: list[pickle.PickleBuffer] = []
         stream = io.BytesIO()
@@ -87,6 +88,8 @@ class Channel:
             if kind == _FREED:
                 self._unfreed -= 1
                 continue
+            if kind == _OBJECT:
+                return body
             if kind == _PICKLED:
                 return pickle.loads(body)
             slot, grown, lengths, pickled = body
