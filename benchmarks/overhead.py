@@ -73,7 +73,6 @@ ENGINES = {
     "local2": ["engine=local", "resources.workers=2"],
     "flower": ["engine=flower"],
 }
-EVAL_BATCH_CONV_CPU, EVAL_BATCH = 64, 1024  # as fedsim's classification workload
 ACCURACY_TOLERANCE = 1e-4
 # All the plain loop implements; the scenario's strategy must resolve to the same (every other
 # key at its default, which is the plain one: no pre-aggregators, no clipping, ...).
@@ -101,10 +100,11 @@ def sampled_clients(seed: int, rnd: int, num_clients: int, per_round: int) -> li
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    from clients.classification import eval_batch_size  # the plain loop batches as fedsim does
+
     model.eval()
     correct = 0
-    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    batch = EVAL_BATCH_CONV_CPU if convolutional and x.device.type == "cpu" else EVAL_BATCH
+    batch = eval_batch_size(model, x.device)
     with torch.inference_mode():
         for start in range(0, len(x), batch):
             logits = model(x[start : start + batch])

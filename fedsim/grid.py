@@ -161,7 +161,7 @@ class InProcessGrid(Grid):
         if self._pool.cohort:  # a worker trains its share together: shares fixed in advance
             jobs, fixed = schedule(costs, self._pool.size), True
         else:  # one client at a time, heaviest first, to whichever worker is free
-            jobs, fixed = [[i] for i in sorted(range(len(batch)), key=lambda i: -costs[i])], False
+            jobs, fixed = [[i] for i in heaviest_first(costs)], False
         done = self._pool.map(batch, contexts, jobs, fixed=fixed)
         for ctx, (_, state) in zip(contexts, done, strict=True):
             ctx.state = state  # the worker's updated client state
@@ -175,11 +175,16 @@ def schedule(costs: Sequence[float], workers: int) -> list[list[int]]:
     """
     shares: list[list[int]] = [[] for _ in range(workers)]
     loads = [(0.0, w) for w in range(workers)]
-    for job in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+    for job in heaviest_first(costs):
         load, worker = heapq.heappop(loads)
         shares[worker].append(job)
         heapq.heappush(loads, (load + costs[job], worker))
     return shares
+
+
+def heaviest_first(costs: Sequence[float]) -> list[int]:
+    """Job indices by falling cost; equal costs in index order."""
+    return sorted(range(len(costs)), key=lambda j: (-costs[j], j))
 
 
 def load_app(app: ClientApp | str) -> ClientApp:
