@@ -100,7 +100,7 @@ def sampled_clients(seed: int, rnd: int, num_clients: int, per_round: int) -> li
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    from clients.classification import eval_batch_size  # the plain loop batches as fedsim does
+    from clients.workload import eval_batch_size  # the plain loop batches as fedsim does
 
     model.eval()
     correct = 0

@@ -21,23 +21,12 @@ from clients.workload import (
     State,
     TrainConfig,
     WorkloadBase,
+    eval_batch_size,
     init_parameters,
 )
 from fedsim.data import Dataset
 from fedsim.errors import UserError
 from fedsim.registry import MODELS, WORKLOADS, Component, Params, Ref
-
-# Evaluation batches. On a CPU a convolutional model's batch is small enough that its
-# activations stay in the caches (a 1.6M-parameter CIFAR CNN evaluates 1.9x faster at 64 than at
-# 1024, Fashion-MNIST's small CNN 1.6x), while a dense model's activations are small and a large
-# batch is faster (a 784-input MLP: 1.6x slower at 64). On an accelerator, large for throughput.
-# Measured by benchmarks/eval_batch.py.
-EVAL_BATCH_CONV_CPU, EVAL_BATCH = 64, 1024
-
-
-def eval_batch_size(model: nn.Module, device: torch.device) -> int:
-    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return EVAL_BATCH_CONV_CPU if convolutional and device.type == "cpu" else EVAL_BATCH
 
 
 class ClassificationParams(Params):

@@ -59,6 +59,7 @@ from clients.workload import (
     State,
     TrainConfig,
     WorkloadBase,
+    eval_batch_size,
     init_parameters,
 )
 from fedsim.data import Dataset
@@ -70,7 +71,6 @@ THRESHOLD = "threshold"  # the exchange's name, and the key of the global λ in 
 MEAN_OWN = "mean_client_threshold"  # the mean of the clients' own λ, broadcast beside it
 OWN = "own_threshold"  # a client's own λ, in its state
 CARRY = "pseudo_carry"  # the pseudo-label budget's remainder, in a client's state
-EVAL_BATCH = 1024
 CALIBRATION_SEED = 18  # one fixed draw of the calibration rows, whatever the run's seed
 HEADS = ("multilabel", "softmax", "product")
 
@@ -148,7 +148,7 @@ def log_scores(logits: Tensor, head: str) -> Tensor:
 @torch.inference_mode()
 def outputs(model: nn.Module, x: Tensor) -> Tensor:
     model.eval()
-    return torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    return torch.cat([model(chunk) for chunk in x.split(eval_batch_size(model, x.device))])
 
 
 def _received(config: TrainConfig, key: str) -> float | None:

@@ -12,12 +12,8 @@ from torch import Tensor, nn
 
 import clients
 from clients import TrainConfig, Workload, init_parameters
-from clients.classification import (
-    ClassificationParams,
-    ClassificationWorkload,
-    eval_batch_size,
-)
-from clients.workload import Labelled
+from clients.classification import ClassificationParams, ClassificationWorkload
+from clients.workload import Labelled, eval_batch_size
 from fedsim.registry import WORKLOADS, Component
 from tests.workloads import EVAL, shape_of
 

@@ -21,6 +21,7 @@ from clients.avgk.workload import (
     log_scores,
     outputs,
 )
+from clients.models import SmallCNN
 from fedsim import checkpoint
 from fedsim.build import scenario_federation
 from fedsim.client_app import STATE
@@ -115,6 +116,22 @@ def test_central_metrics_use_the_broadcast_threshold(local_run: Path) -> None:
     by_hand = [float(hit[dataset.y_test == j].double().mean()) for j in range(10)]
     assert per_class == pytest.approx(by_hand)
     assert abs(server(metrics, "avg_set_size")[-1] - 1.5) < 0.3  # λ from other data: about K
+
+
+def test_a_cnns_outputs_come_in_cpu_sized_batches_equal_to_one_pass() -> None:
+    # Prepare: a convolutional model of the registry, 300 test images (five batches of 64)
+    model = SmallCNN((1, 12, 12), 4).eval()
+    x = torch.randn(300, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+
+    # Execute
+    chunked = outputs(model, x)
+
+    # Assert
+    assert seen == [64, 64, 64, 64, 44]  # clients.workload.eval_batch_size: 64 on a CPU
+    with torch.no_grad():
+        assert torch.allclose(chunked, model(x), atol=1e-6)
 
 
 # ---- bad input -------------------------------------------------------------------------------
