@@ -22,6 +22,11 @@ work on a shared machine. It is the larger of two lower bounds: what the operati
 reports for the descendants that were waited for (exact for a process and the workers it joins),
 and the sum of each process's last sampled CPU time (which also sees processes that were never
 waited for, such as Ray's daemons, but misses their last ``interval``).
+
+On a machine with NVIDIA GPUs (``nvidia-smi`` on the PATH) the GPU is sampled too, by one
+``nvidia-smi`` process that reports every ``interval`` for as long as the command runs: ``gpu``
+is the mean utilisation and the peak memory of the GPU whose memory grew most (the one the
+command used), less what was in use on it when the command started. Elsewhere ``gpu`` is None.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import subprocess
 import threading
 import time
@@ -55,6 +61,62 @@ def _children_cpu_s() -> float:
 
 
 @dataclass(frozen=True)
+class GpuUse:
+    """What a command used of one GPU, from ``nvidia-smi``'s samples while it ran."""
+
+    index: int  # nvidia-smi's index of the GPU
+    mean_util_pct: float  # of the samples, the command's start-up included
+    peak_gb: float  # memory in use at the peak, less what was in use when the command started
+
+
+class GpuSampler:
+    """``nvidia-smi`` reporting each GPU's utilisation and memory every ``interval`` seconds,
+    its lines read in a thread; a no-op where there is no ``nvidia-smi``."""
+
+    def __init__(self, interval: float = SAMPLE_INTERVAL_S) -> None:
+        self.samples: dict[int, list[tuple[float, float]]] = {}  # index -> (util %, MiB used)
+        executable = shutil.which("nvidia-smi")
+        self._proc = self._reader = None
+        if executable is None:
+            return
+        query = "--query-gpu=index,utilization.gpu,memory.used"
+        self._proc = subprocess.Popen(
+            [executable, query, "--format=csv,noheader,nounits", f"--loop-ms={interval * 1e3:.0f}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            fields = [f.strip() for f in line.split(",")]
+            with contextlib.suppress(ValueError):  # "[N/A]" or a line cut short
+                index, util, used = int(fields[0]), float(fields[1]), float(fields[2])
+                self.samples.setdefault(index, []).append((util, used))
+
+    def stop(self) -> GpuUse | None:
+        """The GPU whose memory grew most, or None without nvidia-smi or its samples."""
+        if self._proc is None or self._reader is None:
+            return None
+        self._proc.terminate()
+        self._proc.wait()
+        self._reader.join()
+        if not self.samples:
+            return None
+
+        def grown(index: int) -> float:
+            used = [mib for _, mib in self.samples[index]]
+            return max(used) - used[0]
+
+        index = max(self.samples, key=grown)
+        utils = [util for util, _ in self.samples[index]]
+        return GpuUse(index, sum(utils) / len(utils), grown(index) * 2**20 / 1e9)
+
+
+@dataclass(frozen=True)
 class Measured:
     """What running one command cost, and what it printed (stdout and stderr together)."""
 
@@ -65,6 +127,7 @@ class Measured:
     peak_rss: int  # bytes, of the whole process tree
     peak_pss: int  # bytes, proportional: pages shared within the tree count once
     cpu_s: float  # user + system seconds of the whole process tree (a lower bound, see above)
+    gpu: GpuUse | None = None  # where nvidia-smi tells it
 
     @property
     def peak_gb(self) -> float:
@@ -97,6 +160,7 @@ def measure(
     Not thread-safe: the operating system's CPU count covers every child of this process.
     """
     cpu_before = _children_cpu_s()
+    gpu = GpuSampler(interval)
     started = time.perf_counter()
     proc = subprocess.Popen(
         list(command),
@@ -151,7 +215,8 @@ def measure(
     done.set()
     sampler.join()
     cpu_s = max(_children_cpu_s() - cpu_before, sum(cpu.values()))
-    return Measured(tuple(command), proc.returncode, output, wall, peak, peak_pss, cpu_s)
+    used = gpu.stop()
+    return Measured(tuple(command), proc.returncode, output, wall, peak, peak_pss, cpu_s, used)
 
 
 def _pss(p: psutil.Process) -> int:

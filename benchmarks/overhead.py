@@ -23,6 +23,9 @@ local R(rounds) <= 1.05; local2 rounds <= 1.1 x the 2-core limit, start-up <= th
 start-up is reported, outside the rounds). Two processes rarely do twice one's work on two
 cores, so with local2 or flower the plain loop also runs twice at once, and what two processes
 can reach on this machine is printed beside the ideal limit.
+On a GPU (``--device cuda``, or the scenario's ``auto`` where there is one) every run also gets
+its GPU's mean utilisation and peak memory, read from nvidia-smi (benchmarks/measure.py); on a
+machine without one the script runs on the CPU and says that the CUDA figures are pending.
 Start-up = wall - rounds. Peak memory of the whole process tree (driver, worker processes, Ray
 daemons and actors), sampled every 0.2 s: PSS (a page shared by the tree's processes, such as
 a forked worker's copy of the data, counts once) and RSS (it counts once per process).
@@ -62,7 +65,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from command import FEDSIM, ROOT
-from measure import measure
+from measure import GpuUse, measure
 from torch import Tensor, nn
 
 SCENARIO = ROOT / "scenarios" / "fashion_mnist.yaml"
@@ -216,7 +219,8 @@ def plain_loop(scenario_path: Path, overrides: list[str], result: Path, exact: b
         round_times.append(time.perf_counter() - started)
     load_global()
     torch.save(model.state_dict(), result.with_suffix(".pt"))
-    result.write_text(json.dumps({"round_times": round_times, "accuracy": accuracies}))
+    on = torch.cuda.get_device_name() if use_cuda else "cpu"
+    result.write_text(json.dumps({"round_times": round_times, "accuracy": accuracies, "on": on}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +238,8 @@ class Run:
     peak_pss_gb: float  # proportional set sizes summed (pages shared in the tree count once)
     cpu_s: float  # user + system, whole process tree
     weights: dict[str, Tensor]  # the final global model
+    gpu: GpuUse | None  # the GPU it used (nvidia-smi), where there is one
+    on: str = ""  # the plain loop's device: "cpu" or the GPU's name
 
     @property
     def rounds_s(self) -> float:
@@ -263,6 +269,8 @@ def run_plain(scenario: Path, overrides: list[str], work: Path, exact: bool) -> 
         measured.peak_pss_gb,
         measured.cpu_s,
         weights,
+        measured.gpu,
+        out["on"],
     )
 
 
@@ -304,6 +312,7 @@ def run_fedsim(engine: str, scenario: Path, overrides: list[str], work: Path) ->
         measured.peak_pss_gb,
         measured.cpu_s,
         weights,
+        measured.gpu,
     )
 
 
@@ -329,6 +338,9 @@ def table(plain: Run, runs: list[Run]) -> pd.DataFrame:
                 "peak RSS GB": f"{run.peak_gb:.2f}",
             }
         )
+        if run.gpu is not None:  # nvidia-smi's: the mean over the whole run, start-up included
+            rows[-1]["GPU util %"] = f"{run.gpu.mean_util_pct:.0f}"
+            rows[-1]["peak GPU GB"] = f"{run.gpu.peak_gb:.2f}"
     return pd.DataFrame(rows)
 
 
@@ -485,6 +497,8 @@ def main() -> None:
     overrides = [*BASE_OVERRIDES, f"rounds={rounds}"]
     if args.smoke and args.device is None:
         args.device = "cpu"  # no CUDA start-up, and bit-for-bit reproducible for --exact
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here (the CUDA figures stay pending)")
     if args.device is not None:
         overrides.append(f"device={args.device}")
     scenario = args.scenario.resolve()
@@ -525,6 +539,16 @@ def main() -> None:
     print("\n".join(targets(plain, best, throughput)))
     print()
     print("\n".join(agreement(plain, best, args.exact)))
+    print()
+    if plain.on != "cpu":
+        print(f"device: cuda ({plain.on})")
+    elif torch.cuda.is_available():
+        print("device: cpu, one thread per process (as asked; this machine has a GPU)")
+    else:
+        print(
+            "device: cpu, one thread per process. CUDA figures: pending (no GPU on this "
+            "machine; python benchmarks/overhead.py --device cuda on one)"
+        )
 
 
 if __name__ == "__main__":

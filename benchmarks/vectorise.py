@@ -12,7 +12,8 @@ fedsim's ``round_time_s`` rows (the rounds only, as benchmarks/overhead.py count
                 training, replies in), from round 2 on: what vectorising changes;
   speed-up      loop / vectorised, of rounds s, steady rounds s and train s;
   Δ accuracy    final central accuracy, vectorised − loop (float rounding only: ~0);
-  peak memory   of the whole process (benchmarks/measure.py).
+  peak memory   of the whole process (benchmarks/measure.py);
+  GPU           on a GPU, its mean utilisation over the run and its peak memory (nvidia-smi).
 
 Cases (the first two are the shipped scenarios, central evaluation only):
   quickstart      digits, MLP, 10 clients, all 10 a round, 20 rounds
@@ -41,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from command import FEDSIM, ROOT, checkout_fedsim
-from measure import measure
+from measure import GpuUse, measure
 
 CENTRAL_ONLY = ["eval.clients=0"]
 FMNIST_1000 = [
@@ -85,6 +86,7 @@ class Timed:
     train_times: list[float]  # each round's train phase
     accuracy: float  # final central accuracy
     peak_gb: float | None  # None in this process (--smoke)
+    gpu: GpuUse | None = None  # where nvidia-smi tells it (not in this process)
 
     @property
     def rounds_s(self) -> float:
@@ -99,13 +101,14 @@ class Timed:
         return sum(self.train_times[1:])
 
 
-def read(run_dir: Path, peak_gb: float | None) -> Timed:
+def read(run_dir: Path, peak_gb: float | None, gpu: GpuUse | None = None) -> Timed:
     metrics = pd.read_csv(run_dir / "metrics.csv")
     server = metrics[metrics.scope == "server"]
     rounds = server[server.metric == "round_time_s"].sort_values("round")
     train = server[server.metric == "train_time_s"].sort_values("round")
     accuracy = server[server.metric == "accuracy"].sort_values("round")
-    return Timed(list(rounds.value), list(train.value), float(accuracy.value.iloc[-1]), peak_gb)
+    final = float(accuracy.value.iloc[-1])
+    return Timed(list(rounds.value), list(train.value), final, peak_gb, gpu)
 
 
 def run(case: Case, overrides: list[str], out: Path, in_process: bool) -> Timed:
@@ -116,7 +119,7 @@ def run(case: Case, overrides: list[str], out: Path, in_process: bool) -> Timed:
     command = [*FEDSIM, "run", str(scenario), "--out", str(out), "--no-progress"]
     command += [arg for o in overrides for arg in ("--set", o)]
     measured = measure(command, cwd=ROOT).check(f"fedsim run {case.scenario}")
-    return read(out, measured.peak_gb)
+    return read(out, measured.peak_gb, measured.gpu)
 
 
 def row(name: str, case: Case, loop: Timed, vec: Timed) -> dict[str, str]:
@@ -126,7 +129,7 @@ def row(name: str, case: Case, loop: Timed, vec: Timed) -> dict[str, str]:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}" if b else "-"
 
-    return {
+    shown = {
         "case": name,
         "what": case.what,
         "rounds": str(len(loop.round_times)),
@@ -139,6 +142,11 @@ def row(name: str, case: Case, loop: Timed, vec: Timed) -> dict[str, str]:
         "Δ accuracy": f"{vec.accuracy - loop.accuracy:+.4f}",
         "peak GB loop / vec": f"{gb(loop)} / {gb(vec)}",
     }
+    if loop.gpu is not None and vec.gpu is not None:  # the mean over the run, start-up included
+        util = f"{loop.gpu.mean_util_pct:.0f} / {vec.gpu.mean_util_pct:.0f}"
+        shown["GPU util % loop / vec"] = util
+        shown["peak GPU GB loop / vec"] = f"{loop.gpu.peak_gb:.2f} / {vec.gpu.peak_gb:.2f}"
+    return shown
 
 
 def markdown(rows: list[dict[str, str]]) -> str:
@@ -170,6 +178,8 @@ def main() -> None:
         parser.error(f"--cases: unknown {unknown}; choose from {', '.join(CASES)}")
     rounds = 2 if args.smoke else args.rounds
     device = args.device or ("cpu" if args.smoke else None)
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here (the CUDA figures stay pending)")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,8 +204,8 @@ def main() -> None:
     cuda = torch.cuda.is_available() and device != "cpu"
     print()
     print(f"device: {'cuda' if cuda else 'cpu'} (one thread per process); {sys.platform}")
-    if not cuda:
-        print("CUDA figures: pending (no GPU on this machine)")
+    if not cuda and not torch.cuda.is_available():
+        print("CUDA figures: pending (no GPU on this machine; --device cuda on one)")
 
 
 if __name__ == "__main__":
