@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from clients import vectorised
 from clients.classification import ClassificationParams, ClassificationWorkload
 from clients.workload import Member, PlainTraining, TrainConfig
 from tests.workloads import shape_of
@@ -80,6 +81,54 @@ def test_a_cohort_trains_each_client_as_its_own_fit_does(
 
 class Reversed(PlainTraining):
     """Another minibatch order than PlainTraining's: a cohort cannot know it."""
+
+
+@pytest.fixture
+def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The clients of each group trained together, with groups of 32 samples a step on a CPU."""
+    monkeypatch.setattr(vectorised, "CONV_CPU_SAMPLES", 32)
+    sizes: list[int] = []
+    train = vectorised._train_longest_first
+
+    def counted(model: nn.Module, members: list[Member], *rest: Any) -> Any:
+        sizes.append(len(members))
+        return train(model, members, *rest)
+
+    monkeypatch.setattr(vectorised, "_train_longest_first", counted)
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [(32, [2, 2]), (48, [2, 2])],  # at most 2 clients of batch 16 a group; at most 3: even
+)
+def test_a_cnn_on_a_cpu_trains_in_groups_each_client_as_its_own_fit(
+    groups: list[int], monkeypatch: pytest.MonkeyPatch, samples: int, expected: list[int]
+) -> None:
+    # Prepare
+    monkeypatch.setattr(vectorised, "CONV_CPU_SAMPLES", samples)
+    w = workload(model="cnn", momentum=0.9)
+    net = w.build_model(shape_of((1, 8, 8), 10), torch.Generator().manual_seed(0))
+    members = cohort(net, (1, 8, 8))
+
+    # Execute
+    together = w.fit_cohort(net, members)
+    one_by_one = [alone(w, net, member) for member in members]
+
+    # Assert: the groups, and every client as its own fit trains it
+    assert groups == expected
+    for fitted, (weights, metrics) in zip(together, one_by_one, strict=True):
+        assert fitted is not None
+        for k, want in weights.items():
+            assert (fitted.entries[k] - want).norm() / want.norm() < 1e-5, k
+        assert fitted.metrics == pytest.approx(metrics, rel=1e-5)
+
+
+def test_a_dense_model_trains_as_one_cohort(groups: list[int]) -> None:
+    w = workload(model="mlp")
+    net = w.build_model(shape_of((64,), 10), torch.Generator().manual_seed(0))
+    assert all(fitted is not None for fitted in w.fit_cohort(net, cohort(net, (64,))))
+    assert groups == [4]
 
 
 def test_members_the_cohort_cannot_batch_are_left_to_fit() -> None:
