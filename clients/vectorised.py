@@ -113,7 +113,9 @@ def _train_longest_first(
     def forward(params: dict[str, Tensor], frozen: dict[str, Tensor], xb: Tensor) -> Tensor:
         return functional_call(model, {**params, **frozen}, (xb,))
 
-    logits_of = vmap(forward)  # (clients, batch, ...) -> (clients, batch, classes)
+    # (clients, batch, ...) -> (clients, batch, classes). Random layers (dropout) draw each
+    # client's own masks, from torch's global generator as a client trained alone does.
+    logits_of = vmap(forward, randomness="different")
     momentum: dict[str, Tensor] = {}
     loss_sum = torch.zeros(len(members), device=x.device)
     correct = torch.zeros(len(members), device=x.device)

@@ -150,3 +150,26 @@ def test_members_the_cohort_cannot_batch_are_left_to_fit() -> None:
     assert [fitted is not None for fitted in mixed] == [True, False, True, False]
     assert running_stats == [None] * len(SIZES)
     assert single == [None]
+
+
+def test_a_model_with_dropout_trains_in_the_cohort_each_client_with_its_own_masks() -> None:
+    # Prepare: two clients alike in everything (start, data, minibatch order), on a model with
+    # dropout and on the same model without
+    w = workload()
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5), nn.Linear(32, 10))
+    without = nn.Sequential(*(m for m in net if not isinstance(m, nn.Dropout)))
+
+    def alike(model: nn.Module) -> list[Member]:
+        one = cohort(model, (64,))[0]
+        seeded = [torch.Generator().manual_seed(7) for _ in range(2)]
+        return [replace(one, config=replace(one.config, generator=g)) for g in seeded]
+
+    # Execute
+    torch.manual_seed(0)  # the global generator, which dropout draws from alone or in a cohort
+    a, b = w.fit_cohort(net, alike(net))
+    c, d = w.fit_cohort(without, alike(without))
+
+    # Assert: trained together, not left to fit; only their dropout masks tell them apart
+    assert a is not None and b is not None and c is not None and d is not None
+    assert not torch.equal(a.entries["1.weight"], b.entries["1.weight"])
+    assert torch.equal(c.entries["1.weight"], d.entries["1.weight"])
