@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # imports Opacus: only a scenario with central DP loads it (f
 BYZANTINE_STREAM = 13  # keeps the choice of byzantine clients apart from other uses of the seed
 MASK_STREAM = 19  # the same for the sparse-training method's initial mask
 LOCAL_STREAM = 31  # a client's local entries before its first call
+TORCH_STREAM = 41  # torch's global generator in a client's call (a model's own dropout)
 
 
 def pick_device(choice: str) -> torch.device:
@@ -40,6 +41,12 @@ def pick_device(choice: str) -> torch.device:
 def seeded_generator(*seed: int) -> torch.Generator:
     """A torch generator seeded from integers (no global seeding)."""
     return torch.Generator().manual_seed(_entropy(seed))
+
+
+def seed_torch(*seed: int) -> None:
+    """Seed torch's global generator from integers: what a model's own random layers (dropout)
+    draw from, so that they draw alike whichever process, worker or actor runs the call."""
+    torch.manual_seed(_entropy(seed))
 
 
 @lru_cache(maxsize=4096)

@@ -49,11 +49,13 @@ from clients import Exchange, State, TrainConfig, Workload
 from clients.workload import TRAINED, Fitted, Member, split_state
 from fedsim import client_states, wire
 from fedsim.build import (
+    TORCH_STREAM,
     build_workload,
     initial_model,
     local_entries,
     pick_device,
     scenario_federation,
+    seed_torch,
     seeded_generator,
 )
 from fedsim.data import Federation, Labelled
@@ -188,12 +190,13 @@ class Call:
 
 def _start(client: int, content: RecordDict, context: Context, *stream: int) -> Call:
     """Load the model (shared entries sent, local ones kept) and build the call's config, its
-    generator seeded from (seed, client, round, *stream)."""
+    generator seeded from (seed, client, round, *stream), and torch's global one beside it."""
     rt = runtime(_scenario_text(content))
     rnd = int(cast(int, _config(content)["server-round"]))
     sent, positions = wire.received_model(content, rt.template)
     state = _load(rt, client, sent, context)
     generator = seeded_generator(rt.scenario.seed, client, rnd, *stream)
+    seed_torch(rt.scenario.seed, client, rnd, *stream, TORCH_STREAM)
     config = TrainConfig(rnd, client, generator, rt.device, received=_received(rt, content))
     return Call(rt, rnd, sent, positions, state, config)
 

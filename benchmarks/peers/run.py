@@ -19,8 +19,9 @@ evaluates at the same rounds:
 Each runs as a process of its own, measured by benchmarks/measure.py: wall time, CPU time of the
 process tree, peak resident memory of the tree. The fedsim, pfl and plain-loop runs use the same
 users each round (fedsim's sampling; pfl replays the list); Flower samples its own (Python's
-random, seeded). Dropout draws from each process's own RNG, so final accuracies agree within
-training noise, not bit for bit.
+random, seeded). Dropout masks differ between implementations (fedsim seeds torch's generator
+for each client and round; the others draw from each process's own), so final accuracies agree
+within training noise, not bit for bit.
 
     python benchmarks/peers/run.py                       # everything, full size
     python benchmarks/peers/run.py --only plain,fedsim2,pfl2 --rounds 10

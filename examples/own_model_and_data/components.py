@@ -1,6 +1,6 @@
 """A lab's own components, as a fedsim plugin: the model ``lab_cnn`` (a small CNN with
-BatchNorm) and the dataset ``lab_scans`` (the lab's .npz, in its own layout). A scenario that
-lists this file under ``plugins:`` names them like fedsim's own."""
+BatchNorm and dropout) and the dataset ``lab_scans`` (the lab's .npz, in its own layout). A
+scenario that lists this file under ``plugins:`` names them like fedsim's own."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fedsim.registry import DATASETS, MODELS, DatasetParams, Params, UserPath
 
 
 class LabCNN(nn.Module):
-    """3x3 conv -> BatchNorm -> ReLU -> 2x2 max pool -> linear head."""
+    """3x3 conv -> BatchNorm -> ReLU -> 2x2 max pool -> dropout -> linear head."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: int) -> None:
         super().__init__()
@@ -29,6 +29,7 @@ class LabCNN(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
+            nn.Dropout(0.25),
         )
         self.head = nn.Linear(channels * (h // 2) * (w // 2), num_classes)
 
@@ -42,7 +43,7 @@ class LabCNNParams(Params):
 
 @MODELS.register("lab_cnn", LabCNNParams)
 def lab_cnn(p: LabCNNParams):  # type: ignore[no-untyped-def]
-    """The lab's CNN: conv + BatchNorm + max pool + linear head."""
+    """The lab's CNN: conv + BatchNorm + max pool + dropout + linear head."""
     # fedsim calls this with the data's input shape and class count, then draws every
     # parameter from the run's seed: the module needs no seed of its own.
     return lambda input_shape, num_classes: LabCNN(input_shape, num_classes, p.channels)
