@@ -11,10 +11,11 @@ of steps train together: ordered by steps, longest first, the clients that still
 at any step are the first rows, and only those rows are computed and stepped.
 
 Training all of a round's clients as one model replaces many small kernels by a few large ones,
-which is where a GPU (or, for small models, Python's per-call overhead) leaves time. On a CPU a
-convolutional model trains in groups of clients of about ``CONV_CPU_SAMPLES`` samples a step,
-one group after the other: a whole cohort's activations (100 clients of 32 Fashion-MNIST images:
-160 MB a layer) spill the caches, and its step ran 2.4x slower than the clients' one by one.
+which is where a GPU (or, for small models, Python's per-call overhead) leaves time. On a CPU the
+cohort trains in groups, one after the other, each small enough that a step's largest layer
+output stays within ``CPU_ACTIVATION_BYTES``: a whole cohort's activations at once (100 clients
+of 32 Fashion-MNIST images through a CNN: 160 MB a layer) spill the caches, and its step ran
+2.4x slower than the clients' one by one. A dense model's layers are small: one group.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn.utils.rnn import pad_sequence
 
-from clients.workload import Fitted, Member, PlainTraining, convolutional, shuffled_passes
+from clients.workload import Fitted, Member, PlainTraining, shuffled_passes
 
-# A convolutional model's samples a step on a CPU (clients x batch), whose activations stay in
-# the caches: in groups of 7 or 8 clients of 32 Fashion-MNIST images, 100 clients' rounds took
-# 7.6 s where the whole cohort at once took 13.3 and the loop 7.5 (benchmarks/vectorise.py).
-CONV_CPU_SAMPLES = 256
+# On a CPU, the most bytes a group's step may make in one layer's output (clients x batch x the
+# largest output of one sample), so that the activations stay in the caches. Fashion-MNIST's CNN
+# (50 kB a sample): 100 clients' rounds took 7.2 s in groups of 6-7 clients of 32 images, 13.3
+# as one cohort, 6.7 in the loop (benchmarks/vectorise.py); pfl's CIFAR CNN (200 kB): 74 s in
+# groups of 5-6 clients of 10 images, 83 in groups of 7-8, 104 of 25, 62 in the loop
+# (benchmarks/peers/run.py --only fedsim1,vectorised).
+CPU_ACTIVATION_BYTES = 12 * 2**20
 
 
 class LocalSGD(Protocol):
@@ -80,14 +84,15 @@ def _batchable(member: Member) -> bool:
 
 def _train(model: nn.Module, members: list[Member], p: LocalSGD) -> list[Fitted | None]:
     """The members trained, longest first (so that the clients still training at any step are
-    a prefix of the rows), in groups where the model is convolutional and the device a CPU;
-    the results in the members' order."""
+    a prefix of the rows), in groups on a CPU; the results in the members' order."""
     # The same generator draws, in the same order, as each client's own PlainTraining.
     plans = [_batches(member, p) for member in members]
     order = sorted(range(len(members)), key=lambda c: -len(plans[c]))
     n, groups = len(order), 1
-    if convolutional(model) and members[0].config.device.type == "cpu":
-        groups = math.ceil(n / max(2, CONV_CPU_SAMPLES // p.batch_size))
+    x = members[0].data[0]
+    if x.device.type == "cpu":
+        per_client = _largest_output_bytes(model, x[:1]) * p.batch_size
+        groups = math.ceil(n / max(2, CPU_ACTIVATION_BYTES // max(1, per_client)))
     results: list[Fitted | None] = [None] * len(members)
     for g in range(groups):  # sizes within one of each other (10 clients, 8 at most: 5 + 5)
         rows = order[g * n // groups : (g + 1) * n // groups]  # similar lengths: little padding
@@ -147,6 +152,28 @@ def _train_longest_first(
         metrics = {"train_loss": losses[c], "train_accuracy": accuracies[c]}
         results.append(Fitted(entries, metrics))
     return results
+
+
+def _largest_output_bytes(model: nn.Module, sample: Tensor) -> int:
+    """The bytes of the largest tensor any of ``model``'s modules outputs for ``sample`` (one
+    no-grad pass in eval mode, so that no dropout mask is drawn); 0 when none is a tensor."""
+    sizes = [0]
+
+    def record(module: nn.Module, inputs: object, output: object) -> None:
+        if isinstance(output, Tensor):
+            sizes.append(output.numel() * output.element_size())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(training)
+    return max(sizes)
 
 
 def _batches(member: Member, p: LocalSGD) -> list[Tensor]:
