@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +45,21 @@ def seeded_generator(*seed: int) -> torch.Generator:
 
 
 def seed_torch(*seed: int) -> None:
-    """Seed torch's global generator from integers: what a model's own random layers (dropout)
-    draw from, so that they draw alike whichever process, worker or actor runs the call."""
-    torch.manual_seed(_entropy(seed))
+    """Seed torch's global generators (the CPU's, the current CUDA device's) from integers:
+    what a model's own random layers (dropout), which take no generator, draw from. Seeded for
+    each client call, they draw alike whichever process, worker or actor runs it. Inside
+    ``torch_rng_kept`` only, so that the caller's generators are left as they were."""
+    torch.default_generator.manual_seed(_entropy(seed))
+    torch.cuda.manual_seed(_entropy(seed))  # queued until CUDA starts, if it has not
+
+
+@contextlib.contextmanager
+def torch_rng_kept() -> Iterator[None]:
+    """torch's global generators (the CPU's, the current CUDA device's) as they were before
+    the block, whatever it seeded or drew."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 @lru_cache(maxsize=4096)

@@ -57,6 +57,7 @@ from fedsim.build import (
     scenario_federation,
     seed_torch,
     seeded_generator,
+    torch_rng_kept,
 )
 from fedsim.data import Federation, Labelled
 from fedsim.features import ClientMod, Fit, Trained, changes_training, client_mods
@@ -294,7 +295,8 @@ def train_cohort(work: Sequence[tuple[Message, Context]]) -> list[Message]:
     replaced by its share of the cohort's result; every other Message, and every client the
     cohort leaves out, is served by the ClientApp one at a time.
     """
-    together = _fit_together(work)
+    with torch_rng_kept():  # the members' calls seed it (``_start``)
+        together = _fit_together(work)
     replies = []
     for i, (msg, context) in enumerate(work):
         if i in together:
@@ -428,7 +430,8 @@ def _reply(
     whose work changed the client's state says so (the server's checkpoint asks for it)."""
     before: dict[str, object] = dict(context.state.items())
     try:
-        content = work(int(context.node_config["partition-id"]), msg.content, context)
+        with torch_rng_kept():  # the call seeds it for the model's own dropout (``_start``)
+            content = work(int(context.node_config["partition-id"]), msg.content, context)
     except Exception as err:  # the round goes on without this client
         return Message(
             Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg

@@ -84,6 +84,14 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tiny, tmp_path) -> None
     assert not first["value"].equals(other["value"])
 
 
+def test_clients_leave_the_callers_torch_generator_as_they_found_it(tiny, tmp_path) -> None:
+    # Each client call seeds torch's generator for the model's own dropout, inside its call only
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    run(tiny, tmp_path / "run")
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_eval_every_k_rounds_and_the_last(tiny, tmp_path) -> None:
     tiny["rounds"], tiny["eval"] = 5, {"every": 2, "clients": 0.5}
     metrics = run(tiny, tmp_path / "run")
