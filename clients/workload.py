@@ -275,12 +275,9 @@ def split_state(
 EVAL_BATCH_CONV_CPU, EVAL_BATCH = 64, 1024
 
 
-def convolutional(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-
-
 def eval_batch_size(model: nn.Module, device: torch.device) -> int:
-    return EVAL_BATCH_CONV_CPU if convolutional(model) and device.type == "cpu" else EVAL_BATCH
+    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return EVAL_BATCH_CONV_CPU if convolutional and device.type == "cpu" else EVAL_BATCH
 
 
 _INITIALISED = (nn.Linear, nn.modules.conv._ConvNd)
