@@ -93,7 +93,7 @@ class GpuSampler:
         assert self._proc is not None and self._proc.stdout is not None
         for line in self._proc.stdout:
             fields = [f.strip() for f in line.split(",")]
-            with contextlib.suppress(ValueError):  # "[N/A]" or a line cut short
+            with contextlib.suppress(ValueError, IndexError):  # "[N/A]", or a line cut short
                 index, util, used = int(fields[0]), float(fields[1]), float(fields[2])
                 self.samples.setdefault(index, []).append((util, used))
 
